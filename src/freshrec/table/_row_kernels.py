@@ -1,0 +1,181 @@
+"""Numba kernels over chunked row storage (see `freshrec.table.storage`).
+
+Row r lives at ``chunks[r >> bits][r & ((1 << bits) - 1)]``: a float32 vector
+``[embedding (dim) | optimizer state]``; its metadata at ``meta[r >> bits][r & mask]`` is
+``[last_seen (int32 seconds since the table's epoch), count (int32, saturating)]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, uint64
+
+from freshrec.table import _index_kernels as K
+from freshrec.table._prefetch import prefetch_row
+
+INT32_MAX = 2**31 - 1
+INIT_NORMAL, INIT_UNIFORM, INIT_ZEROS = 0, 1, 2
+
+
+@njit(nogil=True, cache=True)
+def lookup_gather(words, rows32, nb, keys, chunks, bits, dim, out, rows_out):
+    """out[i] = embedding of keys[i] (zeros when absent); rows_out[i] = its row or -1.
+
+    Two-stage software pipeline: buckets are prefetched 2*AHEAD ahead, rows AHEAD ahead.
+    """
+    n = keys.shape[0]
+    A = K.AHEAD
+    mask = (1 << bits) - 1
+    for i in range(min(2 * A, n)):
+        K.prefetch_buckets(words, nb, keys[i])
+    for i in range(min(A, n)):
+        rows_out[i] = K.find_one(words, rows32, nb, keys[i])
+    for i in range(n):
+        j = i + 2 * A
+        if j < n:
+            K.prefetch_buckets(words, nb, keys[j])
+        j = i + A
+        if j < n:
+            r = K.find_one(words, rows32, nb, keys[j])
+            rows_out[j] = r
+            if r >= 0:
+                prefetch_row(chunks[r >> bits], np.int64(r & mask))
+        r = rows_out[i]
+        if r >= 0:
+            c = chunks[r >> bits]
+            o = r & mask
+            for d in range(dim):
+                out[i, d] = c[o, d]
+        else:
+            for d in range(dim):
+                out[i, d] = 0.0
+
+
+@njit(nogil=True, cache=True)
+def gather_rows(chunks, bits, rows, lo, hi, out):
+    """out[i] = row rows[i], columns lo:hi."""
+    mask = (1 << bits) - 1
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        c = chunks[r >> bits]
+        o = r & mask
+        for d in range(lo, hi):
+            out[i, d - lo] = c[o, d]
+
+
+@njit(nogil=True, cache=True)
+def scatter_rows(chunks, bits, rows, lo, values):
+    """Row rows[i], columns lo:lo+values.shape[1] = values[i]."""
+    mask = (1 << bits) - 1
+    w = values.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        c = chunks[r >> bits]
+        o = r & mask
+        for d in range(w):
+            c[o, lo + d] = values[i, d]
+
+
+@njit(nogil=True, cache=True)
+def gather_meta(meta, bits, rows, out):
+    mask = (1 << bits) - 1
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        m = meta[r >> bits]
+        out[i, 0] = m[r & mask, 0]
+        out[i, 1] = m[r & mask, 1]
+
+
+@njit(nogil=True, cache=True)
+def scatter_meta(meta, bits, rows, values):
+    mask = (1 << bits) - 1
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        m = meta[r >> bits]
+        m[r & mask, 0] = values[i, 0]
+        m[r & mask, 1] = values[i, 1]
+
+
+@njit(nogil=True, cache=True)
+def touch(meta, bits, rows, now_rel, counts, reset):
+    """last_seen = now_rel; count += counts (or = counts when reset), saturating at INT32_MAX."""
+    mask = (1 << bits) - 1
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        m = meta[r >> bits]
+        o = r & mask
+        m[o, 0] = now_rel
+        base = 0 if reset else np.int64(m[o, 1])
+        c = base + counts[i]
+        m[o, 1] = INT32_MAX if c > INT32_MAX else c
+
+
+@njit(inline="always", cache=True)
+def _unit(seed, key, j):
+    """A uniform float64 in (0, 1), a pure function of (seed, key, j)."""
+    x = K.mix64(uint64(key) ^ K.mix64(uint64(seed) * uint64(0x9E3779B97F4A7C15) + uint64(j)))
+    return (np.float64(x >> uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+@njit(nogil=True, cache=True)
+def init_rows(chunks, bits, dim, rows, keys, kind, scale, seed):
+    """Write the initial embedding of each new row: a pure function of (seed, key)."""
+    mask = (1 << bits) - 1
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        c = chunks[r >> bits]
+        o = r & mask
+        key = keys[i]
+        for d in range(dim):
+            if kind == INIT_ZEROS:
+                v = 0.0
+            elif kind == INIT_UNIFORM:
+                v = (2.0 * _unit(seed, key, d) - 1.0) * scale
+            else:
+                u1 = _unit(seed, key, 2 * d)
+                u2 = _unit(seed, key, 2 * d + 1)
+                v = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2) * scale
+            c[o, d] = v
+
+
+@njit(nogil=True, cache=True)
+def dedup_sum(ids, grads, order, out_ids, out_grads, out_counts):
+    """Group equal ids (order = a stable argsort of ids): sum their gradients, count them.
+
+    Returns the number of distinct ids m; out_*[:m] hold them in ascending id order.
+    """
+    n = ids.shape[0]
+    dim = grads.shape[1]
+    m = -1
+    prev = np.int64(0)
+    for t in range(n):
+        i = order[t]
+        k = ids[i]
+        if m < 0 or k != prev:
+            m += 1
+            out_ids[m] = k
+            out_counts[m] = 0
+            for d in range(dim):
+                out_grads[m, d] = 0.0
+            prev = k
+        out_counts[m] += 1
+        for d in range(dim):
+            out_grads[m, d] += grads[i, d]
+    return m + 1
+
+
+@njit(nogil=True, cache=True)
+def expired(words, rows32, nb, meta, bits, before_rel, out_keys, out_rows):
+    """Collect live entries whose last_seen < before_rel; returns their count."""
+    mask = (1 << bits) - 1
+    n = 0
+    for b in range(nb):
+        base = b * K.WORDS
+        rbase = b * (2 * K.WORDS) + 2 * K.ROW_WORD
+        for s in range(K.SLOTS):
+            r = rows32[rbase + s]
+            if r != K.EMPTY and meta[r >> bits][r & mask, 0] < before_rel:
+                out_keys[n] = words[base + s]
+                out_rows[n] = r
+                n += 1
+    return n

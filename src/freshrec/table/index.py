@@ -1,0 +1,149 @@
+"""The cuckoo-hash index: int64 id -> int32 row number, collision-free.
+
+Two hash functions pick two buckets of 5 slots each (one cache line per bucket, layout in
+`_index_kernels`). Insertion takes a free slot in either bucket, else displaces a resident to
+its other bucket (a random walk of at most `max_kicks` steps). When a walk fails or the load
+passes `max_load`, the index rehashes into twice as many buckets; only (id, row) pairs move,
+never the rows themselves. Lookups read at most two buckets.
+
+Every int64 is a valid id (0, negatives, INT64_MIN, INT64_MAX): emptiness is marked in the row
+word (-1), never by a key value. Not thread-safe by itself: `EmbeddingTable` locks around it.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+from freshrec.table import _index_kernels as K
+
+__all__ = ["CuckooIndex"]
+
+_MAX_KICKS = 500
+
+
+def zeroed_pages(nbytes: int) -> memoryview | np.ndarray:
+    """Zeroed, page-aligned memory; big blocks ask the kernel for transparent huge pages.
+
+    Random probes over a large index miss the TLB on every access with 4 KiB pages; 2 MiB pages
+    make most of those misses go away.
+    """
+    if nbytes < (2 << 20):
+        buf = np.zeros(nbytes // 8 + 8, dtype=np.int64)
+        off = (-buf.ctypes.data % 64) // 8
+        return buf[off : off + nbytes // 8]
+    mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    return memoryview(mm)
+
+
+def _aligned_words(n_words: int) -> np.ndarray:
+    """A zeroed int64 array of n_words whose data starts on a 64-byte boundary."""
+    return np.frombuffer(zeroed_pages(n_words * 8), dtype=np.int64)[:n_words]
+
+
+class CuckooIndex:
+    """Maps distinct int64 ids to int32 rows. See the module docstring for the scheme."""
+
+    def __init__(self, capacity_hint: int = 1024, *, max_load: float = 0.9, seed: int = 0) -> None:
+        self.max_load = float(max_load)
+        nb = self._buckets_for(max(capacity_hint, 1))
+        self._rng = np.array([(seed * 0x9E3779B1 + 0x2545F491) & 0x7FFFFFFFFFFFFFFF or 1], dtype=np.int64)
+        self.size = 0
+        self.rehashes = 0
+        self._alloc(nb)
+
+    def _alloc(self, nb: int) -> None:
+        if nb >= 1 << 32:
+            msg = f"cuckoo index cannot hold {nb} buckets (limit 2**32 - 1)"
+            raise MemoryError(msg)
+        self.n_buckets = nb
+        self.words = _aligned_words(nb * K.WORDS)
+        self.rows32 = self.words.view(np.int32)
+        self.rows32.reshape(nb, 2 * K.WORDS)[:, 2 * K.ROW_WORD :] = K.EMPTY
+
+    # ---- queries ---------------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        return self.n_buckets * K.SLOTS
+
+    @property
+    def load_factor(self) -> float:
+        return self.size / self.slots
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.words.nbytes)
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """int32 rows of `keys` (int64), -1 where absent."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        out = np.empty(keys.shape[0], dtype=np.int32)
+        K.find_many(self.words, self.rows32, self.n_buckets, keys, out)
+        return out
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys int64, rows int32) of every live entry, in slot order."""
+        keys = np.empty(self.size, dtype=np.int64)
+        rows = np.empty(self.size, dtype=np.int32)
+        n = K.collect(self.words, self.rows32, self.n_buckets, keys, rows)
+        assert n == self.size, (n, self.size)
+        return keys, rows
+
+    def check(self) -> int:
+        """Number of invariant violations (each live key once, in one of its two buckets)."""
+        return int(K.check_buckets(self.words, self.rows32, self.n_buckets))
+
+    # ---- updates ---------------------------------------------------------------------------
+    def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Insert pairs; `keys` must be absent from the index and distinct. Grows as needed."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        rows = np.ascontiguousarray(rows, dtype=np.int32)
+        n = keys.shape[0]
+        if n == 0:
+            return
+        if self.size + n > self.slots * self.max_load:
+            self._rehash(max(self._buckets_for(self.size + n), self.n_buckets * 3 // 2 + 1))
+        while True:
+            done, hk, hr = K.insert_many(
+                self.words, self.rows32, self.n_buckets, keys, rows, _MAX_KICKS, self._rng
+            )
+            if done == keys.shape[0] and hr == K.EMPTY:
+                self.size += keys.shape[0]
+                return
+            # a displacement chain failed: everything before `done` is in, except the homeless pair
+            self.size += done - 1
+            keys = np.concatenate([np.array([hk], dtype=np.int64), keys[done:]])
+            rows = np.concatenate([np.array([hr], dtype=np.int32), rows[done:]])
+            self._rehash(self.n_buckets * 2)
+
+    def delete(self, keys: np.ndarray) -> np.ndarray:
+        """Remove `keys`; returns the int32 row each held (-1 where absent). Never shrinks."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        out = np.empty(keys.shape[0], dtype=np.int32)
+        K.delete_many(self.words, self.rows32, self.n_buckets, keys, out)
+        self.size -= int(np.count_nonzero(out != K.EMPTY))
+        return out
+
+    def reserve(self, n: int) -> None:
+        """Grow now so that `n` entries fit under max_load without a rehash."""
+        if n > self.slots * self.max_load:
+            self._rehash(self._buckets_for(n))
+
+    def _buckets_for(self, n: int) -> int:
+        """Fewest buckets that hold n entries at (just under) max_load."""
+        return max(1, int(np.ceil(n / (K.SLOTS * self.max_load))))
+
+    def _rehash(self, nb: int) -> None:
+        keys, rows = self.items()
+        while True:
+            self._alloc(nb)
+            self.rehashes += 1
+            done, _, hr = K.insert_many(
+                self.words, self.rows32, self.n_buckets, keys, rows, _MAX_KICKS, self._rng
+            )
+            if done == keys.shape[0] and hr == K.EMPTY:
+                return
+            nb = nb * 2

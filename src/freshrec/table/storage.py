@@ -1,0 +1,82 @@
+"""Chunked row storage: rows never move once allocated; growth adds a chunk, freed rows are reused.
+
+Row r lives at ``chunks[r >> bits][r & mask]`` (float32, width = dim + optimizer state) and its
+metadata at ``meta[r >> bits][r & mask]`` = [last_seen (int32 s since the table epoch), count].
+Growing by a chunk never copies existing rows (unlike a doubling array), so a table of 10^8
+rows grows without a pause proportional to its size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import float32, int32, typed
+
+from freshrec.table.index import zeroed_pages
+
+__all__ = ["RowStore"]
+
+
+class RowStore:
+    """Allocates row numbers and holds row data in chunks of 2**chunk_bits rows."""
+
+    def __init__(self, width: int, *, chunk_bits: int = 16) -> None:
+        self.width = int(width)
+        self.bits = int(chunk_bits)
+        self.chunk_rows = 1 << self.bits
+        self.chunks = typed.List.empty_list(float32[:, ::1])
+        self.meta = typed.List.empty_list(int32[:, ::1])
+        self.high = 0  # rows ever handed out: rows >= high are untouched
+        self._free = np.empty(0, dtype=np.int32)
+        self._n_free = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self.chunks) * self.chunk_rows
+
+    @property
+    def live(self) -> int:
+        return self.high - self._n_free
+
+    @property
+    def nbytes_rows(self) -> int:
+        return len(self.chunks) * self.chunk_rows * max(self.width, 1) * 4
+
+    @property
+    def nbytes_meta(self) -> int:
+        return len(self.meta) * self.chunk_rows * 8 + self._free.nbytes
+
+    def _add_chunk(self) -> None:
+        n = self.chunk_rows
+        rows = np.frombuffer(zeroed_pages(n * max(self.width, 1) * 4), dtype=np.float32)
+        self.chunks.append(rows[: n * max(self.width, 1)].reshape(n, max(self.width, 1)))
+        meta = np.frombuffer(zeroed_pages(n * 8), dtype=np.int32)
+        self.meta.append(meta[: 2 * n].reshape(n, 2))
+
+    def allocate(self, n: int) -> np.ndarray:
+        """n row numbers (int32), freed rows first; their contents are stale until written."""
+        take = min(n, self._n_free)
+        out = np.empty(n, dtype=np.int32)
+        if take:
+            out[:take] = self._free[self._n_free - take : self._n_free]
+            self._n_free -= take
+        fresh = n - take
+        if fresh:
+            while self.high + fresh > self.capacity:
+                if self.capacity + self.chunk_rows > 2**31 - 1:
+                    msg = "a table holds at most 2**31 - 1 rows per shard; add shards"
+                    raise MemoryError(msg)
+                self._add_chunk()
+            out[take:] = np.arange(self.high, self.high + fresh, dtype=np.int32)
+            self.high += fresh
+        return out
+
+    def release(self, rows: np.ndarray) -> None:
+        """Return rows to the free list (they are reused by later allocations)."""
+        rows = np.asarray(rows, dtype=np.int32)
+        need = self._n_free + rows.shape[0]
+        if need > self._free.shape[0]:
+            grown = np.empty(max(need, 2 * self._free.shape[0], 64), dtype=np.int32)
+            grown[: self._n_free] = self._free[: self._n_free]
+            self._free = grown
+        self._free[self._n_free : need] = rows
+        self._n_free = need

@@ -1,0 +1,352 @@
+"""EmbeddingTable against a dict oracle: random sequences of lookup / update / remove / expire /
+take-touched / snapshot-restore, adversarial ids, and the no-shared-row invariant at every step."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from freshrec.errors import ConfigError, CorruptSnapshotError
+from freshrec.table import SGD, Adagrad, EmbeddingTable, FilterConfig, Initializer, TableConfig
+from freshrec.table import _index_kernels as K
+from freshrec.table.index import CuckooIndex
+
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+DIM = 3
+LR = 0.5  # a power of two: SGD on small integer gradients is exact in float32
+
+
+def _mix64_np(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _bucket_zero_ids(n: int) -> np.ndarray:
+    """Ids whose first hash puts them in bucket 0 for every index of up to 4096 buckets."""
+    rng = np.random.default_rng(7)
+    cand = rng.integers(I64_MIN, I64_MAX, size=8_000_000, dtype=np.int64, endpoint=True)
+    h = _mix64_np(cand.view(np.uint64) ^ np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+    hits = cand[h < np.uint64(1 << 20)]
+    assert hits.shape[0] >= n
+    return hits[:n]
+
+
+SAME_BUCKET = _bucket_zero_ids(40)
+EXTREMES = [0, -1, 1, I64_MIN, I64_MAX, I64_MIN + 1, I64_MAX - 1]
+
+
+def test_adversarial_ids_really_share_bucket_zero():
+    for nb in (1, 7, 64, 4096):
+        b = [K.buckets_of(int(k), np.uint64(nb))[0] for k in SAME_BUCKET[:10]]
+        assert b == [0] * 10
+
+
+ids_strategy = st.one_of(
+    st.sampled_from(EXTREMES),
+    st.integers(0, 30),  # sequential / small
+    st.integers(-30, -1),  # negative
+    st.sampled_from([int(x) for x in SAME_BUCKET]),  # all in one bucket under the first hash
+    st.integers(I64_MIN, I64_MAX),
+)
+
+
+class Oracle:
+    """The simplest correct table: dicts. Mirrors EmbeddingTable's documented semantics."""
+
+    def __init__(self, cfg: TableConfig) -> None:
+        self.cfg = cfg
+        self.rows: dict[int, list] = {}  # id -> [emb (float32 vec), last_rel, count]
+        self.seen: dict[int, int] = {}  # filter counts of ids while they had no row
+        self.epoch: int | None = None
+        self.touched: set[int] = set()
+        self.evicted: set[int] = set()
+
+    def rel(self, now: int) -> int:
+        if self.epoch is None:
+            self.epoch = now
+        return now - self.epoch
+
+    def _evict(self, key: int) -> None:
+        del self.rows[key]
+        self.evicted.add(key)
+
+    def update(self, ids: list[int], grads: np.ndarray, now: int) -> None:
+        r = self.rel(now)
+        summed: dict[int, np.ndarray] = {}
+        occ: dict[int, int] = {}
+        for k, g in zip(ids, grads, strict=True):
+            summed[k] = summed.get(k, np.zeros(DIM, np.float32)) + g
+            occ[k] = occ.get(k, 0) + 1
+        new = sorted(k for k in summed if k not in self.rows)
+        admitted = []
+        for k in new:
+            self.seen[k] = self.seen.get(k, 0) + occ[k]
+            if self.seen[k] >= self.cfg.min_count:
+                admitted.append(k)
+        cap = self.cfg.capacity
+        if cap is not None and admitted:
+            need = len(self.rows) + len(admitted) - cap
+            if need > 0:
+                cands = [k for k in self.rows if k not in summed]
+                if self.cfg.eviction == "lru":
+                    cands.sort(key=lambda k: (self.rows[k][1], self.rows[k][2], k))
+                else:
+                    cands.sort(key=lambda k: (self.rows[k][2], self.rows[k][1], k))
+                for k in cands[:need]:
+                    self._evict(k)
+            room = cap - len(self.rows)
+            admitted = admitted[: max(room, 0)]
+        for k in admitted:
+            self.rows[k] = [np.zeros(DIM, np.float32), r, 0]
+        for k, g in summed.items():
+            if k in self.rows:
+                row = self.rows[k]
+                row[0] = (row[0] - np.float32(LR) * g).astype(np.float32)
+                row[1] = r
+                row[2] += occ[k]
+                self.touched.add(k)
+
+    def expire(self, now: int) -> None:
+        if self.cfg.ttl_s is None or self.epoch is None:
+            return
+        before = (now - self.epoch) - int(self.cfg.ttl_s)
+        for k in [k for k, v in self.rows.items() if v[1] < before]:
+            self._evict(k)
+
+    def remove(self, ids: list[int]) -> None:
+        for k in set(ids):
+            if k in self.rows:
+                self._evict(k)
+
+    def lookup(self, ids: list[int]) -> np.ndarray:
+        return np.array(
+            [self.rows[k][0] if k in self.rows else np.zeros(DIM, np.float32) for k in ids], dtype=np.float32
+        ).reshape(len(ids), DIM)
+
+    def take(self) -> tuple[set[int], set[int]]:
+        t = {k for k in self.touched if k in self.rows}
+        e = {k for k in self.evicted if k not in self.rows}
+        self.touched, self.evicted = set(), set()
+        return t, e
+
+
+configs = st.builds(
+    lambda min_count, ttl, cap, ev: TableConfig(
+        name="t",
+        dim=DIM,
+        optimizer=SGD(lr=LR),
+        initializer=Initializer(kind="zeros"),
+        min_count=min_count,
+        ttl_s=ttl,
+        capacity=cap,
+        eviction=ev,
+        initial_capacity=4,
+        filter=FilterConfig(width=1 << 16, depth=4, window_s=1e9),
+    ),
+    st.sampled_from([1, 1, 2, 3]),
+    st.sampled_from([None, 5.0, 20.0]),
+    st.sampled_from([None, None, 6, 25]),
+    st.sampled_from(["lru", "lfu"]),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=configs, data=st.data())
+def test_table_matches_dict_oracle(cfg: TableConfig, data: st.DataObject) -> None:
+    table = EmbeddingTable(cfg)
+    oracle = Oracle(cfg)
+    now = 1000
+    for _ in range(data.draw(st.integers(1, 30), label="steps")):
+        op = data.draw(
+            st.sampled_from(["update", "update", "update", "lookup", "expire", "remove", "take", "snapshot"])
+        )
+        if op == "update":
+            ids = data.draw(st.lists(ids_strategy, min_size=1, max_size=25))
+            now += data.draw(st.integers(0, 4))
+            grads = np.array(
+                data.draw(
+                    st.lists(
+                        st.lists(st.integers(-3, 3), min_size=DIM, max_size=DIM),
+                        min_size=len(ids),
+                        max_size=len(ids),
+                    )
+                ),
+                dtype=np.float32,
+            )
+            table.apply_gradients(np.array(ids, dtype=np.int64), grads, now=float(now))
+            oracle.update(ids, grads, now)
+        elif op == "lookup":
+            ids = data.draw(st.lists(ids_strategy, max_size=25))
+            n = len(table)
+            np.testing.assert_array_equal(table.lookup(np.array(ids, dtype=np.int64)), oracle.lookup(ids))
+            assert len(table) == n, "lookup must never insert"
+        elif op == "expire":
+            now += data.draw(st.integers(0, 30))
+            table.evict_expired(float(now))
+            oracle.expire(now)
+        elif op == "remove":
+            ids = data.draw(st.lists(ids_strategy, max_size=10))
+            table.remove(np.array(ids, dtype=np.int64))
+            oracle.remove(ids)
+        elif op == "take":
+            got = table.take_touched()
+            want_t, want_e = oracle.take()
+            assert set(got.ids.tolist()) == want_t
+            assert set(got.evicted.tolist()) == want_e
+            np.testing.assert_array_equal(got.embeddings, oracle.lookup(got.ids.tolist()))
+        else:
+            meta, arrays = table.state()
+            table = EmbeddingTable.from_state(meta, arrays)
+        table.check_invariants()
+        assert len(table) == len(oracle.rows)
+        if cfg.capacity is not None:
+            assert len(table) <= cfg.capacity
+    keys = list(oracle.rows)
+    np.testing.assert_array_equal(table.lookup(np.array(keys, dtype=np.int64)), oracle.lookup(keys))
+    _, last, count = table.row_state(np.array(keys, dtype=np.int64))
+    assert count.tolist() == [oracle.rows[k][2] for k in keys]
+
+
+def test_growth_keeps_every_id_and_no_shared_rows():
+    rng = np.random.default_rng(1)
+    ids = np.unique(rng.integers(I64_MIN, I64_MAX, 300_000, dtype=np.int64))
+    ids = np.concatenate([ids, np.array(EXTREMES, np.int64), SAME_BUCKET, np.arange(-1000, 1000)])
+    ids = np.unique(ids)
+    table = EmbeddingTable(
+        TableConfig(
+            name="g", dim=2, optimizer=SGD(lr=1.0), initial_capacity=8, initializer=Initializer(kind="zeros")
+        )
+    )
+    for chunk in np.array_split(rng.permutation(ids), 37):
+        grads = np.repeat(chunk.astype(np.float32)[:, None] % 1000, 2, axis=1)
+        table.apply_gradients(chunk, grads, now=0.0)
+        table.check_invariants()
+    assert len(table) == ids.shape[0]
+    got = table.lookup(ids)
+    np.testing.assert_array_equal(got[:, 0], -(ids.astype(np.float32) % 1000))
+    assert table._index.rehashes >= 5
+
+
+def test_index_rehash_on_failed_displacement_keeps_entries():
+    ix = CuckooIndex(4, max_load=0.98)
+    keys = SAME_BUCKET[:30]  # all collide in bucket 0 under the first hash
+    ix.insert(keys, np.arange(30, dtype=np.int32))
+    assert ix.find(keys).tolist() == list(range(30))
+    assert ix.check() == 0
+
+
+def test_freed_rows_are_reused():
+    t = EmbeddingTable(TableConfig(name="r", dim=2, optimizer=SGD(), ttl_s=1.0, initial_capacity=4))
+    t.apply_gradients(np.arange(100), np.zeros((100, 2), np.float32), now=0.0)
+    high = t._rows.high
+    assert t.evict_expired(10.0) == 100
+    t.apply_gradients(np.arange(100, 200), np.zeros((100, 2), np.float32), now=10.0)
+    assert t._rows.high == high  # no new rows: freed ones came back
+    t.check_invariants()
+
+
+def test_initializer_is_a_pure_function_of_seed_and_id():
+    cfg = TableConfig(
+        name="i", dim=8, optimizer=SGD(lr=1e-9), initializer=Initializer(kind="normal", scale=1.0)
+    )
+    a, b = EmbeddingTable(cfg), EmbeddingTable(cfg)
+    ids = np.arange(5000, dtype=np.int64)
+    a.apply_gradients(ids, np.zeros((5000, 8), np.float32), now=0.0)
+    b.apply_gradients(ids[::-1].copy(), np.zeros((5000, 8), np.float32), now=0.0)
+    np.testing.assert_array_equal(a.lookup(ids), b.lookup(ids))
+    v = a.lookup(ids).ravel()
+    assert abs(v.mean()) < 0.02 and abs(v.std() - 1.0) < 0.02
+
+
+def test_filter_admits_on_nth_occurrence_and_lookup_reads_zero_before():
+    t = EmbeddingTable(
+        TableConfig(
+            name="f", dim=2, optimizer=SGD(lr=1.0), min_count=3, initializer=Initializer(kind="zeros")
+        )
+    )
+    g = np.ones((1, 2), np.float32)
+    for _ in range(2):
+        t.apply_gradients(np.array([9]), g, now=0.0)
+        assert len(t) == 0 and not t.lookup(np.array([9])).any()
+    t.apply_gradients(np.array([9]), g, now=0.0)
+    assert len(t) == 1
+    np.testing.assert_array_equal(t.lookup(np.array([9])), -g)
+
+
+def test_bad_input_gets_clear_errors():
+    t = EmbeddingTable(TableConfig(name="e", dim=2))
+    with pytest.raises(ConfigError, match="integers"):
+        t.lookup(np.array([1.5]))
+    with pytest.raises(ConfigError, match="shape"):
+        t.apply_gradients(np.array([1, 2]), np.zeros((2, 3), np.float32), now=0.0)
+    with pytest.raises(ConfigError, match="finite"):
+        t.apply_gradients(np.array([1]), np.zeros((1, 2), np.float32), now=float("nan"))
+    with pytest.raises(ConfigError, match="dim"):
+        TableConfig(name="x", dim=0)
+
+
+def test_save_load_round_trip_and_corrupt_files_are_refused(tmp_path):
+    cfg = TableConfig(name="s", dim=4, optimizer=Adagrad(lr=0.1), min_count=2, ttl_s=100.0)
+    t = EmbeddingTable(cfg)
+    rng = np.random.default_rng(3)
+    for step in range(20):
+        ids = rng.integers(0, 500, 256)
+        t.apply_gradients(ids, rng.normal(size=(256, 4)).astype(np.float32), now=float(step))
+    t.save(tmp_path / "snap")
+    u = EmbeddingTable.load(tmp_path / "snap")
+    ids = np.arange(-5, 505)
+    np.testing.assert_array_equal(u.lookup(ids), t.lookup(ids))
+    for a, b in zip(u.row_state(ids), t.row_state(ids), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the same future: identical updates give identical rows (optimizer and filter state restored)
+    for tab in (t, u):
+        tab.apply_gradients(np.arange(600), np.ones((600, 4), np.float32), now=25.0)
+    np.testing.assert_array_equal(u.lookup(np.arange(600)), t.lookup(np.arange(600)))
+    # a flipped byte and a truncated file are refused, naming the file
+    rows_file = next(p for p in (tmp_path / "snap").iterdir() if p.name.startswith("rows"))
+    data = bytearray(rows_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rows_file.write_bytes(bytes(data))
+    with pytest.raises(CorruptSnapshotError) as e:
+        EmbeddingTable.load(tmp_path / "snap")
+    assert rows_file.name in str(e.value)
+    rows_file.write_bytes(bytes(data[:100]))
+    with pytest.raises(CorruptSnapshotError, match="truncated"):
+        EmbeddingTable.load(tmp_path / "snap")
+
+
+def test_lookups_never_see_a_torn_row_while_updates_run():
+    # Every update adds the same value to all dims of a row, so a row is torn iff its dims differ.
+    t = EmbeddingTable(
+        TableConfig(name="c", dim=64, optimizer=SGD(lr=1.0), initializer=Initializer(kind="zeros"))
+    )
+    ids = np.arange(20_000, dtype=np.int64)
+    t.apply_gradients(ids, np.zeros((ids.shape[0], 64), np.float32), now=0.0)
+    stop = threading.Event()
+    torn: list[int] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            v = t.lookup(ids)
+            torn.append(int(np.count_nonzero(v.max(axis=1) != v.min(axis=1))))
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for th in threads:
+        th.start()
+    rng = np.random.default_rng(0)
+    for step in range(60):
+        batch = rng.choice(ids, 5000, replace=False)
+        g = np.repeat(rng.normal(size=(5000, 1)).astype(np.float32), 64, axis=1)
+        t.apply_gradients(batch, g, now=float(step))
+    stop.set()
+    for th in threads:
+        th.join()
+    assert len(torn) > 0
+    assert sum(torn) == 0
