@@ -60,6 +60,34 @@ class TouchedRows:
     evicted: np.ndarray
 
 
+class _Changes:
+    """Ids touched and evicted since a consumer's last take (memory bounded by compaction)."""
+
+    __slots__ = ("evicted", "n", "touched")
+
+    def __init__(self) -> None:
+        self.touched: list[np.ndarray] = []
+        self.n = 0
+        self.evicted: list[np.ndarray] = []
+
+    def mark(self, ids: np.ndarray, live: int) -> None:
+        self.touched.append(ids.copy())
+        self.n += ids.shape[0]
+        if self.n > 4 * max(live, 1 << 16):
+            merged = np.unique(np.concatenate(self.touched))
+            self.touched, self.n = [merged], merged.shape[0]
+
+    def peek(self) -> tuple[np.ndarray, np.ndarray]:
+        t = np.unique(np.concatenate(self.touched)) if self.touched else np.empty(0, np.int64)
+        e = np.unique(np.concatenate(self.evicted)) if self.evicted else np.empty(0, np.int64)
+        return t, e
+
+    def drain(self) -> tuple[np.ndarray, np.ndarray]:
+        out = self.peek()
+        self.touched, self.n, self.evicted = [], 0, []
+        return out
+
+
 def as_ids(ids: object) -> np.ndarray:
     """ids as a contiguous int64 vector; refuses floats, bools and non-1-D input."""
     a = np.asarray(ids)
@@ -98,9 +126,8 @@ class EmbeddingTable:
             self._filter = FrequencyFilter(config.filter, min_count=config.min_count, seed=config.seed)
         self.epoch: float | None = None  # data time of row "second 0"
         self._lock = RWLock()
-        self._touched: list[np.ndarray] = []
-        self._touched_n = 0
-        self._evicted: list[np.ndarray] = []
+        # change tracking per consumer ("sync" always; e.g. "snapshot" after track("snapshot"))
+        self._changes: dict[str, _Changes] = {"sync": _Changes()}
         self.evictions = 0  # rows removed by expiry or capacity, since creation
 
     # ---- reading -----------------------------------------------------------------------------
@@ -350,7 +377,8 @@ class EmbeddingTable:
         hit = rows >= 0
         if hit.any():
             self._rows.release(rows[hit])
-            self._evicted.append(ids[hit])
+            for ch in self._changes.values():
+                ch.evicted.append(ids[hit])
             self.evictions += int(hit.sum())
         return int(hit.sum())
 
@@ -375,27 +403,97 @@ class EmbeddingTable:
 
     # ---- sync --------------------------------------------------------------------------------
     def _mark_touched(self, ids: np.ndarray) -> None:
-        self._touched.append(ids.copy())
-        self._touched_n += ids.shape[0]
-        if self._touched_n > 4 * max(len(self), 1 << 16):  # bound memory between takes
-            merged = np.unique(np.concatenate(self._touched))
-            self._touched = [merged]
-            self._touched_n = merged.shape[0]
+        live = len(self)
+        for ch in self._changes.values():
+            ch.mark(ids, live)
 
-    def take_touched(self) -> TouchedRows:
-        """Ids updated since the last take (with their current embeddings) and ids evicted since."""
+    def track(self, channel: str) -> None:
+        """Start tracking changes for another consumer (e.g. incremental snapshots)."""
         with self._lock.write():
-            touched = np.unique(np.concatenate(self._touched)) if self._touched else np.empty(0, np.int64)
-            evicted = np.unique(np.concatenate(self._evicted)) if self._evicted else np.empty(0, np.int64)
-            self._touched, self._touched_n, self._evicted = [], 0, []
-            rows = self._index.find(touched)
-            live = rows >= 0
-            ids = touched[live]
+            self._changes.setdefault(channel, _Changes())
+
+    def take_touched(self, channel: str = "sync") -> TouchedRows:
+        """Ids updated since the last take on `channel` (with their current embeddings) and ids
+        evicted since; absent ids are reported only as evicted, present ones only as updated."""
+        with self._lock.write():
+            ids, rows, evicted = self._drain(channel)
             emb = np.empty((ids.shape[0], self.dim), dtype=np.float32)
-            R.gather_rows(self._rows.chunks, self._rows.bits, rows[live], 0, self.dim, emb)
-            if evicted.shape[0]:
-                evicted = evicted[self._index.find(evicted) < 0]
+            R.gather_rows(self._rows.chunks, self._rows.bits, rows, 0, self.dim, emb)
         return TouchedRows(ids=ids, embeddings=emb, evicted=evicted)
+
+    def take_changes(self, channel: str) -> tuple[dict, dict[str, np.ndarray]]:
+        """Like `take_touched`, with full rows (optimizer state), last-seen and counts, as
+        (meta, arrays) that `apply_changes` replays: an incremental snapshot of this table."""
+        with self._lock.write():
+            ids, rows, evicted = self._drain(channel)
+            full = np.empty((ids.shape[0], self.width), dtype=np.float32)
+            R.gather_rows(self._rows.chunks, self._rows.bits, rows, 0, self.width, full)
+            meta = np.empty((ids.shape[0], 2), dtype=np.int32)
+            R.gather_meta(self._rows.meta, self._rows.bits, rows, meta)
+            info = {"epoch": self.epoch, "evictions": self.evictions, "rows": int(ids.shape[0])}
+            if self._filter is not None:
+                fmeta, farrays = self._filter.state()
+                info["filter"] = fmeta
+            arrays = {
+                "ids": ids,
+                "rows": full,
+                "last_seen": meta[:, 0].copy(),
+                "count": meta[:, 1].copy(),
+                "evicted": evicted,
+            }
+            if self._filter is not None:
+                arrays.update({f"filter.{k}": v for k, v in farrays.items()})
+        return info, arrays
+
+    def apply_changes(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Replay an incremental snapshot from `take_changes` on top of this table's state."""
+        with self._lock.write():
+            self._remove_locked(np.asarray(arrays["evicted"], np.int64))
+            ids = np.asarray(arrays["ids"], np.int64)
+            if ids.shape[0]:
+                rows = self._index.find(ids)
+                new = rows < 0
+                if new.any():
+                    fresh = self._rows.allocate(int(new.sum()))
+                    self._index.insert(ids[new], fresh)
+                    rows = rows.copy()
+                    rows[new] = fresh
+                R.scatter_rows(
+                    self._rows.chunks,
+                    self._rows.bits,
+                    rows,
+                    0,
+                    np.ascontiguousarray(arrays["rows"], np.float32),
+                )
+                m = np.ascontiguousarray(
+                    np.stack([arrays["last_seen"], arrays["count"]], axis=1).astype(np.int32)
+                )
+                R.scatter_meta(self._rows.meta, self._rows.bits, rows, m)
+            if meta.get("epoch") is not None:
+                self.epoch = meta["epoch"]
+            self.evictions = int(meta.get("evictions", self.evictions))
+            if self._filter is not None and "filter" in meta:
+                farrays = {k[len("filter.") :]: v for k, v in arrays.items() if k.startswith("filter.")}
+                self._filter = type(self._filter).from_state(
+                    self.config.filter,
+                    meta["filter"],
+                    farrays,
+                    min_count=self.config.min_count,
+                    seed=self.config.seed,
+                )
+
+    def _drain(self, channel: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(present touched ids, their rows, absent evicted ids) of a channel, which is reset."""
+        ch = self._changes.get(channel)
+        if ch is None:
+            msg = f"table {self.name!r}: no change channel {channel!r} (call track() first)"
+            raise ConfigError(msg)
+        touched, evicted = ch.drain()
+        rows = self._index.find(touched)
+        live = rows >= 0
+        if evicted.shape[0]:
+            evicted = evicted[self._index.find(evicted) < 0]
+        return touched[live], rows[live], evicted
 
     # ---- snapshot -----------------------------------------------------------------------------
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -407,22 +505,18 @@ class EmbeddingTable:
             R.gather_rows(self._rows.chunks, self._rows.bits, rows, 0, self.width, full)
             meta = np.empty((keys.shape[0], 2), dtype=np.int32)
             R.gather_meta(self._rows.meta, self._rows.bits, rows, meta)
-            touched = np.unique(np.concatenate(self._touched)) if self._touched else np.empty(0, np.int64)
-            evicted = np.unique(np.concatenate(self._evicted)) if self._evicted else np.empty(0, np.int64)
-            arrays = {
-                "ids": keys,
-                "rows": full,
-                "last_seen": meta[:, 0].copy(),
-                "count": meta[:, 1].copy(),
-                "touched": touched,
-                "evicted": evicted,
-            }
+            arrays = {"ids": keys, "rows": full, "last_seen": meta[:, 0].copy(), "count": meta[:, 1].copy()}
+            for name, ch in self._changes.items():
+                t, e = ch.peek()
+                arrays[f"changes.{name}.touched"] = t
+                arrays[f"changes.{name}.evicted"] = e
             info = {
                 "config": self.config.to_dict(),
                 "epoch": self.epoch,
                 "evictions": self.evictions,
                 "rows": int(keys.shape[0]),
                 "width": self.width,
+                "channels": sorted(self._changes),
             }
             if self._filter is not None:
                 fmeta, farrays = self._filter.state()
@@ -473,11 +567,15 @@ class EmbeddingTable:
             table._filter = type(table._filter).from_state(
                 config.filter, meta["filter"], farrays, min_count=config.min_count, seed=config.seed
             )
-        if arrays.get("touched") is not None and arrays["touched"].shape[0]:
-            table._touched = [np.asarray(arrays["touched"], np.int64)]
-            table._touched_n = table._touched[0].shape[0]
-        if arrays.get("evicted") is not None and arrays["evicted"].shape[0]:
-            table._evicted = [np.asarray(arrays["evicted"], np.int64)]
+        for name in meta.get("channels", []):
+            ch = table._changes.setdefault(name, _Changes())
+            t = np.asarray(arrays.get(f"changes.{name}.touched", np.empty(0, np.int64)), np.int64)
+            e = np.asarray(arrays.get(f"changes.{name}.evicted", np.empty(0, np.int64)), np.int64)
+            ch.touched, ch.n, ch.evicted = (
+                ([t] if t.shape[0] else []),
+                t.shape[0],
+                ([e] if e.shape[0] else []),
+            )
         return table
 
     def save(self, path) -> None:
