@@ -8,10 +8,24 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numba.typed import List
-
-from freshrec.table._optim_kernels import apply_rows, init_state
+from freshrec.table import _optim_kernels
 from freshrec.table.optimizers import FTRL, SGD, Adagrad, Adam
+
+
+class List(list):
+    """Row chunks as RowStore keeps them: numpy arrays, handed to kernels by base address."""
+
+    @property
+    def ptrs(self) -> np.ndarray:
+        return np.array([c.ctypes.data for c in self], dtype=np.int64)
+
+
+def apply_rows(kind, hyper, chunks: List, chunk_bits, dim, rows, grads) -> None:
+    _optim_kernels.apply_rows(kind, hyper, chunks.ptrs, chunk_bits, dim, rows, grads)
+
+
+def init_state(kind, hyper, chunks: List, chunk_bits, dim, rows) -> None:
+    _optim_kernels.init_state(kind, hyper, chunks.ptrs, chunk_bits, dim, rows)
 
 
 def make_chunks(n_chunks: int, chunk_bits: int, width: int, rng: np.random.Generator | None = None) -> List:

@@ -113,7 +113,12 @@ def insert_many(words, rows32, nb, keys, rows, max_kicks, rng_state):
     """
     unb = uint64(nb)
     st = uint64(rng_state[0])
-    for i in range(keys.shape[0]):
+    n = keys.shape[0]
+    for i in range(min(AHEAD, n)):
+        prefetch_buckets(words, nb, keys[i])
+    for i in range(n):
+        if i + AHEAD < n:
+            prefetch_buckets(words, nb, keys[i + AHEAD])
         key = keys[i]
         row = rows[i]
         b1, b2 = buckets_of(key, unb)

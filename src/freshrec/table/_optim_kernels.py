@@ -1,8 +1,9 @@
 """Numba kernels of the per-row sparse optimizers (SGD, Adagrad, Adam, FTRL-Proximal).
 
-Row storage is chunked: rows live in a `numba.typed.List` of C-contiguous 2-D float32 arrays, each
-of shape (CHUNK, width) with CHUNK = 1 << chunk_bits and width = dim + state_width(dim). Row r is
-``chunks[r >> chunk_bits][r & (CHUNK - 1)]``. Worked example, Adam, dim = 2, chunk_bits = 2:
+Row storage is chunked: rows live in C-contiguous 2-D float32 chunks of shape (CHUNK, width) with
+CHUNK = 1 << chunk_bits and width = dim + state_width(dim); kernels get `chunks` as the int64 array
+of the chunks' base addresses (see `freshrec.table._rowptr`). Row r is row r & (CHUNK - 1) of chunk
+r >> chunk_bits. Worked example, Adam, dim = 2, chunk_bits = 2:
 
     width = 2 + (2 * 2 + 1) = 7;  row 5 -> chunks[1][1] = [w0 w1 | m0 m1 | v0 v1 | step]
 
@@ -28,18 +29,32 @@ import math
 import numpy as np
 from numba import njit
 
+from freshrec.table._rowptr import row_of
+
 __all__ = ["apply_rows", "init_state"]
 
 SGD_KIND, ADAGRAD_KIND, ADAM_KIND, FTRL_KIND = 0, 1, 2, 3
 
 
+@njit(inline="always", cache=True)
+def _width(kind, dim):
+    """Row width (embedding + optimizer state) of an optimizer kind; see freshrec.table.optimizers."""
+    if kind == ADAGRAD_KIND:
+        return 2 * dim
+    if kind == ADAM_KIND:
+        return 3 * dim + 1
+    if kind == FTRL_KIND:
+        return 3 * dim
+    return dim
+
+
 @njit(nogil=True, cache=True)
 def _sgd(hyper, chunks, chunk_bits, dim, rows, grads):
     lr = hyper[0]
-    mask = (np.int64(1) << chunk_bits) - 1
+    width = _width(SGD_KIND, dim)
     for i in range(rows.shape[0]):
         r = rows[i]
-        row = chunks[r >> chunk_bits][r & mask]
+        row = row_of(chunks, chunk_bits, width, r)
         for j in range(dim):
             row[j] = np.float32(np.float64(row[j]) - lr * np.float64(grads[i, j]))
 
@@ -49,10 +64,10 @@ def _adagrad(hyper, chunks, chunk_bits, dim, rows, grads):
     # torch: sum += g^2; p -= lr * g / (sqrt(sum) + eps)
     lr = hyper[0]
     eps = hyper[2]
-    mask = (np.int64(1) << chunk_bits) - 1
+    width = _width(ADAGRAD_KIND, dim)
     for i in range(rows.shape[0]):
         r = rows[i]
-        row = chunks[r >> chunk_bits][r & mask]
+        row = row_of(chunks, chunk_bits, width, r)
         for j in range(dim):
             g = np.float64(grads[i, j])
             acc = np.float32(np.float64(row[dim + j]) + g * g)
@@ -68,10 +83,10 @@ def _adam(hyper, chunks, chunk_bits, dim, rows, grads):
     b1 = hyper[1]
     b2 = hyper[2]
     eps = hyper[3]
-    mask = (np.int64(1) << chunk_bits) - 1
+    width = _width(ADAM_KIND, dim)
     for i in range(rows.shape[0]):
         r = rows[i]
-        row = chunks[r >> chunk_bits][r & mask]
+        row = row_of(chunks, chunk_bits, width, r)
         t = np.float64(row[3 * dim]) + 1.0
         row[3 * dim] = np.float32(t)
         step_size = lr / (1.0 - b1**t)
@@ -105,10 +120,10 @@ def _ftrl(hyper, chunks, chunk_bits, dim, rows, grads):
     beta = hyper[1]
     l1 = hyper[2]
     l2 = hyper[3]
-    mask = (np.int64(1) << chunk_bits) - 1
+    width = _width(FTRL_KIND, dim)
     for i in range(rows.shape[0]):
         r = rows[i]
-        row = chunks[r >> chunk_bits][r & mask]
+        row = row_of(chunks, chunk_bits, width, r)
         for j in range(dim):
             g = np.float64(grads[i, j])
             w = np.float64(row[j])
@@ -154,12 +169,12 @@ def init_state(kind, hyper, chunks, chunk_bits, dim, rows):
     (beta = l2 = 0) no z reproduces w0: z = 0 and the stored embedding stays the current weight
     until the first update, which recomputes it from z and n.
     """
-    mask = (np.int64(1) << chunk_bits) - 1
+    width = _width(kind, dim)
     if kind == SGD_KIND:
         return
     for i in range(rows.shape[0]):
         r = rows[i]
-        row = chunks[r >> chunk_bits][r & mask]
+        row = row_of(chunks, chunk_bits, width, r)
         if kind == ADAGRAD_KIND:
             acc0 = np.float32(hyper[1])
             for j in range(dim):

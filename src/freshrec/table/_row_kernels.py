@@ -1,8 +1,8 @@
 """Numba kernels over chunked row storage (see `freshrec.table.storage`).
 
-Row r lives at ``chunks[r >> bits][r & ((1 << bits) - 1)]``: a float32 vector
-``[embedding (dim) | optimizer state]``; its metadata at ``meta[r >> bits][r & mask]`` is
-``[last_seen (int32 seconds since the table's epoch), count (int32, saturating)]``.
+Row r is a float32 vector ``[embedding (dim) | optimizer state]`` of `width` floats and its
+metadata ``[last_seen (int32 seconds since the table's epoch), count (int32, saturating)]``;
+kernels reach both through the chunk address arrays `ptrs` / `mptrs` (see `_rowptr`).
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ import numpy as np
 from numba import njit, uint64
 
 from freshrec.table import _index_kernels as K
-from freshrec.table._prefetch import prefetch_row
+from freshrec.table._prefetch import prefetch_addr
+from freshrec.table._rowptr import meta_of, row_of
 
 INT32_MAX = 2**31 - 1
 INIT_NORMAL, INIT_UNIFORM, INIT_ZEROS = 0, 1, 2
 
 
 @njit(nogil=True, cache=True)
-def lookup_gather(words, rows32, nb, keys, chunks, bits, dim, out, rows_out):
+def lookup_gather(words, rows32, nb, keys, ptrs, bits, width, dim, out, rows_out):
     """out[i] = embedding of keys[i] (zeros when absent); rows_out[i] = its row or -1.
 
     Two-stage software pipeline: buckets are prefetched 2*AHEAD ahead, rows AHEAD ahead.
@@ -39,75 +40,61 @@ def lookup_gather(words, rows32, nb, keys, chunks, bits, dim, out, rows_out):
             r = K.find_one(words, rows32, nb, keys[j])
             rows_out[j] = r
             if r >= 0:
-                prefetch_row(chunks[r >> bits], np.int64(r & mask))
+                prefetch_addr(ptrs[r >> bits] + (r & mask) * width * 4)
         r = rows_out[i]
         if r >= 0:
-            c = chunks[r >> bits]
-            o = r & mask
+            row = row_of(ptrs, bits, width, r)
             for d in range(dim):
-                out[i, d] = c[o, d]
+                out[i, d] = row[d]
         else:
             for d in range(dim):
                 out[i, d] = 0.0
 
 
 @njit(nogil=True, cache=True)
-def gather_rows(chunks, bits, rows, lo, hi, out):
+def gather_rows(ptrs, bits, width, rows, lo, hi, out):
     """out[i] = row rows[i], columns lo:hi."""
-    mask = (1 << bits) - 1
     for i in range(rows.shape[0]):
-        r = rows[i]
-        c = chunks[r >> bits]
-        o = r & mask
+        row = row_of(ptrs, bits, width, rows[i])
         for d in range(lo, hi):
-            out[i, d - lo] = c[o, d]
+            out[i, d - lo] = row[d]
 
 
 @njit(nogil=True, cache=True)
-def scatter_rows(chunks, bits, rows, lo, values):
+def scatter_rows(ptrs, bits, width, rows, lo, values):
     """Row rows[i], columns lo:lo+values.shape[1] = values[i]."""
-    mask = (1 << bits) - 1
     w = values.shape[1]
     for i in range(rows.shape[0]):
-        r = rows[i]
-        c = chunks[r >> bits]
-        o = r & mask
+        row = row_of(ptrs, bits, width, rows[i])
         for d in range(w):
-            c[o, lo + d] = values[i, d]
+            row[lo + d] = values[i, d]
 
 
 @njit(nogil=True, cache=True)
-def gather_meta(meta, bits, rows, out):
-    mask = (1 << bits) - 1
+def gather_meta(mptrs, bits, rows, out):
     for i in range(rows.shape[0]):
-        r = rows[i]
-        m = meta[r >> bits]
-        out[i, 0] = m[r & mask, 0]
-        out[i, 1] = m[r & mask, 1]
+        m = meta_of(mptrs, bits, rows[i])
+        out[i, 0] = m[0]
+        out[i, 1] = m[1]
 
 
 @njit(nogil=True, cache=True)
-def scatter_meta(meta, bits, rows, values):
-    mask = (1 << bits) - 1
+def scatter_meta(mptrs, bits, rows, values):
     for i in range(rows.shape[0]):
-        r = rows[i]
-        m = meta[r >> bits]
-        m[r & mask, 0] = values[i, 0]
-        m[r & mask, 1] = values[i, 1]
+        m = meta_of(mptrs, bits, rows[i])
+        m[0] = values[i, 0]
+        m[1] = values[i, 1]
 
 
 @njit(nogil=True, cache=True)
-def touch(meta, bits, rows, now_rel, counts, reset):
+def touch(mptrs, bits, rows, now_rel, counts, reset):
     """last_seen = now_rel; count += counts (or = counts when reset), saturating at INT32_MAX."""
-    mask = (1 << bits) - 1
     for i in range(rows.shape[0]):
-        r = rows[i]
-        m = meta[r >> bits]
-        o = r & mask
-        m[o, 0] = now_rel
-        base = 0 if reset else np.int64(m[o, 1])
+        m = meta_of(mptrs, bits, rows[i])
+        m[0] = now_rel
+        base = 0 if reset else np.int64(m[1])
         c = base + counts[i]
-        m[o, 1] = INT32_MAX if c > INT32_MAX else c
+        m[1] = INT32_MAX if c > INT32_MAX else c
 
 
 @njit(inline="always", cache=True)
@@ -118,13 +105,10 @@ def _unit(seed, key, j):
 
 
 @njit(nogil=True, cache=True)
-def init_rows(chunks, bits, dim, rows, keys, kind, scale, seed):
+def init_rows(ptrs, bits, width, dim, rows, keys, kind, scale, seed):
     """Write the initial embedding of each new row: a pure function of (seed, key)."""
-    mask = (1 << bits) - 1
     for i in range(rows.shape[0]):
-        r = rows[i]
-        c = chunks[r >> bits]
-        o = r & mask
+        row = row_of(ptrs, bits, width, rows[i])
         key = keys[i]
         for d in range(dim):
             if kind == INIT_ZEROS:
@@ -135,7 +119,7 @@ def init_rows(chunks, bits, dim, rows, keys, kind, scale, seed):
                 u1 = _unit(seed, key, 2 * d)
                 u2 = _unit(seed, key, 2 * d + 1)
                 v = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2) * scale
-            c[o, d] = v
+            row[d] = v
 
 
 @njit(nogil=True, cache=True)
@@ -165,16 +149,15 @@ def dedup_sum(ids, grads, order, out_ids, out_grads, out_counts):
 
 
 @njit(nogil=True, cache=True)
-def expired(words, rows32, nb, meta, bits, before_rel, out_keys, out_rows):
+def expired(words, rows32, nb, mptrs, bits, before_rel, out_keys, out_rows):
     """Collect live entries whose last_seen < before_rel; returns their count."""
-    mask = (1 << bits) - 1
     n = 0
     for b in range(nb):
         base = b * K.WORDS
         rbase = b * (2 * K.WORDS) + 2 * K.ROW_WORD
         for s in range(K.SLOTS):
             r = rows32[rbase + s]
-            if r != K.EMPTY and meta[r >> bits][r & mask, 0] < before_rel:
+            if r != K.EMPTY and meta_of(mptrs, bits, r)[0] < before_rel:
                 out_keys[n] = words[base + s]
                 out_rows[n] = r
                 n += 1

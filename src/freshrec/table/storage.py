@@ -2,6 +2,7 @@
 
 Row r lives at ``chunks[r >> bits][r & mask]`` (float32, width = dim + optimizer state) and its
 metadata at ``meta[r >> bits][r & mask]`` = [last_seen (int32 s since the table epoch), count].
+Kernels reach them through `ptrs` / `mptrs`, the chunks' base addresses (`_rowptr`).
 Growing by a chunk never copies existing rows (unlike a doubling array), so a table of 10^8
 rows grows without a pause proportional to its size.
 """
@@ -9,7 +10,6 @@ rows grows without a pause proportional to its size.
 from __future__ import annotations
 
 import numpy as np
-from numba import float32, int32, typed
 
 from freshrec.table.index import zeroed_pages
 
@@ -23,8 +23,10 @@ class RowStore:
         self.width = int(width)
         self.bits = int(chunk_bits)
         self.chunk_rows = 1 << self.bits
-        self.chunks = typed.List.empty_list(float32[:, ::1])
-        self.meta = typed.List.empty_list(int32[:, ::1])
+        self.chunks: list[np.ndarray] = []  # owners of the row memory
+        self.meta: list[np.ndarray] = []
+        self.ptrs = np.zeros(0, dtype=np.int64)  # base address of each chunk, for the kernels
+        self.mptrs = np.zeros(0, dtype=np.int64)
         self.high = 0  # rows ever handed out: rows >= high are untouched
         self._free = np.empty(0, dtype=np.int32)
         self._n_free = 0
@@ -51,6 +53,9 @@ class RowStore:
         self.chunks.append(rows[: n * max(self.width, 1)].reshape(n, max(self.width, 1)))
         meta = np.frombuffer(zeroed_pages(n * 8), dtype=np.int32)
         self.meta.append(meta[: 2 * n].reshape(n, 2))
+        # new arrays (never resized in place): a kernel holding the old ones still sees valid memory
+        self.ptrs = np.append(self.ptrs, np.int64(self.chunks[-1].__array_interface__["data"][0]))
+        self.mptrs = np.append(self.mptrs, np.int64(self.meta[-1].__array_interface__["data"][0]))
 
     def allocate(self, n: int) -> np.ndarray:
         """n row numbers (int32), freed rows first; their contents are stale until written."""

@@ -116,7 +116,8 @@ class EmbeddingTable:
         self._kind = int(self._opt.kind)
         self._hyper = self._opt.hyper()
         self.width = self.dim + self._opt.state_width(self.dim)
-        bits = int(min(16, max(10, math.ceil(math.log2(max(config.initial_capacity, 2))))))
+        # chunks of ~16 MiB (address space only until rows are written: pages are mapped lazily)
+        bits = int(min(18, max(10, math.floor(math.log2((16 << 20) / (4 * self.width))))))
         self._index = CuckooIndex(config.initial_capacity, max_load=config.max_load, seed=config.seed)
         self._rows = RowStore(self.width, chunk_bits=bits)
         self._filter = None
@@ -150,8 +151,9 @@ class EmbeddingTable:
                 ix.rows32,
                 ix.n_buckets,
                 ids,
-                self._rows.chunks,
+                self._rows.ptrs,
                 self._rows.bits,
+                self.width,
                 self.dim,
                 out,
                 rows,
@@ -177,10 +179,10 @@ class EmbeddingTable:
             meta = np.zeros((ids.shape[0], 2), dtype=np.int32)
             if have.any():
                 sub = np.empty((int(have.sum()), self.width), dtype=np.float32)
-                R.gather_rows(self._rows.chunks, self._rows.bits, rows[have], 0, self.width, sub)
+                R.gather_rows(self._rows.ptrs, self._rows.bits, self.width, rows[have], 0, self.width, sub)
                 full[have] = sub
                 m = np.empty((int(have.sum()), 2), dtype=np.int32)
-                R.gather_meta(self._rows.meta, self._rows.bits, rows[have], m)
+                R.gather_meta(self._rows.mptrs, self._rows.bits, rows[have], m)
                 meta[have] = m
         last = np.full(ids.shape[0], np.nan)
         if self.epoch is not None:
@@ -192,7 +194,7 @@ class EmbeddingTable:
         with self._lock.read():
             keys, rows = self._index.items()
             emb = np.empty((keys.shape[0], self.dim), dtype=np.float32)
-            R.gather_rows(self._rows.chunks, self._rows.bits, rows, 0, self.dim, emb)
+            R.gather_rows(self._rows.ptrs, self._rows.bits, self.width, rows, 0, self.dim, emb)
         return keys, emb
 
     # ---- training ----------------------------------------------------------------------------
@@ -239,8 +241,8 @@ class EmbeddingTable:
             rows64 = rows.astype(np.int64)
             from freshrec.table._optim_kernels import apply_rows
 
-            apply_rows(self._kind, self._hyper, self._rows.chunks, self._rows.bits, self.dim, rows64, grads)
-            R.touch(self._rows.meta, self._rows.bits, rows, now_rel, counts, False)
+            apply_rows(self._kind, self._hyper, self._rows.ptrs, self._rows.bits, self.dim, rows64, grads)
+            R.touch(self._rows.mptrs, self._rows.bits, rows, now_rel, counts, False)
             self._mark_touched(ids)
 
     def _admit(self, ids, counts, rows, new, now, now_rel):
@@ -258,7 +260,9 @@ class EmbeddingTable:
             keys = cand[ok]
             fresh = self._rows.allocate(keys.shape[0])
             self._init(keys, fresh)
-            R.touch(self._rows.meta, self._rows.bits, fresh, now_rel, np.zeros(keys.shape[0], np.int64), True)
+            R.touch(
+                self._rows.mptrs, self._rows.bits, fresh, now_rel, np.zeros(keys.shape[0], np.int64), True
+            )
             self._index.insert(keys, fresh)
             pos = np.flatnonzero(new)[ok]
             out[pos] = fresh
@@ -267,8 +271,9 @@ class EmbeddingTable:
     def _init(self, keys: np.ndarray, rows: np.ndarray) -> None:
         init = self.config.initializer
         R.init_rows(
-            self._rows.chunks,
+            self._rows.ptrs,
             self._rows.bits,
+            self.width,
             self.dim,
             rows,
             keys,
@@ -280,7 +285,7 @@ class EmbeddingTable:
             from freshrec.table._optim_kernels import init_state
 
             init_state(
-                self._kind, self._hyper, self._rows.chunks, self._rows.bits, self.dim, rows.astype(np.int64)
+                self._kind, self._hyper, self._rows.ptrs, self._rows.bits, self.dim, rows.astype(np.int64)
             )
 
     def _make_room(
@@ -298,7 +303,7 @@ class EmbeddingTable:
             return ok
         keys, rows = self._index.items()
         meta = np.empty((keys.shape[0], 2), dtype=np.int32)
-        R.gather_meta(self._rows.meta, self._rows.bits, rows, meta)
+        R.gather_meta(self._rows.mptrs, self._rows.bits, rows, meta)
         evictable = ~np.isin(keys, protect_ids, assume_unique=True)
         keys, rows, meta = keys[evictable], rows[evictable], meta[evictable]
         n_evict = min(need, keys.shape[0])
@@ -349,7 +354,7 @@ class EmbeddingTable:
                 fresh = self._rows.allocate(int(new.sum()))
                 self._init(ids[new], fresh)
                 R.touch(
-                    self._rows.meta,
+                    self._rows.mptrs,
                     self._rows.bits,
                     fresh,
                     now_rel or 0,
@@ -359,10 +364,10 @@ class EmbeddingTable:
                 self._index.insert(ids[new], fresh)
                 rows = rows.copy()
                 rows[new] = fresh
-            R.scatter_rows(self._rows.chunks, self._rows.bits, rows, 0, emb)
+            R.scatter_rows(self._rows.ptrs, self._rows.bits, self.width, rows, 0, emb)
             if now_rel is not None:
                 R.touch(
-                    self._rows.meta, self._rows.bits, rows, now_rel, np.zeros(rows.shape[0], np.int64), False
+                    self._rows.mptrs, self._rows.bits, rows, now_rel, np.zeros(rows.shape[0], np.int64), False
                 )
             self._mark_touched(ids)
 
@@ -395,7 +400,7 @@ class EmbeddingTable:
             rows = np.empty(n, dtype=np.int32)
             ix = self._index
             k = R.expired(
-                ix.words, ix.rows32, ix.n_buckets, self._rows.meta, self._rows.bits, before, keys, rows
+                ix.words, ix.rows32, ix.n_buckets, self._rows.mptrs, self._rows.bits, before, keys, rows
             )
             if k == 0:
                 return 0
@@ -418,7 +423,7 @@ class EmbeddingTable:
         with self._lock.write():
             ids, rows, evicted = self._drain(channel)
             emb = np.empty((ids.shape[0], self.dim), dtype=np.float32)
-            R.gather_rows(self._rows.chunks, self._rows.bits, rows, 0, self.dim, emb)
+            R.gather_rows(self._rows.ptrs, self._rows.bits, self.width, rows, 0, self.dim, emb)
         return TouchedRows(ids=ids, embeddings=emb, evicted=evicted)
 
     def take_changes(self, channel: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -427,9 +432,9 @@ class EmbeddingTable:
         with self._lock.write():
             ids, rows, evicted = self._drain(channel)
             full = np.empty((ids.shape[0], self.width), dtype=np.float32)
-            R.gather_rows(self._rows.chunks, self._rows.bits, rows, 0, self.width, full)
+            R.gather_rows(self._rows.ptrs, self._rows.bits, self.width, rows, 0, self.width, full)
             meta = np.empty((ids.shape[0], 2), dtype=np.int32)
-            R.gather_meta(self._rows.meta, self._rows.bits, rows, meta)
+            R.gather_meta(self._rows.mptrs, self._rows.bits, rows, meta)
             info = {"epoch": self.epoch, "evictions": self.evictions, "rows": int(ids.shape[0])}
             if self._filter is not None:
                 fmeta, farrays = self._filter.state()
@@ -459,8 +464,9 @@ class EmbeddingTable:
                     rows = rows.copy()
                     rows[new] = fresh
                 R.scatter_rows(
-                    self._rows.chunks,
+                    self._rows.ptrs,
                     self._rows.bits,
+                    self.width,
                     rows,
                     0,
                     np.ascontiguousarray(arrays["rows"], np.float32),
@@ -468,7 +474,7 @@ class EmbeddingTable:
                 m = np.ascontiguousarray(
                     np.stack([arrays["last_seen"], arrays["count"]], axis=1).astype(np.int32)
                 )
-                R.scatter_meta(self._rows.meta, self._rows.bits, rows, m)
+                R.scatter_meta(self._rows.mptrs, self._rows.bits, rows, m)
             if meta.get("epoch") is not None:
                 self.epoch = meta["epoch"]
             self.evictions = int(meta.get("evictions", self.evictions))
@@ -502,9 +508,9 @@ class EmbeddingTable:
         with self._lock.read():
             keys, rows = self._index.items()
             full = np.empty((keys.shape[0], self.width), dtype=np.float32)
-            R.gather_rows(self._rows.chunks, self._rows.bits, rows, 0, self.width, full)
+            R.gather_rows(self._rows.ptrs, self._rows.bits, self.width, rows, 0, self.width, full)
             meta = np.empty((keys.shape[0], 2), dtype=np.int32)
-            R.gather_meta(self._rows.meta, self._rows.bits, rows, meta)
+            R.gather_meta(self._rows.mptrs, self._rows.bits, rows, meta)
             arrays = {"ids": keys, "rows": full, "last_seen": meta[:, 0].copy(), "count": meta[:, 1].copy()}
             for name, ch in self._changes.items():
                 t, e = ch.peek()
@@ -557,10 +563,15 @@ class EmbeddingTable:
             table._index.reserve(n)
             rows = table._rows.allocate(n)
             R.scatter_rows(
-                table._rows.chunks, table._rows.bits, rows, 0, np.ascontiguousarray(full, np.float32)
+                table._rows.ptrs,
+                table._rows.bits,
+                table.width,
+                rows,
+                0,
+                np.ascontiguousarray(full, np.float32),
             )
             m = np.ascontiguousarray(np.stack([last_seen, count], axis=1).astype(np.int32))
-            R.scatter_meta(table._rows.meta, table._rows.bits, rows, m)
+            R.scatter_meta(table._rows.mptrs, table._rows.bits, rows, m)
             table._index.insert(np.ascontiguousarray(ids, np.int64), rows)
         if table._filter is not None and "filter" in meta:
             farrays = {k[len("filter.") :]: v for k, v in arrays.items() if k.startswith("filter.")}
