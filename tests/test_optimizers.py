@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from freshrec.table import _optim_kernels
 from freshrec.table.optimizers import FTRL, SGD, Adagrad, Adam
 

@@ -111,7 +111,7 @@ def run(*, n_ids: int, dim: int = 16, seed: int = 0, reserve: bool = True, log=p
 
     t_dict = _best(dict_lookup, repeats=2)
     np.testing.assert_array_equal(dict_lookup(), table.lookup(qb))  # the baselines answer the same
-    del d
+    d.clear()  # free the baseline before the next one
     gc.collect()
     order = np.argsort(ids)
     sorted_ids = ids[order]
