@@ -1,0 +1,612 @@
+"""The embedded log: partitioned, crash-safe record files in a folder; no server.
+
+Layout of a log `name` under a backend root:
+
+    root/name/meta.json              {"format": 1, "partitions": N}   (written once, atomically)
+    root/name/writer.lock            advisory flock held by the one writer (holds its pid)
+    root/name/p<i>/<base>.seg        segments of partition i; <base> = offset of its first record,
+                                     20 digits; a segment rolls at `LocalLogConfig.segment_bytes`
+    root/name/consumers/<group>.json committed positions {"group": g, "positions": {"0": 12, ...}}
+
+A segment is a run of CRC-framed records (format in `freshrec.stream.local_segments`).
+Each partition's offsets are dense from 0; a sparse in-memory index per segment (built by
+scanning on first use, then extended) makes `seek` and opening cheap.
+
+Contract:
+- One writer per log at a time (any process): the first `append` takes the writer lock, or raises
+  `LogError` naming the holder's pid. Readers take no lock; any number of consumers, in any
+  processes, each with its own group positions.
+- Appends are buffered in memory and written out when `buffer_bytes` pile up or on `flush()`;
+  `flush()` writes and fsyncs, so after it returns a kill -9 (or power loss) of the writer loses
+  none of those records. Readers in other processes see a record once it is written out (at
+  the latest after `flush()`).
+- A writer killed mid-append can leave a torn tail (a partial record, or bad CRC); readers
+  never return it, and the next writer truncates it when it takes the lock.
+- Corruption inside a sealed segment (one that a later segment follows) raises `LogError`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import struct
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+
+from freshrec.errors import LogError, OffsetOutOfRange
+from freshrec.stream.local_segments import (
+    HEADER_BYTES,
+    STATUS_END,
+    STATUS_LIMIT,
+    SegmentIndex,
+    encode,
+    fsync_dir,
+    fsync_or_error,
+    scan,
+    segment_bases,
+    segment_path,
+    write_json_atomic,
+)
+from freshrec.stream.log import Record, partition_for
+
+__all__ = ["LocalBackend", "LocalConsumer", "LocalLog", "LocalLogConfig"]
+
+FORMAT_VERSION = 1
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalLogConfig:
+    """Tuning of the local log.
+
+    segment_bytes: a partition's segment rolls once it holds this many bytes.
+    buffer_bytes: appended bytes (per partition) kept in memory before being written out.
+    poll_step_s: how long `poll` sleeps between looks at the files while it waits.
+    """
+
+    segment_bytes: int = 64 << 20
+    buffer_bytes: int = 1 << 20
+    poll_step_s: float = 0.003
+
+    def validate(self) -> None:
+        if self.segment_bytes < 1024:
+            msg = f"segment_bytes must be >= 1024, got {self.segment_bytes}"
+            raise LogError(msg)
+        if self.buffer_bytes < 0:
+            msg = f"buffer_bytes must be >= 0, got {self.buffer_bytes}"
+            raise LogError(msg)
+        if not 0 < self.poll_step_s <= 1:
+            msg = f"poll_step_s must be in (0, 1], got {self.poll_step_s}"
+            raise LogError(msg)
+
+
+def _check_name(kind: str, name: str) -> None:
+    ok = name and len(name) <= 200 and name[0] not in ".-"
+    if not ok or any(not (c.isascii() and (c.isalnum() or c in "._-")) for c in name):
+        msg = f"{kind} name {name!r} must be 1-200 characters of [A-Za-z0-9._-], not starting with . or -"
+        raise LogError(msg)
+
+
+@dataclass(slots=True)
+class _PartWriter:
+    fd: int
+    base: int  # offset of the active segment's first record
+    size: int  # bytes in the active segment's file
+    next_offset: int
+    buf: list[bytes]
+    buf_bytes: int = 0
+    dirty: bool = False  # written but not fsynced
+
+
+class LocalLog:
+    """A log in `root/name` (see the module docstring for layout and guarantees). Thread-safe."""
+
+    def __init__(self, root: str | os.PathLike[str], name: str, *, partitions: int = 1,
+                 config: LocalLogConfig | None = None) -> None:
+        _check_name("log", name)
+        self.config = config or LocalLogConfig()
+        self.config.validate()
+        if partitions < 1:
+            msg = f"log {name!r}: partitions must be >= 1, got {partitions}"
+            raise LogError(msg)
+        self.name = name
+        self.path = Path(root) / name
+        self._partitions = self._open_meta(partitions)
+        for p in range(self._partitions):
+            (self.path / f"p{p}").mkdir(exist_ok=True)
+        (self.path / "consumers").mkdir(exist_ok=True)
+        self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._writers: list[_PartWriter] | None = None
+        self._broken: str | None = None
+        self._counter = 0
+        self._closed = False
+        self._consumers: weakref.WeakSet[LocalConsumer] = weakref.WeakSet()
+        self._pool: ThreadPoolExecutor | None = None
+        self._index: dict[tuple[int, int], SegmentIndex] = {}  # (partition, segment base) -> index
+        self._index_lock = threading.Lock()
+
+    def _open_meta(self, partitions: int) -> int:
+        meta = self.path / "meta.json"
+        try:
+            if not meta.exists():
+                self.path.mkdir(parents=True, exist_ok=True)
+                tmp = self.path / f".meta.{uuid.uuid4().hex}.tmp"
+                tmp.write_text(json.dumps({"format": FORMAT_VERSION, "partitions": partitions}))
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                with contextlib.suppress(FileExistsError):  # another process created it first
+                    os.link(tmp, meta)
+                tmp.unlink()
+                fsync_dir(self.path)
+                fsync_dir(self.path.parent)
+            doc = json.loads(meta.read_text())
+        except (OSError, ValueError) as e:
+            msg = f"log {self.name!r}: cannot open {meta}: {e}"
+            raise LogError(msg) from e
+        if doc.get("format") != FORMAT_VERSION or not isinstance(doc.get("partitions"), int):
+            msg = f"log {self.name!r}: {meta} is not a freshrec local log meta file (format {FORMAT_VERSION})"
+            raise LogError(msg)
+        return int(doc["partitions"])
+
+    def _segment_index(self, p: int, base: int, fd: int, upto: int | None = None) -> SegmentIndex:
+        """The index of segment `base` of partition `p` (open as `fd`), scanned to `upto` records
+        (default: all valid ones). Shared by this log's writer and consumers."""
+        with self._index_lock:
+            idx = self._index.get((p, base))
+            if idx is None:
+                idx = self._index[(p, base)] = SegmentIndex()
+            idx.extend(fd, upto)
+            return idx
+
+    @property
+    def partitions(self) -> int:
+        """Number of partitions; an existing log keeps the count it was created with."""
+        return self._partitions
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _open_writer(self) -> list[_PartWriter]:
+        """Take the writer lock, truncate torn tails, and set up each partition's active segment."""
+        lock_path = self.path / "writer.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                msg = (f"log {self.name!r} at {self.path} already has a writer (pid {holder}); "
+                       "one writer at a time")
+                raise LogError(msg) from e
+            raise
+        writers: list[_PartWriter] = []
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            for p in range(self._partitions):
+                pdir = self.path / f"p{p}"
+                bases = segment_bases(pdir)
+                base = bases[-1] if bases else 0
+                sfd = os.open(segment_path(pdir, base), os.O_RDWR | os.O_CREAT, 0o644)
+                writers.append(_PartWriter(fd=sfd, base=base, size=0, next_offset=base, buf=[]))
+                idx = self._segment_index(p, base, sfd)
+                if os.fstat(sfd).st_size != idx.end:  # torn tail from a writer killed mid-append
+                    os.ftruncate(sfd, idx.end)
+                    os.fsync(sfd)
+                if not bases:
+                    fsync_dir(pdir)
+                writers[-1].size, writers[-1].next_offset = idx.end, base + idx.n
+            fsync_dir(self.path)  # the partition and consumer folders' entries are durable too
+        except OSError as e:
+            for w in writers:
+                os.close(w.fd)
+            os.close(fd)
+            msg = f"log {self.name!r}: cannot open {self.path} for writing: {e}"
+            raise LogError(msg) from e
+        self._lock_fd = fd
+        return writers
+
+    def _write_out(self, w: _PartWriter) -> None:
+        if not w.buf:
+            return
+        data = b"".join(w.buf)
+        w.buf.clear()
+        w.buf_bytes = 0
+        try:
+            view = memoryview(data)
+            while view:
+                k = os.pwrite(w.fd, view, w.size)
+                w.size += k
+                view = view[k:]
+        except OSError as e:
+            self._broken = f"a write failed: {e}"
+            msg = f"log {self.name!r}: writing {self.path} failed: {e}; reopen the log to recover"
+            raise LogError(msg) from e
+        w.dirty = True
+
+    def _sync(self, w: _PartWriter) -> None:
+        self._write_out(w)
+        if w.dirty:
+            try:
+                os.fsync(w.fd)
+            except OSError as e:
+                self._broken = f"fsync failed: {e}"
+                msg = f"log {self.name!r}: fsync of {self.path} failed: {e}; reopen the log to recover"
+                raise LogError(msg) from e
+            w.dirty = False
+
+    def _roll(self, p: int, w: _PartWriter) -> None:
+        """Seal the active segment (all bytes written and fsynced), then start the next one."""
+        self._sync(w)
+        os.close(w.fd)
+        pdir = self.path / f"p{p}"
+        w.fd = os.open(segment_path(pdir, w.next_offset), os.O_RDWR | os.O_CREAT, 0o644)
+        fsync_dir(pdir)
+        w.base, w.size = w.next_offset, 0
+
+    def append(self, value: bytes, key: bytes | None = None) -> tuple[int, int]:
+        """Queue one record; returns its (partition, offset). Durable after `flush()`."""
+        try:
+            frame = encode(value, key)
+        except LogError as e:
+            msg = f"log {self.name!r}: {e}"
+            raise LogError(msg) from e
+        with self._lock:
+            if self._closed:
+                msg = f"log {self.name!r} is closed"
+                raise LogError(msg)
+            if self._broken:
+                msg = f"log {self.name!r} is unusable ({self._broken}); reopen it to recover"
+                raise LogError(msg)
+            ws = self._writers
+            if ws is None:
+                ws = self._writers = self._open_writer()
+            p = partition_for(key, self._partitions, self._counter)
+            self._counter += 1
+            w = ws[p]
+            if w.size + w.buf_bytes + len(frame) > self.config.segment_bytes and w.size + w.buf_bytes > 0:
+                self._roll(p, w)
+            w.buf.append(frame)
+            w.buf_bytes += len(frame)
+            offset = w.next_offset
+            w.next_offset += 1
+            if w.buf_bytes >= self.config.buffer_bytes:
+                self._write_out(w)
+            return p, offset
+
+    def flush(self) -> None:
+        """Write out and fsync everything appended so far."""
+        with self._lock:
+            if self._broken:
+                msg = f"log {self.name!r} is unusable ({self._broken}); reopen it to recover"
+                raise LogError(msg)
+            ws = self._writers or []
+            for w in ws:
+                self._write_out(w)
+            dirty = [w for w in ws if w.dirty]
+            if len(dirty) > 1:  # fsync the partitions' files in parallel (os.fsync releases the GIL)
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=min(8, self._partitions),
+                                                    thread_name_prefix=f"fsync-{self.name}")
+                errors = [e for e in self._pool.map(fsync_or_error, [w.fd for w in dirty]) if e]
+                if errors:
+                    self._broken = f"fsync failed: {errors[0]}"
+                    msg = f"log {self.name!r}: fsync in {self.path} failed: {errors[0]}; reopen the log"
+                    raise LogError(msg)
+                for w in dirty:
+                    w.dirty = False
+            for w in dirty:
+                self._sync(w)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def end_offsets(self) -> list[int]:
+        """Per partition, the offset the next record gets: the writer's count (buffered included),
+        or in a process that has not appended, the number of valid records on disk."""
+        with self._lock:
+            if self._writers is not None:
+                return [w.next_offset for w in self._writers]
+        return [self._disk_end(p) for p in range(self._partitions)]
+
+    def _disk_end(self, p: int) -> int:
+        pdir = self.path / f"p{p}"
+        bases = segment_bases(pdir)
+        if not bases:
+            return 0
+        try:
+            fd = os.open(segment_path(pdir, bases[-1]), os.O_RDONLY)
+        except FileNotFoundError:
+            return 0
+        try:
+            return bases[-1] + self._segment_index(p, bases[-1], fd).n
+        finally:
+            os.close(fd)
+
+    def consumer(self, group: str, *, partitions: Sequence[int] | None = None) -> LocalConsumer:
+        """A consumer in `group` over `partitions` (default all), at the group's committed positions."""
+        parts = list(range(self._partitions)) if partitions is None else [int(p) for p in partitions]
+        c = LocalConsumer(self, group, parts)
+        self._consumers.add(c)
+        return c
+
+    def close(self) -> None:
+        """Flush, release the writer lock and close this log's consumers. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._writers is not None and not self._broken:
+                    for w in self._writers:
+                        self._sync(w)
+            finally:
+                for w in self._writers or ():
+                    os.close(w.fd)
+                self._writers = None
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)  # releases the flock
+                    self._lock_fd = None
+                if self._pool is not None:
+                    self._pool.shutdown()
+                    self._pool = None
+        for c in list(self._consumers):
+            c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# consumers
+
+
+def _group_file(log: LocalLog, group: str) -> Path:
+    if not group or len(group) > 200:
+        msg = f"consumer group {group!r} must be 1-200 characters"
+        raise LogError(msg)
+    safe = quote(group, safe="-_").replace(".", "%2E")  # unambiguous, no path tricks
+    if len(safe) > 180:
+        safe = f"{safe[:120]}~{hashlib.sha256(group.encode()).hexdigest()[:40]}"
+    return log.path / "consumers" / f"{safe}.json"
+
+
+@dataclass(slots=True)
+class _PartReader:
+    offset: int  # next record to return
+    located: bool = False
+    fd: int | None = None
+    base: int = 0  # first offset of the open segment
+    pos: int = 0  # byte position of `offset` in the open segment
+    avg: float = 128.0  # bytes per record seen so far (sizes the reads)
+
+
+class LocalConsumer:
+    """A consumer of a `LocalLog` over an explicit set of partitions. Not thread-safe."""
+
+    def __init__(self, log: LocalLog, group: str, partitions: list[int]) -> None:
+        self._file = _group_file(log, group)
+        for p in partitions:
+            if not 0 <= p < log.partitions:
+                msg = f"log {log.name!r} has {log.partitions} partitions; no partition {p}"
+                raise LogError(msg)
+        self._log = log
+        self.group = group
+        committed = self._read_committed()
+        self._parts = {p: _PartReader(offset=committed.get(p, 0)) for p in partitions}
+        self._order = list(partitions)
+        self._turn = 0
+        self._closed = False
+
+    # -- positions ----------------------------------------------------------------------------
+
+    def _read_committed(self) -> dict[int, int]:
+        try:
+            doc = json.loads(self._file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            msg = f"consumer group {self.group!r}: cannot read {self._file}: {e}"
+            raise LogError(msg) from e
+        return {int(p): int(o) for p, o in doc.get("positions", {}).items()}
+
+    def commit(self, positions: Mapping[int, int] | None = None) -> None:
+        """Durably store `positions` (default: the current ones) for the group; other partitions'
+        committed positions (e.g. from other consumers of the group) are kept."""
+        new = dict(self.position() if positions is None else positions)
+        lock_path = self._file.with_suffix(".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            merged = self._read_committed()
+            merged.update({int(p): int(o) for p, o in new.items()})
+            doc = {"group": self.group, "positions": {str(p): o for p, o in sorted(merged.items())}}
+            write_json_atomic(self._file, doc)
+        except OSError as e:
+            msg = f"consumer group {self.group!r}: cannot write {self._file}: {e}"
+            raise LogError(msg) from e
+        finally:
+            os.close(fd)  # releases the flock
+
+    def committed(self) -> dict[int, int]:
+        c = self._read_committed()
+        return {p: c.get(p, 0) for p in self._parts}
+
+    def position(self) -> dict[int, int]:
+        return {p: r.offset for p, r in self._parts.items()}
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Move `partition` to `offset`; raises OffsetOutOfRange beyond the records on disk."""
+        r = self._parts.get(partition)
+        if r is None:
+            msg = f"consumer of {self._log.name!r}: partition {partition} is not assigned"
+            raise LogError(msg)
+        self._close_segment(r)
+        r.offset, r.located = int(offset), False
+        self._locate(partition, r)
+
+    def _close_segment(self, r: _PartReader) -> None:
+        if r.fd is not None:
+            os.close(r.fd)
+            r.fd = None
+
+    def _locate(self, p: int, r: _PartReader) -> None:
+        """Open the segment holding r.offset and find its byte position."""
+        if r.offset < 0:
+            msg = f"log {self._log.name!r} partition {p}: offset {r.offset} < 0"
+            raise OffsetOutOfRange(msg)
+        pdir = self._log.path / f"p{p}"
+        bases = segment_bases(pdir)
+        if not bases:
+            if r.offset != 0:
+                msg = f"log {self._log.name!r} partition {p}: offset {r.offset} beyond the end (0)"
+                raise OffsetOutOfRange(msg)
+            r.located = True  # no segment yet: _read opens it once it appears
+            return
+        base = bases[bisect.bisect_right(bases, r.offset) - 1] if r.offset >= bases[0] else bases[0]
+        if r.offset < base:
+            msg = f"log {self._log.name!r} partition {p}: offset {r.offset} is before the first segment"
+            raise OffsetOutOfRange(msg)
+        fd = os.open(segment_path(pdir, base), os.O_RDONLY)
+        idx = self._log._segment_index(p, base, fd, r.offset - base)
+        if idx.n < r.offset - base:
+            os.close(fd)
+            msg = f"log {self._log.name!r} partition {p}: offset {r.offset} beyond the end ({base + idx.n})"
+            raise OffsetOutOfRange(msg)
+        end = idx.position(fd, r.offset - base)
+        r.fd, r.base, r.pos, r.located = fd, base, end, True
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def poll(self, max_records: int = 1000, timeout_s: float = 0.0) -> list[Record]:
+        """Up to `max_records` records from the current positions, partitions taking turns;
+        waits up to `timeout_s` (sleeping in `poll_step_s` steps) for at least one."""
+        if self._closed:
+            msg = f"consumer of {self._log.name!r} is closed"
+            raise LogError(msg)
+        deadline = time.monotonic() + timeout_s
+        step = self._log.config.poll_step_s
+        while True:
+            out: list[Record] = []
+            k = len(self._order)
+            for i in range(k):
+                p = self._order[(self._turn + i) % k]
+                self._read(p, self._parts[p], max_records - len(out), out)
+                if len(out) >= max_records:
+                    break
+            self._turn = (self._turn + 1) % max(k, 1)
+            left = deadline - time.monotonic()
+            if out or left <= 0:
+                return out
+            time.sleep(min(step, left))
+
+    def _read(self, p: int, r: _PartReader, want: int, out: list[Record]) -> None:
+        if not r.located:
+            self._locate(p, r)
+        pdir = self._log.path / f"p{p}"
+        if r.fd is None:
+            if not segment_bases(pdir):
+                return
+            self._locate(p, r)
+        fd = r.fd
+        assert fd is not None, "located with a segment present"
+        size = 0
+        sealed = False  # saw a later segment: this one is complete on disk
+        later: list[int] = []
+        while want > 0:
+            cap = min(want, 1 << 16)
+            size = max(size, min(max(int(r.avg * cap * 1.1) + 64, 4096), 16 << 20))
+            data = os.pread(fd, size, r.pos)
+            rows = np.empty((cap, 3), dtype=np.int64)
+            n, end, status, _ = scan(np.frombuffer(data, dtype=np.uint8), 0, cap, True, rows, 0, 1)
+            if n:
+                off = r.offset
+                for s, kl, e in rows[:n].tolist():
+                    if kl < 0:
+                        out.append(Record(p, off, None, data[s + HEADER_BYTES : e]))
+                    else:
+                        v = s + HEADER_BYTES + kl
+                        out.append(Record(p, off, data[s + HEADER_BYTES : v], data[v:e]))
+                    off += 1
+                r.offset, r.pos, want = off, r.pos + end, want - n
+                r.avg = 0.8 * r.avg + 0.2 * (end / n)
+            if status == STATUS_LIMIT:
+                continue
+            if status == STATUS_END and len(data) == size:  # there may be more bytes than we read
+                if n:
+                    size = 0
+                    continue
+                need = 8 + struct.unpack_from("<I", data, 0)[0]  # one record larger than the read
+                if r.pos + need <= os.fstat(fd).st_size:
+                    size = need
+                    continue
+            # the readable bytes end here (EOF, or an incomplete or bad record)
+            if not sealed:
+                later = [b for b in segment_bases(pdir) if b > r.base]
+                if not later:
+                    return  # active segment: an incomplete or torn tail is waited on, never returned
+                sealed = True  # the writer wrote all of this segment before creating the next one:
+                size = 0  # look once more, then move on
+                continue
+            if os.fstat(fd).st_size != r.pos:
+                path = segment_path(pdir, r.base)
+                msg = f"log {self._log.name!r}: corrupt record at byte {r.pos} of sealed segment {path}"
+                raise LogError(msg)
+            if later[0] != r.offset:
+                msg = (f"log {self._log.name!r} partition {p}: segment {r.base} ends at offset {r.offset} "
+                       f"but the next segment starts at {later[0]}")
+                raise LogError(msg)
+            self._close_segment(r)
+            fd = r.fd = os.open(segment_path(pdir, later[0]), os.O_RDONLY)
+            r.base, r.pos, size, sealed = later[0], 0, 0, False
+
+    def close(self) -> None:
+        self._closed = True
+        for r in self._parts.values():
+            self._close_segment(r)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class LocalBackend:
+    """Logs as folders under `root` (created when absent); `log()` returns one object per name."""
+
+    def __init__(self, root: str | os.PathLike[str], *, config: LocalLogConfig | None = None) -> None:
+        self.root = Path(root)
+        self.config = config or LocalLogConfig()
+        self.config.validate()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            msg = f"cannot create log root {self.root}: {e}"
+            raise LogError(msg) from e
+        self._logs: dict[str, LocalLog] = {}
+        self._lock = threading.Lock()
+
+    def log(self, name: str, *, partitions: int = 1) -> LocalLog:
+        """Open (creating when absent, with `partitions`) the log `name`."""
+        with self._lock:
+            log = self._logs.get(name)
+            if log is None or log._closed:
+                log = self._logs[name] = LocalLog(self.root, name, partitions=partitions, config=self.config)
+            return log
+
+    def close(self) -> None:
+        with self._lock:
+            logs, self._logs = list(self._logs.values()), {}
+        for log in logs:
+            log.close()
