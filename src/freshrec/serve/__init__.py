@@ -1,1 +1,19 @@
-"""freshrec.serve."""
+"""freshrec.serve: the HTTP model server (FastAPI + uvicorn) over a `ServingReplica`.
+
+    app = create_app(replica, features_log=log, subscriber=sub)    # FastAPI app
+    srv = ServerThread(app).start()                                 # 127.0.0.1, free port
+"""
+
+from freshrec.serve.app import AppConfig, FeatureLogger, create_app
+from freshrec.serve.metrics import ServeMetrics
+from freshrec.serve.server import ServerThread, bind_socket, serve_forever
+
+__all__ = [
+    "AppConfig",
+    "FeatureLogger",
+    "ServeMetrics",
+    "ServerThread",
+    "bind_socket",
+    "create_app",
+    "serve_forever",
+]

@@ -1,0 +1,327 @@
+"""`freshrec bench serve`: latency of /v1/rank over real HTTP while deltas are applied every second.
+
+Setup: a training PS (DeepFM, slots user_id / item_id / category, 2 dense features, DNN 256-128)
+with `--users` users and `--items` items, published once to a local parameter log and snapshotted.
+A `freshrec serve` SUBPROCESS (its own interpreter, `--threads` torch threads, 127.0.0.1) boots
+from that snapshot and follows the log. Meanwhile, in this process:
+
+- a publisher thread changes `--delta-rows` user and item rows every `--sync-interval` seconds
+  (as training would) and publishes them (dense weights every `--dense-interval` seconds);
+- `--clients` client threads, each with its own httpx.Client (keep-alive), send /v1/rank with
+  `--candidates` random candidates back to back for `--seconds` (after a 1 s warm-up).
+
+Reported: client-side p50 / p99 / max latency, requests/s, errors (non-200 or transport errors),
+and how many parameter versions the server applied during the run. Baselines measured in the same
+run: GET /healthz over the same HTTP path (transport + framework floor), and `ServingReplica.rank`
+called in-process on the same snapshot (the scoring alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HELP = "p50/p99 latency and requests/s of /v1/rank over HTTP while deltas apply every second"
+EXAMPLE = "freshrec bench serve --quick --json"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--users", type=int, default=100_000, help="users in the tables")
+    parser.add_argument("--items", type=int, default=100_000, help="items in the tables")
+    parser.add_argument("--dim", type=int, default=16, help="embedding dim")
+    parser.add_argument("--candidates", type=int, default=100, help="candidates per request")
+    parser.add_argument("--clients", type=int, default=2, help="concurrent client threads (closed loop)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured duration")
+    parser.add_argument("--delta-rows", type=int, default=5_000, help="user and item rows changed per sync")
+    parser.add_argument("--sync-interval", type=float, default=1.0, help="seconds between syncs")
+    parser.add_argument("--dense-interval", type=float, default=5.0, help="seconds between dense updates")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    parser.add_argument("--quick", action="store_true", help="short run: 20k users/items, 4 s")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) * 1000.0 if xs else float("nan")
+
+
+def _build(root: Path, args: argparse.Namespace):
+    from freshrec.model import FeatureSpec, SlotSpec
+    from freshrec.ps import SyncPublisher, TrainingPS
+    from freshrec.stream.local_log import LocalBackend
+
+    spec = FeatureSpec(
+        slots=(SlotSpec(name="user_id"), SlotSpec(name="item_id"), SlotSpec(name="category")),
+        dense_dim=2,
+        dim=args.dim,
+    )
+    ps = TrainingPS(spec, shards=2)
+    rng = np.random.default_rng(0)
+    for name, n in (("user_id", args.users), ("item_id", args.items), ("category", 1000)):
+        t = ps.tables[name]
+        t.assign(np.arange(n, dtype=np.int64), rng.normal(0, 0.1, (n, t.dim)).astype(np.float32), now=0.0)
+    backend = LocalBackend(root / "logs")
+    plog = backend.log("params")
+    pub = SyncPublisher(
+        ps, plog, interval_s=args.sync_interval, dense_interval_s=args.dense_interval, clock=time.monotonic
+    )
+    first = pub.publish_once()
+    snap = pub.snapshot(root / "snapshot")
+    return ps, pub, backend, snap, first
+
+
+def _start_server(root: Path, snap: Path, threads: int) -> tuple[subprocess.Popen, str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "freshrec.cli",
+        "serve",
+        "--params",
+        str(root / "logs"),
+        "--snapshot",
+        str(snap),
+        "--port",
+        "0",
+        "--threads",
+        str(threads),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 180
+    stdout = proc.stdout
+    assert stdout is not None
+    lines = []
+    while time.monotonic() < deadline:
+        line = stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "listening on " in line:
+            url = line.rsplit("listening on ", 1)[1].strip()
+            threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()  # drain
+            return proc, url
+    proc.kill()
+    msg = "freshrec serve did not start:\n" + "".join(lines)
+    raise RuntimeError(msg)
+
+
+def _rank_buckets(text: str) -> dict[float, float]:
+    """Cumulative counts of the server-side /v1/rank latency histogram, by upper bound (s)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[float, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "freshrec_request_latency_seconds":
+            for smp in fam.samples:
+                if smp.name.endswith("_bucket") and smp.labels.get("endpoint") == "/v1/rank":
+                    out[float(smp.labels["le"])] = smp.value
+    return out
+
+
+def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """Upper bound (ms) of the histogram bucket holding quantile q of the requests in between."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    for b, c in zip(bounds, counts, strict=True):
+        if c >= q * counts[-1]:
+            return b * 1000.0
+    return float("inf")
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def main(args: argparse.Namespace) -> int:
+    import httpx
+
+    from freshrec.ps import ServingReplica
+
+    if args.quick:
+        args.users, args.items, args.seconds = 20_000, 20_000, 4.0
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(msg: str) -> None:
+        print(msg, file=out, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="freshrec-bench-serve-") as tmp:
+        root = Path(tmp)
+        say(f"building tables: {args.users} users, {args.items} items, dim {args.dim} ...")
+        ps, pub, backend, snap, first = _build(root, args)
+        say(f"initial publish: {first.touched} rows, {first.bytes / 1e6:.1f} MB in {first.frames} frames")
+        say("starting `freshrec serve` subprocess ...")
+        proc, url = _start_server(root, snap, args.threads)
+        rng = np.random.default_rng(1)
+        try:
+            # baseline 1: in-process scoring alone, same snapshot
+            import torch
+
+            torch.set_num_threads(args.threads)
+            rep = ServingReplica.from_snapshot(snap)
+            score_lat = []
+            for _ in range(300):
+                cands = rng.integers(0, args.items, args.candidates)
+                t0 = time.perf_counter()
+                rep.rank(int(rng.integers(args.users)), cands, sparse={"category": [int(rng.integers(1000))]})
+                score_lat.append(time.perf_counter() - t0)
+            del rep
+            # baseline 2: /healthz over the same HTTP path
+            health_lat = []
+            with httpx.Client(base_url=url, timeout=10.0) as c:
+                for _ in range(300):
+                    t0 = time.perf_counter()
+                    c.get("/healthz").raise_for_status()
+                    health_lat.append(time.perf_counter() - t0)
+                m0 = c.get("/metrics").text
+                v0 = _metric(m0, "freshrec_model_version")
+                b0 = _rank_buckets(m0)
+
+            stop_pub = threading.Event()
+            syncs: list[float] = []
+
+            def publisher() -> None:
+                g = np.random.default_rng(2)
+                while not stop_pub.wait(args.sync_interval):
+                    for name, n in (("user_id", args.users), ("item_id", args.items)):
+                        t = ps.tables[name]
+                        ids = g.integers(0, n, args.delta_rows)
+                        t.assign(ids, g.normal(0, 0.1, (ids.shape[0], t.dim)).astype(np.float32), now=1.0)
+                    t0 = time.perf_counter()
+                    pub.publish_once()
+                    syncs.append(time.perf_counter() - t0)
+
+            lat: list[list[float]] = [[] for _ in range(args.clients)]
+            errors = [0] * args.clients
+            t_start = time.monotonic() + 1.0  # warm-up before
+            t_end = t_start + args.seconds
+
+            def client(k: int) -> None:
+                g = np.random.default_rng(100 + k)
+                with httpx.Client(base_url=url, timeout=10.0) as c:
+                    while True:
+                        now = time.monotonic()
+                        if now >= t_end:
+                            return
+                        body = {
+                            "user_id": int(g.integers(args.users)),
+                            "candidates": g.integers(0, args.items, args.candidates).tolist(),
+                            "sparse": {"category": [int(g.integers(1000))]},
+                            "dense": {"dense_0": float(g.random()), "dense_1": 1.0},
+                        }
+                        t0 = time.perf_counter()
+                        try:
+                            r = c.post("/v1/rank", json=body)
+                            ok = r.status_code == 200 and len(r.json()["items"]) == args.candidates
+                        except httpx.HTTPError:
+                            ok = False
+                        dt = time.perf_counter() - t0
+                        if now >= t_start:
+                            lat[k].append(dt)
+                            errors[k] += 0 if ok else 1
+
+            pth = threading.Thread(target=publisher, daemon=True)
+            import psutil
+
+            sproc = psutil.Process(proc.pid)
+            pth.start()
+            say(
+                f"{args.clients} clients x {args.seconds:.0f} s of /v1/rank ({args.candidates} candidates), "
+                f"deltas of {args.delta_rows} users + {args.delta_rows} items every {args.sync_interval} s"
+            )
+            threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+            for th in threads:
+                th.start()
+            while time.monotonic() < t_start:  # warm-up: clients run, not measured
+                time.sleep(0.005)
+            c0 = sproc.cpu_times()
+            for th in threads:
+                th.join()
+            c1 = sproc.cpu_times()
+            stop_pub.set()
+            pth.join()
+            with httpx.Client(base_url=url, timeout=10.0) as c:
+                mtext = c.get("/metrics").text
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            backend.close()
+
+    all_lat = [x for xs in lat for x in xs]
+    n_err = sum(errors)
+    v1 = _metric(mtext, "freshrec_model_version")
+    b1 = _rank_buckets(mtext)
+    result = {
+        "p50_ms": round(_pct(all_lat, 50), 3),
+        "p99_ms": round(_pct(all_lat, 99), 3),
+        "max_ms": round(max(all_lat) * 1000.0, 3) if all_lat else float("nan"),
+        "rps": round(len(all_lat) / args.seconds, 1),
+        "errors": n_err,
+        "requests": len(all_lat),
+        "clients": args.clients,
+        "candidates": args.candidates,
+        "users": args.users,
+        "items": args.items,
+        "server_threads": args.threads,
+        "versions_applied": int(v1 - v0) if v1 == v1 and v0 == v0 else None,
+        "server_cpu_ms_per_request": round(
+            1000.0 * ((c1.user + c1.system) - (c0.user + c0.system)) / max(len(all_lat), 1), 3
+        ),
+        "server_p50_ms_le": _bucket_quantile(b0, b1, 0.50),
+        "server_p99_ms_le": _bucket_quantile(b0, b1, 0.99),
+        "syncs": len(syncs),
+        "sync_publish_ms_p50": round(_pct(syncs, 50), 2),
+        "delta_rows_per_sync": 2 * args.delta_rows,
+        "baseline_healthz_p50_ms": round(_pct(health_lat, 50), 3),
+        "baseline_healthz_p99_ms": round(_pct(health_lat, 99), 3),
+        "baseline_inprocess_rank_p50_ms": round(_pct(score_lat, 50), 3),
+        "baseline_inprocess_rank_p99_ms": round(_pct(score_lat, 99), 3),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+    rows = [
+        ("/v1/rank over HTTP, deltas applying", result["p50_ms"], result["p99_ms"], result["rps"]),
+        (
+            "baseline: GET /healthz over HTTP",
+            result["baseline_healthz_p50_ms"],
+            result["baseline_healthz_p99_ms"],
+            "",
+        ),
+        (
+            "baseline: ServingReplica.rank in-process",
+            result["baseline_inprocess_rank_p50_ms"],
+            result["baseline_inprocess_rank_p99_ms"],
+            "",
+        ),
+    ]
+    print(f"{'':44} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+    for name, a, b, c in rows:
+        print(f"{name:44} {a:>8} {b:>8} {c!s:>8}")
+    print(
+        f"server-side handling time (histogram buckets): p50 <= {result['server_p50_ms_le']} ms, "
+        f"p99 <= {result['server_p99_ms_le']} ms; server CPU {result['server_cpu_ms_per_request']} ms/req "
+        f"(deltas and feature logging included); load avg {result['load_avg_1m']} on {os.cpu_count()} cpus"
+    )
+    print(
+        f"errors {n_err} of {len(all_lat)}; max {result['max_ms']} ms; versions applied in the run: "
+        f"{result['versions_applied']} ({result['syncs']} syncs of {2 * args.delta_rows} rows, "
+        f"publish p50 {result['sync_publish_ms_p50']} ms)"
+    )
+    if args.json:
+        print(json.dumps(result))
+    return 0 if n_err == 0 else 1

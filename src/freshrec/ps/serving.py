@@ -1,0 +1,377 @@
+"""`ServingReplica`: serving tables (embeddings only) + the dense model, answering while deltas apply.
+
+A replica holds one `EmbeddingTable` per slot configured for serving: SGD (no optimizer state, so a
+row is exactly the `dim` floats the delta carried), no admission filter, no expiry or capacity
+(the training PS decides what exists; deletions arrive in deltas). Its `DeepFM`'s
+`CollisionlessEmbedding` layers read those tables.
+
+Applying while answering:
+- `apply(Delta)`: `remove(deleted)` then `assign(ids, embeddings)`; each call takes the table's
+  write lock, so a request's lookup sees every row before or after an update, never torn (rows of
+  one delta on different tables may be seen one table old; a request never waits on more than one
+  table's write).
+- `apply(DenseUpdate)`: the frames of one version are collected; once every dense tensor of the
+  model is there, a NEW DeepFM sharing the same embedding layers is built, loaded and only then put
+  in place by one reference assignment. A request reads `self._model` once, so it computes with the
+  old or the new dense weights, never a mix.
+
+fp16 (`ServingConfig.fp16`): embeddings are rounded through float16 on apply (and on bootstrap), so
+a replica behaves exactly like one fed fp16 deltas; the storage stays float32 (the table's row
+format), i.e. the flag trades accuracy for sync bandwidth (`SyncPublisher(fp16=True)` halves the
+payload), not for replica memory.
+
+Sampling correction: freshrec trains with the log-odds offset in the loss (`freshrec.stream.sampling`),
+so the served logit is already the true log-odds and no correction is applied by default. For a
+model trained on sampled negatives WITHOUT the offset, set `ServingConfig.train_sample_rate = r` and
+the replica serves `corrected_logit(logit, r) = logit + log r`.
+
+Model input from features (the convention shared with the training side): slot `user_id` reads
+the user id, slot `item_id` the item id, any other slot `sparse[slot]` (single-valued slots take the
+first id; a missing one reads as `MISSING_ID`, whose row is zeros unless trained; multi-valued slots
+take the whole list as a bag). Dense features are `dense[name]` for `name` in `dense_names`
+(default `dense_0 .. dense_{D-1}`), 0.0 when absent. Per-candidate features override the context's.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from freshrec.checkpoint.format import read_snapshot, strip_prefix
+from freshrec.errors import ConfigError, SnapshotError
+from freshrec.model import CollisionlessEmbedding, DeepFM, FeatureSpec
+from freshrec.ps.delta import Delta, DenseUpdate
+from freshrec.ps.training import SNAPSHOT_KIND, spec_from_dict
+from freshrec.table import SGD, EmbeddingTable, Initializer, TableConfig
+
+__all__ = ["MISSING_ID", "ServingConfig", "ServingReplica", "serving_table_config"]
+
+MISSING_ID = -(2**63)  # the id a single-valued slot reads when the request lacks it
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingConfig:
+    """Options of a serving replica (see the module docstring).
+
+    fp16: round embeddings through float16 on apply. train_sample_rate: add log(r) to logits
+    (only for models trained on sampled negatives without the loss offset). dense_names: order of
+    the dense features. initial_capacity: rows each table is sized for at start.
+    """
+
+    fp16: bool = False
+    train_sample_rate: float | None = None
+    dense_names: tuple[str, ...] | None = None
+    initial_capacity: int = 1024
+
+    def __post_init__(self) -> None:
+        r = self.train_sample_rate
+        if r is not None and not 0.0 < r <= 1.0:
+            msg = f"ServingConfig.train_sample_rate must be in (0, 1], got {r}"
+            raise ConfigError(msg)
+
+
+def serving_table_config(cfg: TableConfig, *, initial_capacity: int = 1024) -> TableConfig:
+    """A training table config turned into a serving one: rows of `dim` floats, nothing evicted."""
+    return replace(
+        cfg,
+        optimizer=SGD(lr=0.01),
+        initializer=Initializer(kind="zeros", scale=0.0),
+        min_count=1,
+        ttl_s=None,
+        capacity=None,
+        initial_capacity=max(int(initial_capacity), 16),
+    )
+
+
+class ServingReplica:
+    """Serving tables + dense model of a DeepFM over `spec`; see the module docstring.
+
+    Args:
+        spec: the model's slots (as the training PS's).
+        hidden: DNN widths (as the training PS's).
+        seed: initialization of the dense weights until the first DenseUpdate / snapshot.
+        config: ServingConfig.
+        clock: wall-clock seconds, stamped on each apply (`last_apply_wall`, for metrics).
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        *,
+        hidden: Sequence[int] = (256, 128),
+        seed: int = 0,
+        config: ServingConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.hidden = tuple(int(h) for h in hidden)
+        self.seed = int(seed)
+        self.config = config or ServingConfig()
+        self.clock = clock
+        names = self.config.dense_names
+        self.dense_names = (
+            tuple(names) if names is not None else tuple(f"dense_{i}" for i in range(spec.dense_dim))
+        )
+        if len(self.dense_names) != spec.dense_dim:
+            msg = f"{len(self.dense_names)} dense_names for a model with {spec.dense_dim} dense features"
+            raise ConfigError(msg)
+        self.tables: dict[str, EmbeddingTable] = {}
+        for n in spec.names:
+            cfg = serving_table_config(
+                spec.table_config(n, extra_columns=1), initial_capacity=self.config.initial_capacity
+            )
+            self.tables[n] = EmbeddingTable(cfg)
+        self._layers = nn.ModuleDict(
+            {n: CollisionlessEmbedding(t.config, table=t) for n, t in self.tables.items()}
+        )
+        self._model = self._fresh_model()
+        self._dense_keys = frozenset(self._model.state_dict().keys())
+        self._pending_dense: dict[int, dict[str, np.ndarray]] = {}
+        self._apply_lock = threading.Lock()
+        self._offset = (
+            0.0 if self.config.train_sample_rate is None else math.log(self.config.train_sample_rate)
+        )
+        # what has been applied
+        self.version = 0  # highest version applied (delta or dense)
+        self.dense_version = 0
+        self.data_ts: float | None = None  # data time of the newest frame applied
+        self.last_apply_wall: float | None = None
+        self.deltas_applied = 0
+        self.rows_applied = 0
+        self.rows_deleted = 0
+        self.dense_applied = 0
+        self.unknown_tables = 0
+        self.positions: dict[str, Any] = {}  # parameter-log offsets of the snapshot bootstrapped from
+
+    # ---- model ---------------------------------------------------------------------------------
+    def _fresh_model(self) -> DeepFM:
+        m = DeepFM(self.spec, self._layers, hidden=self.hidden, seed=self.seed)
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+        return m
+
+    @property
+    def model(self) -> DeepFM:
+        """The DeepFM currently answering (replaced as a whole on each dense update)."""
+        return self._model
+
+    def load_dense(self, tensors: Mapping[str, np.ndarray], *, version: int | None = None) -> None:
+        """Swap in new dense weights atomically (all of the model's dense tensors are required)."""
+        missing = self._dense_keys - set(tensors)
+        if missing:
+            msg = f"dense update lacks {sorted(missing)}"
+            raise ConfigError(msg)
+        m = self._fresh_model()
+        m.load_state_dict({k: torch.from_numpy(np.array(tensors[k])) for k in self._dense_keys}, strict=True)
+        self._model = m  # the swap: one reference assignment
+        if version is not None:
+            self.dense_version = int(version)
+
+    # ---- applying ------------------------------------------------------------------------------
+    def apply(self, msg: Delta | DenseUpdate) -> None:
+        """Apply one parameter-log frame (see the module docstring)."""
+        with self._apply_lock:
+            if isinstance(msg, Delta):
+                table = self.tables.get(msg.table)
+                if table is None:
+                    self.unknown_tables += 1
+                    return
+                if msg.deleted.shape[0]:
+                    self.rows_deleted += table.remove(msg.deleted)
+                if msg.ids.shape[0]:
+                    emb = msg.embeddings
+                    if self.config.fp16 and emb.dtype != np.float16:
+                        emb = emb.astype(np.float16)
+                    table.assign(msg.ids, emb.astype(np.float32, copy=False))
+                    self.rows_applied += int(msg.ids.shape[0])
+                self.deltas_applied += 1
+            else:
+                pend = self._pending_dense.setdefault(int(msg.version), {})
+                pend.update(msg.tensors)
+                if not self._dense_keys <= set(pend):
+                    return
+                self.load_dense(pend, version=msg.version)
+                self._pending_dense = {v: p for v, p in self._pending_dense.items() if v > msg.version}
+                self.dense_applied += 1
+            self.version = max(self.version, int(msg.version))
+            if msg.ts:
+                self.data_ts = msg.ts if self.data_ts is None else max(self.data_ts, float(msg.ts))
+            self.last_apply_wall = self.clock()
+
+    # ---- bootstrap -----------------------------------------------------------------------------
+    @classmethod
+    def bootstrap(
+        cls,
+        meta: Mapping[str, Any],
+        arrays: Mapping[str, np.ndarray],
+        *,
+        config: ServingConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        source: str = "<state>",
+    ) -> ServingReplica:
+        """A replica holding the embeddings and dense weights of a training-PS state
+        (`TrainingPS.state()` / its snapshot); `replica.positions` = the state's positions, so
+        follow the log with `SyncSubscriber(replica, log, start=replica.positions["params"])`."""
+        try:
+            spec = spec_from_dict(meta["spec"])
+            rep = cls(spec, hidden=tuple(meta["hidden"]), seed=int(meta["seed"]), config=config, clock=clock)
+            for name, tm in meta["tables"].items():
+                table = rep.tables[name]
+                dim = table.dim
+                for k in range(len(tm["shards"])):
+                    ids = np.asarray(arrays[f"table.{name}.shard{k}.ids"], np.int64)
+                    rows = np.asarray(arrays[f"table.{name}.shard{k}.rows"])[:, :dim]
+                    if rep.config.fp16:
+                        rows = rows.astype(np.float16)
+                    table.reserve(len(table) + ids.shape[0])
+                    table.assign(ids, np.ascontiguousarray(rows, np.float32))
+                table.take_touched()  # serving tables track nothing for anyone: drop the marks
+            positions = dict(meta.get("positions", {}))
+            version = int(positions.get("params_version", 0))
+            rep.load_dense(strip_prefix("dense", arrays), version=version)
+        except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as e:
+            msg = f"{source}: cannot bootstrap a serving replica ({e!r})"
+            raise SnapshotError(msg) from e
+        rep.positions = positions
+        rep.version = version
+        dt = meta.get("data_time")
+        rep.data_ts = None if dt is None else float(dt)
+        return rep
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        path: str | Path,
+        *,
+        config: ServingConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> ServingReplica:
+        """`bootstrap` from a training-PS snapshot dir (`TrainingPS.save` / `SyncPublisher.snapshot`)."""
+        meta, arrays = read_snapshot(path, kind=SNAPSHOT_KIND)
+        return cls.bootstrap(meta, arrays, config=config, clock=clock, source=str(path))
+
+    # ---- scoring -------------------------------------------------------------------------------
+    def _slot_input(
+        self,
+        name: str,
+        multi: bool,
+        n: int,
+        ctx: Mapping[str, Sequence[int]],
+        per_row: Sequence[Mapping[str, Sequence[int]]] | None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if per_row is None:
+            v = ctx.get(name) or ()
+            if not multi:
+                return torch.full((n,), int(v[0]) if len(v) else MISSING_ID, dtype=torch.int64)
+            k = len(v)
+            flat = torch.tensor(list(v) * n, dtype=torch.int64) if k else torch.empty(0, dtype=torch.int64)
+            return flat, torch.arange(n, dtype=torch.int64) * k  # bag b = flat[b*k:(b+1)*k]
+        lists = [(r.get(name) if name in r else ctx.get(name)) or () for r in per_row]
+        if not multi:
+            return torch.tensor([int(x[0]) if len(x) else MISSING_ID for x in lists], dtype=torch.int64)
+        lens = np.fromiter((len(x) for x in lists), np.int64, len(lists))
+        offsets = np.zeros(len(lists), np.int64)
+        np.cumsum(lens[:-1], out=offsets[1:])
+        flat_np = np.fromiter((int(i) for x in lists for i in x), np.int64, int(lens.sum()))
+        return torch.from_numpy(flat_np), torch.from_numpy(offsets)
+
+    def _dense_input(
+        self, n: int, ctx: Mapping[str, float], per_row: Sequence[Mapping[str, float]] | None
+    ) -> torch.Tensor | None:
+        if not self.dense_names:
+            return None
+        base = [float(ctx.get(k, 0.0)) for k in self.dense_names]
+        if per_row is None:
+            return torch.tensor(base, dtype=torch.float32).expand(n, -1)
+        rows = [[float(r.get(k, b)) for k, b in zip(self.dense_names, base, strict=True)] for r in per_row]
+        return torch.tensor(rows, dtype=torch.float32).reshape(n, len(self.dense_names))
+
+    def inputs(
+        self,
+        user_ids: Sequence[int] | np.ndarray,
+        item_ids: Sequence[int] | np.ndarray,
+        *,
+        sparse: Mapping[str, Sequence[int]] | None = None,
+        dense: Mapping[str, float] | None = None,
+        row_sparse: Sequence[Mapping[str, Sequence[int]]] | None = None,
+        row_dense: Sequence[Mapping[str, float]] | None = None,
+    ) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """DeepFM input (sparse dict, dense (B, D) or None) of B rows: ids, shared context
+        features and optional per-row features (see the module docstring for the mapping)."""
+        uid = torch.from_numpy(np.ascontiguousarray(user_ids, dtype=np.int64).reshape(-1))
+        iid = torch.from_numpy(np.ascontiguousarray(item_ids, dtype=np.int64).reshape(-1))
+        n = int(iid.shape[0])
+        ctx = sparse or {}
+        out: dict[str, Any] = {}
+        for s in self.spec.slots:
+            if s.name == "user_id":
+                out[s.name] = uid.expand(n) if uid.shape[0] == 1 else uid
+            elif s.name == "item_id":
+                out[s.name] = iid
+            else:
+                out[s.name] = self._slot_input(s.name, s.multi_valued, n, ctx, row_sparse)
+        return out, self._dense_input(n, dense or {}, row_dense)
+
+    def _probabilities(self, sparse: Mapping[str, Any], dense: torch.Tensor | None) -> np.ndarray:
+        model = self._model  # read once: old or new dense weights, never a mix
+        with torch.inference_mode():
+            logit = model(sparse, dense).numpy().astype(np.float64)
+        if self._offset:
+            logit = logit + self._offset
+        return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+
+    def rank(
+        self,
+        user_id: int,
+        item_ids: Sequence[int] | np.ndarray,
+        *,
+        sparse: Mapping[str, Sequence[int]] | None = None,
+        dense: Mapping[str, float] | None = None,
+        item_sparse: Sequence[Mapping[str, Sequence[int]]] | None = None,
+        item_dense: Sequence[Mapping[str, float]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids, probabilities) of the candidates, best first (ties keep the input order)."""
+        items = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+        if items.shape[0] == 0:
+            return items, np.empty(0, np.float32)
+        sp, de = self.inputs(
+            np.asarray([user_id], np.int64),
+            items,
+            sparse=sparse,
+            dense=dense,
+            row_sparse=item_sparse,
+            row_dense=item_dense,
+        )
+        p = self._probabilities(sp, de)
+        order = np.argsort(-p, kind="stable")
+        return items[order], p[order]
+
+    def predict(self, examples: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Click probabilities (B,) of examples {"user_id", "item_id", "sparse"?, "dense"?}."""
+        if not examples:
+            return np.empty(0, np.float32)
+        sp, de = self.inputs(
+            [int(e["user_id"]) for e in examples],
+            [int(e["item_id"]) for e in examples],
+            row_sparse=[e.get("sparse") or {} for e in examples],
+            row_dense=[e.get("dense") or {} for e in examples],
+        )
+        return self._probabilities(sp, de)
+
+    # ---- inspection ----------------------------------------------------------------------------
+    def table_sizes(self) -> dict[str, int]:
+        return {n: len(t) for n, t in self.tables.items()}
+
+    def lookup(self, table: str, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Embeddings (n, dim) the replica serves for `ids` of `table` (zeros when absent)."""
+        return self.tables[table].lookup(np.asarray(ids, np.int64))

@@ -1,0 +1,105 @@
+"""Prometheus metrics of the model server, in a registry of its own (one per app).
+
+Exposed at `GET /metrics` (text format 0.0.4):
+
+    freshrec_request_latency_seconds{endpoint}      histogram of request handling time (server side)
+    freshrec_requests_total{endpoint,status}        requests answered, by HTTP status
+    freshrec_features_logged_total                  feature events written to the features log
+    freshrec_model_version                          highest parameter-log version applied
+    freshrec_dense_version                          version of the dense weights in use
+    freshrec_last_delta_age_seconds                 wall seconds since the last frame was applied
+    freshrec_model_data_age_seconds                 wall now minus the data time of the newest frame
+    freshrec_table_rows{table}                      rows per serving table
+    freshrec_deltas_applied_total                   table deltas (frames) applied
+    freshrec_rows_applied_total / _rows_deleted_total
+    freshrec_dense_updates_applied_total
+    freshrec_param_frames_bad_total                 frames the subscriber could not decode
+
+Ages are NaN until something was applied.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["LATENCY_BUCKETS", "ServeMetrics"]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class _ReplicaCollector(Collector):
+    def __init__(self, replica: Any, subscriber: Any, clock: Callable[[], float]) -> None:
+        self.replica = replica
+        self.subscriber = subscriber
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.replica
+        now = self.clock()
+        yield GaugeMetricFamily("freshrec_model_version", "Highest parameter-log version applied", r.version)
+        yield GaugeMetricFamily(
+            "freshrec_dense_version", "Version of the dense weights in use", r.dense_version
+        )
+        age = math.nan if r.last_apply_wall is None else max(0.0, now - r.last_apply_wall)
+        yield GaugeMetricFamily(
+            "freshrec_last_delta_age_seconds", "Wall seconds since the last parameter frame was applied", age
+        )
+        dage = math.nan if r.data_ts is None else now - r.data_ts
+        yield GaugeMetricFamily(
+            "freshrec_model_data_age_seconds",
+            "Wall now minus the data time of the newest frame applied",
+            dage,
+        )
+        rows = GaugeMetricFamily("freshrec_table_rows", "Rows per serving table", labels=["table"])
+        for name, n in r.table_sizes().items():
+            rows.add_metric([name], n)
+        yield rows
+        yield CounterMetricFamily("freshrec_deltas_applied", "Table delta frames applied", r.deltas_applied)
+        yield CounterMetricFamily("freshrec_rows_applied", "Embedding rows upserted", r.rows_applied)
+        yield CounterMetricFamily("freshrec_rows_deleted", "Embedding rows deleted", r.rows_deleted)
+        yield CounterMetricFamily(
+            "freshrec_dense_updates_applied", "Dense weight updates swapped in", r.dense_applied
+        )
+        if self.subscriber is not None:
+            yield CounterMetricFamily(
+                "freshrec_param_frames_bad",
+                "Parameter frames that failed to decode",
+                self.subscriber.bad_frames,
+            )
+
+
+class ServeMetrics:
+    """The server's metrics; `render()` is the /metrics body."""
+
+    def __init__(
+        self, replica: Any, *, subscriber: Any = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.latency = Histogram(
+            "freshrec_request_latency_seconds",
+            "Request handling time (server side)",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "freshrec_requests", "Requests answered", ["endpoint", "status"], registry=self.registry
+        )
+        self.features_logged = Counter(
+            "freshrec_features_logged", "Feature events written to the features log", registry=self.registry
+        )
+        self.registry.register(_ReplicaCollector(replica, subscriber, clock))
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        self.latency.labels(endpoint).observe(seconds)
+        self.requests.labels(endpoint, str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
