@@ -273,3 +273,21 @@ def test_openapi_documents_the_bodies(stack):
     body = o["paths"]["/v1/rank"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/RankRequest"}
     assert {"RankRequest", "CandidateIn", "PredictRequest", "ExampleIn"} <= set(o["components"]["schemas"])
+
+
+def test_rank_top_k_returns_and_logs_only_the_best_k(stack):
+    c = stack["client"]
+    full = rank(c, user_id=1, candidates=list(range(N_ITEMS))).json()
+    top = rank(c, user_id=1, candidates=list(range(N_ITEMS)), top_k=3).json()
+    assert [i["item_id"] for i in top["items"]] == [i["item_id"] for i in full["items"][:3]]
+    assert rank(c, user_id=1, candidates=[1], top_k=0).status_code == 422
+    want = [f"{top['request_id']}:{i}" for i in range(3)]
+    consumer = stack["flog"].consumer("top-k-check")
+    deadline = time.monotonic() + 10
+    mine: list[str] = []
+    while time.monotonic() < deadline and len(mine) < 3:
+        for r in consumer.poll(1000, timeout_s=0.2):
+            e = decode_feature(r.value)
+            if e.request_id.startswith(top["request_id"] + ":"):
+                mine.append(e.request_id)
+    assert sorted(mine) == want

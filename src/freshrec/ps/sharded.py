@@ -161,13 +161,32 @@ class ShardedTable:
     def evict_expired(self, now: float) -> int:
         return sum(self._map(lambda s: self.shards[s].evict_expired(now)))
 
-    def take_touched(self) -> TouchedRows:
-        parts = self._map(lambda s: self.shards[s].take_touched())
+    def track(self, channel: str) -> None:
+        for t in self.shards:
+            t.track(channel)
+
+    def take_touched(self, channel: str = "sync") -> TouchedRows:
+        parts = self._map(lambda s: self.shards[s].take_touched(channel))
         return TouchedRows(
             ids=np.concatenate([p.ids for p in parts]),
             embeddings=np.concatenate([p.embeddings for p in parts]).reshape(-1, self.dim),
             evicted=np.concatenate([p.evicted for p in parts]),
         )
+
+    def take_changes(self, channel: str) -> tuple[dict, dict[str, np.ndarray]]:
+        """Each shard's `take_changes`, arrays under "shard<k>." (an incremental snapshot)."""
+        meta: dict = {"shards": []}
+        arrays: dict[str, np.ndarray] = {}
+        for k, t in enumerate(self.shards):
+            m, a = t.take_changes(channel)
+            meta["shards"].append(m)
+            arrays.update({f"shard{k}.{name}": v for name, v in a.items()})
+        return meta, arrays
+
+    def apply_changes(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        for k, (t, m) in enumerate(zip(self.shards, meta["shards"], strict=True)):
+            pre = f"shard{k}."
+            t.apply_changes(m, {name[len(pre) :]: v for name, v in arrays.items() if name.startswith(pre)})
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         parts = [t.export() for t in self.shards]

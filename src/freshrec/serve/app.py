@@ -4,7 +4,7 @@ Endpoints:
 
     POST /v1/rank      {"user_id": 42, "sparse": {"tags": [3, 7]}, "dense": {"dense_0": 0.5},
                         "candidates": [1007, 1009, {"item_id": 1011, "sparse": {"category": [2]}}],
-                        "request_id": "optional"}
+                        "request_id": "optional", "top_k": 10}
                    ->  {"request_id": "r81f2", "model_version": 12,
                         "items": [{"item_id": 1009, "score": 0.031}, ...]}          best first
     POST /v1/predict   {"examples": [{"user_id": 42, "item_id": 1007, "sparse": {...}, "dense": {...}}]}
@@ -17,7 +17,8 @@ booleans), dense values finite numbers; a malformed body gets 422 with pydantic'
 field, more than `max_candidates` candidates (or examples) 422 with the limit named, and a body over
 `max_body_bytes` 413 (the middleware checks Content-Length and, for streamed bodies, counts bytes).
 
-The loop closes here: each ranked candidate is logged as a `FeatureEvent` to the features log
+`top_k` (optional) returns only the best k items: only those are shown, so only those are
+impressions. The loop closes here: each returned candidate is logged as a `FeatureEvent` to the features log
 with request_id `"<request_id>:<position>"` (position in the returned list, 0 = best) and the
 features the model saw (context merged with the candidate's own), ts = server clock. A client
 reports an action on the item at position i with that request_id. Events are encoded and appended
@@ -76,6 +77,7 @@ class RankRequest(_Model):
     sparse: dict[Name, IdList] = Field(default_factory=dict)
     dense: dict[Name, Finite] = Field(default_factory=dict)
     request_id: Name | None = None
+    top_k: Annotated[int, Field(ge=1)] | None = None
 
 
 class RankedItem(BaseModel):
@@ -432,6 +434,8 @@ def create_app(
         items, scores = replica.rank(
             req.user_id, ids, sparse=req.sparse, dense=req.dense, item_sparse=row_sparse, item_dense=row_dense
         )
+        if req.top_k is not None:
+            items, scores = items[: req.top_k], scores[: req.top_k]
         item_list = items.tolist()
         if logger is not None:
             logger.submit((rid, req.user_id, item_list, req.sparse, req.dense, isparse, idense, clock()))
