@@ -1,0 +1,483 @@
+"""The table contract: every implementation of the table interface passes the same checks.
+
+Implementations: `EmbeddingTable`, `ShardedTable` with 1 and 3 in-process shards, and
+`RayShardedTable` over 2 Ray shard servers. Checks compare against a single `EmbeddingTable` fed the
+same calls (the oracle) wherever the result is determined: lookups must be bit-for-bit equal.
+
+The Ray implementation runs on a local Ray cluster (one per module, loopback only) started here;
+without ray installed its cases skip, except under CI=true, where they fail: CI must run them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from freshrec.errors import ConfigError
+from freshrec.ps.ray_ps import ray_unavailable
+from freshrec.ps.sharded import ShardedTable, shard_of
+from freshrec.table import SGD, Adagrad, EmbeddingTable, Initializer, TableConfig
+
+I64 = np.iinfo(np.int64)
+EXTREME = np.array([0, -1, I64.min, I64.max, 1, I64.min + 1, I64.max - 1], np.int64)
+RAY_SHARDS = 2
+_names = itertools.count()
+
+
+# ---- the Ray cluster (one per module) ---------------------------------------------------------------
+
+
+class Trainer:
+    """A trainer worker (a Ray actor: a process of its own) applying its share of the batches."""
+
+    def __init__(self) -> None:
+        import freshrec.ps.ray_ps  # noqa: F401  (import the table kernels while the tests run)
+
+    def train(self, table: Any, share: list) -> tuple[int, int]:
+        """(pid, examples) after applying each (ids, grads, now) of `share` to `table`."""
+        for ids, g, now in share:
+            table.apply_gradients(ids, g, now=now)
+        return os.getpid(), sum(ids.shape[0] for ids, _, _ in share)
+
+
+@dataclass
+class RayEnv:
+    servers: list[Any]  # RAY_SHARDS shard servers, named "contract-ps-<k>"
+    trainers: list[Any]  # two Trainer actors
+
+
+@pytest.fixture(scope="module")
+def ray_env() -> Iterator[RayEnv]:
+    """A local, loopback-only Ray cluster with shard servers and two trainer actors."""
+    reason = ray_unavailable()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: the Ray PS tests must run in CI)", pytrace=False)
+        pytest.skip(reason)
+    import ray
+
+    from freshrec.ps.ray_ps import ShardOptions, start_local_cluster, start_servers, stop_servers
+
+    if ray.is_initialized():
+        ray.shutdown()
+    start_local_cluster(num_cpus=2, object_store_memory=128 << 20)
+    # the Ray workers cannot import this test module by name: ship its classes by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # the trainers start now and come up while the first tests run
+    trainers = [ray.remote(num_cpus=0.5)(Trainer).remote() for _ in range(2)]
+    servers = start_servers(RAY_SHARDS, options=ShardOptions(num_cpus=0.5, name="contract-ps"))
+    try:
+        yield RayEnv(servers, trainers)
+    finally:
+        for t in trainers:
+            ray.kill(t)
+        stop_servers(servers)
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_servers(ray_env: RayEnv) -> list[Any]:
+    return ray_env.servers
+
+
+# ---- implementations ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Impl:
+    """How to make a table of one implementation, and load one from `state()` output."""
+
+    name: str
+    make: Callable[[TableConfig], Any]
+    load: Callable[[dict, dict], Any]
+
+
+IMPLS = ["EmbeddingTable", "ShardedTable-1", "ShardedTable-3", "RayShardedTable-2"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request) -> Iterator[Impl]:
+    made: list[Any] = []
+
+    def keep(t: Any) -> Any:
+        made.append(t)
+        return t
+
+    kind = request.param
+    if kind == "EmbeddingTable":
+        yield Impl(kind, EmbeddingTable, lambda m, a: EmbeddingTable.from_state(m, a))
+    elif kind.startswith("ShardedTable"):
+        n = int(kind.split("-")[1])
+        yield Impl(kind, lambda c: ShardedTable(c, shards=n), lambda m, a: ShardedTable.from_state(m, a))
+    else:
+        from freshrec.ps.ray_ps import RayShardedTable
+
+        servers = request.getfixturevalue("ray_servers")
+
+        def make(c: TableConfig) -> Any:
+            # a fresh name per table: tables of several tests share the servers
+            return keep(RayShardedTable(replace(c, name=f"{c.name}-{next(_names)}"), servers=servers))
+
+        def load(m: dict, a: dict) -> Any:
+            m = dict(m, config=dict(m["config"], name=f"{m['config']['name']}-{next(_names)}"))
+            return keep(RayShardedTable.from_state(m, a, servers=servers))
+
+        yield Impl(kind, make, load)
+    for t in made:
+        t.close()
+
+
+def cfg(name: str = "t", **kw: Any) -> TableConfig:
+    base = {"dim": 4, "optimizer": Adagrad(lr=0.1), "initial_capacity": 64}
+    base.update(kw)
+    return TableConfig(name=name, **base)
+
+
+def batches(seed: int, n: int = 6, size: int = 300, lo: int = -200, hi: int = 200) -> list:
+    """(ids with duplicates, float32 grads, now) triples."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for step in range(n):
+        ids = rng.integers(lo, hi, size)
+        out.append((ids, rng.normal(size=(size, 4)).astype(np.float32), float(step)))
+    return out
+
+
+def same_rows(a: Any, b: Any, ids: np.ndarray) -> None:
+    np.testing.assert_array_equal(a.lookup(ids), b.lookup(ids))
+
+
+# ---- the checks --------------------------------------------------------------------------------------
+
+
+def test_unknown_ids_read_zeros_and_are_not_inserted(impl):
+    t = impl.make(cfg())
+    q = np.array([5, -7, 123456789, 0], np.int64)
+    np.testing.assert_array_equal(t.lookup(q), np.zeros((4, 4), np.float32))
+    assert len(t) == 0 and not t.contains(q).any()
+    t.apply_gradients(np.array([1, 2, 3]), np.ones((3, 4), np.float32), now=0.0)
+    np.testing.assert_array_equal(t.lookup(q), np.zeros((4, 4), np.float32))
+    assert len(t) == 3
+    assert t.contains(np.array([1, 5, 2, 3])).tolist() == [True, False, True, True]
+    assert t.lookup(np.empty(0, np.int64)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("opt", [SGD(lr=0.05), Adagrad(lr=0.1)], ids=["sgd", "adagrad"])
+def test_apply_gradients_dedups_and_sums_like_one_table(impl, opt):
+    c = cfg(optimizer=opt)
+    t, oracle = impl.make(c), EmbeddingTable(c)
+    for ids, g, now in batches(1):
+        t.apply_gradients(ids, g, now=now)
+        oracle.apply_gradients(ids, g, now=now)
+    # pre-summed gradients of distinct ids with their counts (what SparseOptimizer sends)
+    uniq, inv, counts = np.unique(np.array([9, 4, 9, 9, -3]), return_inverse=True, return_counts=True)
+    g = np.zeros((uniq.shape[0], 4), np.float32)
+    np.add.at(g, inv, np.arange(20, dtype=np.float32).reshape(5, 4))
+    t.apply_gradients(uniq, g, now=7.0, counts=counts)
+    oracle.apply_gradients(uniq, g, now=7.0, counts=counts)
+    q = np.arange(-210, 210)
+    same_rows(t, oracle, q)
+    assert len(t) == len(oracle) == int(oracle.contains(q).sum())
+    # one batch with a duplicated id equals one step with the summed gradient
+    d1, d2 = impl.make(cfg("d", optimizer=opt)), EmbeddingTable(cfg("d", optimizer=opt))
+    d1.apply_gradients(np.array([8, 8, 8]), np.ones((3, 4), np.float32), now=0.0)
+    d2.apply_gradients(np.array([8]), np.full((1, 4), 3.0, np.float32), now=0.0)
+    same_rows(d1, d2, np.array([8]))
+
+
+def test_wrong_gradient_shape_is_refused(impl):
+    t = impl.make(cfg())
+    with pytest.raises(ConfigError, match="grads must have shape"):
+        t.apply_gradients(np.array([1, 2]), np.zeros((2, 5), np.float32), now=0.0)
+    assert len(t) == 0
+
+
+def test_frequency_filter_admits_at_min_count(impl):
+    c = cfg(min_count=2)
+    t, oracle = impl.make(c), EmbeddingTable(c)
+    once = np.arange(100, 110)
+    for table in (t, oracle):
+        table.apply_gradients(once, np.ones((10, 4), np.float32), now=0.0)
+    assert len(t) == 0 and not t.lookup(once).any()
+    for table in (t, oracle):
+        table.apply_gradients(once, np.ones((10, 4), np.float32), now=1.0)
+        # twice in one batch is enough too
+        table.apply_gradients(np.array([7, 7, 50]), np.ones((3, 4), np.float32), now=1.0)
+    assert len(t) == 11
+    assert t.contains(np.array([7, 50])).tolist() == [True, False]
+    same_rows(t, oracle, np.concatenate([once, [7, 50]]))
+
+
+def test_ttl_expiry_counts_and_forgets(impl):
+    c = cfg(ttl_s=10.0)
+    t = impl.make(c)
+    old, new = np.arange(0, 40), np.arange(1000, 1030)
+    t.apply_gradients(old, np.ones((40, 4), np.float32), now=100.0)
+    t.apply_gradients(new, np.ones((30, 4), np.float32), now=108.0)
+    assert t.evict_expired(110.0) == 0
+    assert t.evict_expired(115.0) == 40  # 115 - 100 > 10, 115 - 108 <= 10
+    assert t.evictions == 40 and len(t) == 30
+    assert not t.contains(old).any() and t.contains(new).all()
+    assert not t.lookup(old).any()
+    assert t.evict_expired(115.0) == 0
+    assert t.evict_expired(119.0) == 30 and len(t) == 0
+
+
+def test_take_touched_reports_updates_and_evictions(impl):
+    t = impl.make(cfg(ttl_s=5.0))
+    a, b = np.array([1, 2, 3, -4]), np.array([10, 11])
+    t.apply_gradients(a, np.ones((4, 4), np.float32), now=0.0)
+    first = t.take_touched()
+    assert sorted(first.ids.tolist()) == sorted(a.tolist()) and first.evicted.shape == (0,)
+    order = np.argsort(first.ids)
+    np.testing.assert_array_equal(first.embeddings[order], t.lookup(np.sort(first.ids)))
+    empty = t.take_touched()
+    assert empty.ids.shape == (0,) and empty.embeddings.shape == (0, 4) and empty.evicted.shape == (0,)
+    t.apply_gradients(b, np.ones((2, 4), np.float32), now=4.0)
+    assert t.remove(np.array([2])) == 1
+    assert t.evict_expired(6.0) == 3  # 1, 3, -4 (last seen 0)
+    got = t.take_touched()
+    assert sorted(got.ids.tolist()) == [10, 11]
+    assert sorted(got.evicted.tolist()) == [-4, 1, 2, 3]
+
+
+def test_assign_sets_rows_and_remove_deletes(impl):
+    t = impl.make(cfg())
+    ids = np.array([5, 6, 5, -9])
+    emb = np.arange(16, dtype=np.float32).reshape(4, 4)
+    t.assign(ids, emb, now=3.0)
+    assert len(t) == 3
+    np.testing.assert_array_equal(t.lookup(np.array([5, 6, -9])), emb[[2, 1, 3]])  # last 5 wins
+    assert sorted(t.take_touched().ids.tolist()) == [-9, 5, 6]
+    assert t.remove(np.array([6, 6, 77])) == 1
+    assert len(t) == 2 and not t.contains(np.array([6])).any()
+    np.testing.assert_array_equal(t.lookup(np.array([6])), np.zeros((1, 4), np.float32))
+    with pytest.raises(ConfigError):
+        t.assign(np.array([1]), np.zeros((1, 3), np.float32))
+
+
+def test_state_round_trip_is_exact(impl):
+    c = cfg(min_count=2, ttl_s=100.0)
+    t = impl.make(c)
+    for ids, g, now in batches(2):
+        t.apply_gradients(ids, g, now=now)
+    t.remove(np.array([0, 1, 2]))
+    meta, arrays = t.state()
+    back = impl.load(meta, arrays)
+    q = np.arange(-210, 210)
+    same_rows(back, t, q)
+    assert len(back) == len(t) and back.evictions == t.evictions
+    back.check_invariants()
+    # the pending touched/evicted ids and the filter's counts travel with the state
+    x, y = t.take_touched(), back.take_touched()
+    assert sorted(x.ids.tolist()) == sorted(y.ids.tolist())
+    assert sorted(x.evicted.tolist()) == sorted(y.evicted.tolist())
+    for table in (t, back):
+        table.apply_gradients(np.array([500, 501, 501]), np.ones((3, 4), np.float32), now=9.0)
+        table.apply_gradients(np.array([500]), np.ones((1, 4), np.float32), now=9.0)
+    same_rows(back, t, np.array([500, 501]))
+    assert back.contains(np.array([500, 501])).tolist() == [True, True]
+
+
+def test_len_and_nbytes_are_positive(impl):
+    t = impl.make(cfg())
+    assert len(t) == 0 and t.nbytes() > 0
+    t.apply_gradients(np.arange(500), np.ones((500, 4), np.float32), now=0.0)
+    assert len(t) == 500 and t.nbytes() >= 500 * 8 * 4
+    ids, emb = t.export()
+    assert sorted(ids.tolist()) == list(range(500)) and emb.shape == (500, 4)
+    np.testing.assert_array_equal(emb[np.argsort(ids)], t.lookup(np.arange(500)))
+    t.check_invariants()
+
+
+def test_extreme_ids_are_ordinary_ids(impl):
+    c = cfg(optimizer=Adagrad(lr=0.5))
+    t, oracle = impl.make(c), EmbeddingTable(c)
+    g = np.random.default_rng(3).normal(size=(EXTREME.shape[0], 4)).astype(np.float32)
+    for table in (t, oracle):
+        table.apply_gradients(EXTREME, g, now=0.0)
+        table.apply_gradients(EXTREME[::-1].copy(), g, now=1.0)
+    same_rows(t, oracle, EXTREME)
+    assert t.contains(EXTREME).all() and len(t) == EXTREME.shape[0]
+    assert (np.abs(t.lookup(EXTREME)).sum(axis=1) > 0).all()
+    t.check_invariants()
+    back = impl.load(*t.state())
+    same_rows(back, t, EXTREME)
+    assert t.remove(np.array([I64.min, I64.max])) == 2
+    assert t.contains(EXTREME).tolist() == [True, True, False, False, True, True, True]
+
+
+# ---- Ray-only checks ----------------------------------------------------------------------------------
+
+
+def test_snapshots_cross_between_ray_and_in_process_tables(ray_servers):
+    from freshrec.ps.ray_ps import RayShardedTable
+
+    c = cfg("cross", min_count=2, ttl_s=50.0)
+    local = ShardedTable(c, shards=RAY_SHARDS)
+    with RayShardedTable(c, servers=ray_servers) as remote:
+        for ids, g, now in batches(4):
+            local.apply_gradients(ids, g, now=now)
+            remote.apply_gradients(ids, g, now=now)
+        q = np.arange(-210, 210)
+        same_rows(remote, local, q)
+        # Ray -> in-process
+        meta, arrays = remote.state()
+        lm, la = local.state()
+        assert meta == lm and sorted(arrays) == sorted(la)
+        back = ShardedTable.from_state(meta, arrays)
+        same_rows(back, local, q)
+        back.check_invariants()
+    # in-process -> Ray (the name is free again after the with block dropped it)
+    with RayShardedTable.from_state(*local.state(), servers=ray_servers) as again:
+        same_rows(again, local, q)
+        assert len(again) == len(local)
+        again.check_invariants()
+        assert again.evict_expired(100.0) == local.evict_expired(100.0)
+        assert len(again) == len(local)
+
+
+def test_collisionless_embedding_trains_on_ray_table_unchanged(ray_servers):
+    import torch
+    import torch.nn.functional as F
+
+    from freshrec.model.embedding import CollisionlessEmbedding, SparseOptimizer
+    from freshrec.ps.ray_ps import RayShardedTable
+
+    c = cfg("emb", dim=8, optimizer=Adagrad(lr=0.05))
+    with RayShardedTable(c, servers=ray_servers) as table:
+        local = ShardedTable(c, shards=RAY_SHARDS)
+        layers = [CollisionlessEmbedding(c, table=local), CollisionlessEmbedding(c, table=table)]
+        outs = []
+        for layer in layers:
+            opt = SparseOptimizer(layer)
+            step_rng = np.random.default_rng(6)
+            for step in range(5):
+                ids = torch.from_numpy(step_rng.integers(0, 50, 64))
+                y = torch.from_numpy(step_rng.integers(0, 2, 64).astype(np.float32))
+                loss = F.binary_cross_entropy_with_logits(layer(ids).sum(1), y)
+                loss.backward()
+                opt.step(now=float(step))
+            outs.append(layer.table.lookup(np.arange(50)))
+        np.testing.assert_array_equal(outs[0], outs[1])
+        assert len(table) == len(local) > 0
+
+
+def test_two_trainer_workers_update_the_same_ray_table(ray_env):
+    import ray
+
+    from freshrec.ps.ray_ps import RayShardedTable
+
+    # SGD from zero rows with dyadic gradients: every sum is exact, so the order of the
+    # workers' updates cannot change a bit and the result must equal one table fed everything
+    c = cfg("workers", optimizer=SGD(lr=0.5), initializer=Initializer(kind="zeros"))
+    rng = np.random.default_rng(7)
+    work = [
+        (rng.integers(-500, 500, 2000), rng.integers(-8, 8, (2000, 4)).astype(np.float32) / 4, 1.0)
+        for _ in range(8)
+    ]
+    oracle = EmbeddingTable(c)
+    for ids, g, now in work:
+        oracle.apply_gradients(ids, g, now=now)
+    a, b = ray_env.trainers
+    with RayShardedTable(c, servers=ray_env.servers) as table:
+        done = ray.get([a.train.remote(table, work[0::2]), b.train.remote(table, work[1::2])])
+        pids = {pid for pid, _ in done}
+        assert len(pids) == 2 and os.getpid() not in pids  # two trainer processes
+        assert sum(n for _, n in done) == 8 * 2000
+        q = np.arange(-500, 500)
+        same_rows(table, oracle, q)
+        assert len(table) == len(oracle)
+
+
+def test_named_servers_can_be_found_and_a_table_attached(ray_servers):
+    import ray
+
+    from freshrec.ps.ray_ps import RayShardedTable, find_servers
+
+    found = find_servers("contract-ps")
+    pids = [ray.get(h.info.remote())["pid"] for h in found]
+    assert pids == [ray.get(h.info.remote())["pid"] for h in ray_servers]
+    with RayShardedTable(cfg("attach"), servers=found) as owner:
+        owner.apply_gradients(np.arange(10), np.ones((10, 4), np.float32), now=0.0)
+        view = RayShardedTable.attach("attach", ray_servers)
+        same_rows(view, owner, np.arange(12))
+        view.close()  # a view drops nothing
+        assert len(owner) == 10
+        with pytest.raises(ConfigError, match="exists"):
+            RayShardedTable(cfg("attach"), servers=ray_servers)
+    with pytest.raises(ConfigError, match="no table"):
+        RayShardedTable.attach("attach", ray_servers)
+
+
+def test_grouped_calls_over_many_tables_equal_calls_per_table(ray_servers):
+    from freshrec.ps.ray_ps import RayShardedTable, apply_gradients_many, lookup_many
+
+    configs = [cfg(f"slot{j}", dim=3 + j, min_count=1 + j % 2) for j in range(3)]
+    remote = [RayShardedTable(c, servers=ray_servers) for c in configs]
+    local = [ShardedTable(c, shards=RAY_SHARDS) for c in configs]
+    try:
+        rng = np.random.default_rng(11)
+        for step in range(4):
+            ids = [rng.integers(-50, 50, 40 + 10 * j) for j in range(3)]
+            uc = [np.unique(x, return_counts=True) for x in ids]
+            us = [u for u, _ in uc]
+            dims = [c.dim for c in configs]
+            grads = [
+                rng.normal(size=(u.shape[0], d)).astype(np.float32) for u, d in zip(us, dims, strict=True)
+            ]
+            counts = [c for _, c in uc]
+            apply_gradients_many(remote, us, grads, now=float(step), counts=counts)
+            apply_gradients_many(local, us, grads, now=float(step), counts=counts)  # one by one
+        q = [np.arange(-60, 60)] * 3
+        for a, b in zip(lookup_many(remote, q), lookup_many(local, q), strict=True):
+            np.testing.assert_array_equal(a, b)
+        for t, lt in zip(remote, local, strict=True):
+            same_rows(t, lt, q[0])
+            assert len(t) == len(lt) > 0
+        with pytest.raises(ConfigError, match="grads must have shape"):
+            apply_gradients_many(remote, us, [g[:, :1] for g in grads], now=9.0)
+    finally:
+        for t in remote:
+            t.close()
+
+
+def test_ray_shards_partition_like_in_process_shards(ray_servers):
+    import ray
+
+    from freshrec.ps.ray_ps import RayShardedTable
+
+    with RayShardedTable(cfg("part"), servers=ray_servers) as table:
+        ids = np.arange(-1000, 1000)
+        table.apply_gradients(ids, np.ones((2000, 4), np.float32), now=0.0)
+        for k, s in enumerate(ray_servers):
+            held, _ = ray.get(s.export.remote("part"))
+            assert sorted(held.tolist()) == sorted(ids[shard_of(ids, RAY_SHARDS) == k].tolist())
+
+
+def test_ray_cluster_listens_on_loopback_only(ray_servers):
+    import psutil
+
+    loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+    me = psutil.Process()
+    listening: dict[str, list[str]] = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            conns = p.net_connections(kind="inet")
+            name = p.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN:
+                listening.setdefault(name, []).append(f"{c.laddr.ip}:{c.laddr.port}")
+    names = " ".join(listening)
+    assert "gcs_server" in names and "raylet" in names, listening  # the check saw Ray's servers
+    exposed = {n: a for n, a in listening.items() if any(x.rsplit(":", 1)[0] not in loopback for x in a)}
+    assert not exposed, f"Ray processes listening beyond loopback: {exposed}"
