@@ -24,6 +24,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[tuple[str, ...], str] = {
     ("demo",): "freshrec.commands.demo",
     ("train",): "freshrec.commands.train",
+    ("train", "online"): "freshrec.commands.train_online",
     ("join",): "freshrec.commands.join",
     ("serve",): "freshrec.commands.serve",
     ("replay", "globo"): "freshrec.commands.replay_globo",

@@ -1,0 +1,184 @@
+"""`freshrec bench train`: DeepFM training examples/s, collisionless tables vs hashed tables, one run.
+
+Criteo-shaped synthetic data: 26 sparse slots and 13 dense features per example. Each slot draws
+ids from a Zipf law (exponent `--zipf`) over its own vocabulary (sizes spread log-uniformly from
+1e2 to `--max-vocab`, as Criteo's slots span a few values to millions), then scrambles them into
+the full int64 space, so the ids look like hashed feature values and the tail keeps bringing new
+ids. The same batches feed both models: DeepFM (dim 16, DNN 256-128) with one collisionless table
+per slot (Adagrad in the table), and the same model with a `HashedEmbedding` per slot of
+`--buckets` rows trained by `torch.optim.Adagrad` on sparse gradients. After `--warmup` batches, the
+next `--batches` are timed for each side in turn (whole step: forward, backward, dense Adam step,
+sparse step). Prints a table and the ratio collisionless / hashed; `--json` prints one JSON object
+last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+HELP = "training examples/s of DeepFM: collisionless tables vs hashed tables, side by side"
+EXAMPLE = "freshrec bench train --batches 30 --json"
+
+N_SLOTS, N_DENSE = 26, 13
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per side")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches per side first")
+    parser.add_argument("--buckets", type=int, default=1 << 18, help="rows per hashed table")
+    parser.add_argument("--max-vocab", type=int, default=10_000_000, help="largest slot vocabulary")
+    parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of id frequencies")
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="print where each step spends its time")
+    parser.add_argument("--json", action="store_true")
+
+
+def synthetic_batches(n_batches: int, batch_size: int, *, max_vocab: int, zipf: float, seed: int):
+    """`n_batches` Criteo-shaped batches: (sparse {C1..C26: int64 (B,)}, dense (B, 13), label (B,))."""
+    rng = np.random.default_rng(seed)
+    vocab = np.exp(np.linspace(np.log(100), np.log(max_vocab), N_SLOTS)).astype(np.int64)
+    rng.shuffle(vocab)
+    salt = rng.integers(1, 1 << 62, N_SLOTS)
+    n = n_batches * batch_size
+    cols = {}
+    for j in range(N_SLOTS):
+        # Zipf ranks (1 = most frequent) folded into the slot's vocabulary, then scrambled
+        ranks = (rng.zipf(zipf, n) - 1) % vocab[j]
+        with np.errstate(over="ignore"):
+            h = (ranks.astype(np.uint64) + np.uint64(salt[j])) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(29)
+        cols[f"C{j + 1}"] = h.view(np.int64)
+    dense = rng.normal(size=(n, N_DENSE)).astype(np.float32)
+    w = rng.normal(size=N_DENSE).astype(np.float32)
+    label = (rng.random(n) < 1 / (1 + np.exp(-(dense @ w) * 0.5 + 1.5))).astype(np.float32)
+    out = []
+    for b in range(n_batches):
+        sl = slice(b * batch_size, (b + 1) * batch_size)
+        out.append(({k: v[sl] for k, v in cols.items()}, dense[sl], label[sl]))
+    return out
+
+
+def _run_side(kind: str, batches, args, profile: dict | None = None) -> tuple[float, float, Any]:
+    import torch
+
+    from freshrec.model import DeepFM, FeatureSpec, SlotSpec, SparseOptimizer
+    from freshrec.table import Adagrad, Initializer
+
+    spec = FeatureSpec(
+        slots=tuple(SlotSpec(name=f"C{j + 1}", table={"initial_capacity": 1 << 16}) for j in range(N_SLOTS)),
+        dense_dim=N_DENSE,
+        dim=args.dim,
+        optimizer=Adagrad(lr=0.05),
+        initializer=Initializer(kind="normal", scale=0.01),
+        seed=args.seed,
+    )
+    buckets = {s: args.buckets for s in spec.names} if kind == "hashed" else None
+    model = DeepFM.build(
+        spec,
+        "hashed" if kind == "hashed" else "collisionless",
+        buckets=buckets,
+        hidden=(256, 128),
+        seed=args.seed,
+    )
+    dense_opt = torch.optim.Adam(model.dense_parameters(), lr=1e-3)
+    hashed = list(model.hashed_parameters())
+    hashed_opt = torch.optim.Adagrad(hashed, lr=0.05) if hashed else None
+    sparse_opt = SparseOptimizer(model)
+    tensors = [
+        ({k: torch.from_numpy(v) for k, v in s.items()}, torch.from_numpy(d), torch.from_numpy(y))
+        for s, d, y in batches
+    ]
+    clock = time.perf_counter
+    parts = {"forward": 0.0, "backward": 0.0, "dense step": 0.0, "sparse step": 0.0}
+
+    def step(i: int, sparse, dense, label) -> float:
+        t0 = clock()
+        loss = DeepFM.loss(model(sparse, dense), label)
+        t1 = clock()
+        loss.backward()
+        t2 = clock()
+        dense_opt.step()
+        dense_opt.zero_grad(set_to_none=True)
+        t3 = clock()
+        if hashed_opt is not None:
+            hashed_opt.step()
+            hashed_opt.zero_grad(set_to_none=True)
+        sparse_opt.step(now=float(i))
+        t4 = clock()
+        for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            parts[k] += dt
+        return float(loss.detach())
+
+    model.train()
+    for i in range(args.warmup):
+        step(i, *tensors[i])
+    for k in parts:
+        parts[k] = 0.0
+    t0 = clock()
+    last = 0.0
+    for i in range(args.warmup, args.warmup + args.batches):
+        last = step(i, *tensors[i])
+    dt = clock() - t0
+    if profile is not None:
+        profile.update(parts)
+    return args.batches * args.batch_size / dt, last, model
+
+
+def main(args: argparse.Namespace) -> int:
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore", message="Sparse invariant checks")
+
+    torch.set_num_threads(max(1, args.threads))
+    n = args.warmup + args.batches
+    print(
+        f"bench train: DeepFM, {N_SLOTS} sparse slots (Zipf {args.zipf}, vocab up to {args.max_vocab:,}), "
+        f"{N_DENSE} dense, batch {args.batch_size}, {args.batches} timed batches after {args.warmup} "
+        f"warm-up; hashed tables {args.buckets:,} rows; torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
+    batches = synthetic_batches(n, args.batch_size, max_vocab=args.max_vocab, zipf=args.zipf, seed=args.seed)
+    prof_c: dict = {}
+    prof_h: dict = {}
+    print("  running collisionless ...", flush=True)
+    c_rate, c_loss, c_model = _run_side("collisionless", batches, args, prof_c)
+    rows = sum(len(m.table) for m in c_model.collisionless.values())
+    del c_model
+    print("  running hashed ...", flush=True)
+    h_rate, h_loss, _ = _run_side("hashed", batches, args, prof_h)
+    ratio = c_rate / h_rate
+    print(f"\n{'embedding':<15} {'examples/s':>12} {'last loss':>10}")
+    print(f"{'collisionless':<15} {c_rate:>12,.0f} {c_loss:>10.4f}   ({rows:,} rows in {N_SLOTS} tables)")
+    print(f"{'hashed':<15} {h_rate:>12,.0f} {h_loss:>10.4f}   ({N_SLOTS} x {args.buckets:,} rows)")
+    print(f"ratio collisionless / hashed: {ratio:.3f}")
+    if args.profile:
+        print(f"\n{'seconds in':<12} {'collisionless':>14} {'hashed':>10}")
+        for k in prof_c:
+            print(f"{k:<12} {prof_c[k]:>14.3f} {prof_h[k]:>10.3f}")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "collisionless_examples_per_s": c_rate,
+                    "hashed_examples_per_s": h_rate,
+                    "ratio": ratio,
+                    "batch_size": args.batch_size,
+                    "batches": args.batches,
+                    "slots": N_SLOTS,
+                    "collisionless_rows": rows,
+                    "hashed_buckets": args.buckets,
+                    "threads": torch.get_num_threads(),
+                }
+            )
+        )
+    return 0

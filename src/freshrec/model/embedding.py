@@ -1,0 +1,347 @@
+"""PyTorch embedding layers: a collisionless one backed by an `EmbeddingTable`, and a hashed baseline.
+
+`CollisionlessEmbedding` gives every id its own row in a `freshrec.table.EmbeddingTable`; the rows live
+outside torch (numpy, numba kernels) and train with the table's own per-row sparse optimizer.
+`HashedEmbedding` is the classical fixed-size table that ids are hashed into (distinct ids may share a
+row); it has the same forward API and trains with a torch optimizer.
+
+Forward API (both layers), like `nn.EmbeddingBag`:
+
+    single-valued: ids (B,)                      -> (B, dim)
+    multi-valued:  ids (N,) flat, offsets (B,)   -> (B, dim), bag b = ids[offsets[b]:offsets[b+1]],
+                   pooled by mode "sum" or "mean"; an empty bag reads as zeros.
+
+    ids = [7, 3, 7, 9], offsets = [0, 1, 3]  ->  bags [7], [3, 7], [9]
+
+How the collisionless layer trains. The forward pass deduplicates the batch's ids,
+
+    uniq, inv, counts = unique_inverse(ids)              # uniq (U,), inv (N,): uniq[inv] == ids
+    w = torch.from_numpy(table.lookup(uniq))             # (U, dim) leaf tensor, requires_grad
+    out = w[inv]   or   F.embedding_bag(inv, w, offsets, mode)
+
+so after `loss.backward()`, `w.grad` (U, dim) already holds each unique id's gradient summed over the
+batch. `SparseOptimizer.step(now)` pushes every pending (uniq, w.grad) into
+`table.apply_gradients(uniq, grad, now=now, counts=counts)` (counts: occurrences in the batch), which
+admits new ids (frequency filter), creates their rows, applies the table's optimizer and stamps
+last-seen time `now` (data time, seconds). Unknown ids read as zeros and a forward pass never
+inserts, so evaluation leaves the tables unchanged; a new id's first gradient is therefore taken with
+its row read as zeros, then applied on top of its freshly initialized row. A training step:
+
+    dense_opt = torch.optim.Adam(model.dense_parameters(), lr=1e-3)  # everything but the tables
+    sparse_opt = SparseOptimizer(model)                              # every CollisionlessEmbedding in it
+    logit = model(batch_sparse, batch_dense)
+    loss = F.binary_cross_entropy_with_logits(logit, label)
+    loss.backward()
+    dense_opt.step(); sparse_opt.step(now=batch_ts); dense_opt.zero_grad()
+
+The hashed layer keeps its rows in an `nn.Parameter` (num_buckets, dim) with sparse gradients
+(`sparse=True` by default), so `torch.optim.Adagrad` / `SparseAdam` update only the rows a batch touched,
+exactly as the table's per-row optimizer does; with Adagrad at the same learning rate and the same
+initializer scale on both sides, the two layers differ only in collisions, in what an id never seen in
+training reads (zeros in the table; its bucket's row, random or trained by another id, when hashed), and
+in the first-gradient detail above. With an all-zero initializer and no collisions they train to the
+same numbers (tests/test_embedding_layer.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit
+from torch import nn
+
+from freshrec.table import EmbeddingTable, TableConfig
+
+__all__ = [
+    "CollisionlessEmbedding",
+    "HashedEmbedding",
+    "SparseOptimizer",
+    "collision_rate",
+    "hash_ids",
+    "unique_inverse",
+]
+
+Mode = Literal["sum", "mean"]
+HashKind = Literal["mix", "modulo", "md5"]
+
+
+def _ids_numpy(ids: torch.Tensor | np.ndarray) -> np.ndarray:
+    """ids as a C-contiguous int64 numpy array (a view when already int64 on CPU)."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach()
+        if ids.device.type != "cpu":
+            ids = ids.cpu()
+        a = ids.numpy()
+    else:
+        a = np.asarray(ids)
+    if a.dtype != np.int64:
+        a = a.astype(np.int64)
+    return np.ascontiguousarray(a.reshape(-1))
+
+
+@njit(nogil=True, cache=True)
+def _unique_kernel(ids, uniq, inv, counts):  # pragma: no cover - compiled
+    n = ids.shape[0]
+    bits = 1
+    while (1 << bits) < 2 * n:
+        bits += 1
+    mask = (1 << bits) - 1
+    shift = np.uint64(64 - bits)
+    slot_of = np.full(1 << bits, -1, dtype=np.int64)  # open addressing: slot -> index into uniq
+    m = 0
+    for i in range(n):
+        x = ids[i]
+        h = np.int64((np.uint64(x) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+        while True:
+            j = slot_of[h]
+            if j < 0:
+                slot_of[h] = m
+                uniq[m] = x
+                counts[m] = 1
+                inv[i] = m
+                m += 1
+                break
+            if uniq[j] == x:
+                counts[j] += 1
+                inv[i] = j
+                break
+            h = (h + 1) & mask
+    return m
+
+
+def unique_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(uniq, inv, counts) of int64 `ids` (N,): distinct ids in order of first occurrence (U,),
+    `uniq[inv] == ids` (N,), and occurrences of each distinct id (U,). Like `np.unique(...,
+    return_inverse=True, return_counts=True)` but unsorted, by hashing: O(N), ~10x faster."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    n = ids.shape[0]
+    uniq = np.empty(n, dtype=np.int64)
+    inv = np.empty(n, dtype=np.int64)
+    counts = np.empty(n, dtype=np.int64)
+    m = _unique_kernel(ids, uniq, inv, counts) if n else 0
+    return uniq[:m], inv, counts[:m]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("sum", "mean"):
+        msg = f"pooling mode must be 'sum' or 'mean', got {mode!r}"
+        raise ValueError(msg)
+
+
+class CollisionlessEmbedding(nn.Module):
+    """One feature slot's embeddings, one row per id, in a collisionless `EmbeddingTable`.
+
+    The table (exposed as `.table`) holds the rows and their optimizer state; the module has no
+    torch parameters. Rows train only through a `SparseOptimizer` holding this module.
+    Pass `table=` to wrap an existing table (e.g. one loaded from a snapshot) instead of a new one.
+    """
+
+    def __init__(self, config: TableConfig, *, table: EmbeddingTable | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.table = EmbeddingTable(config) if table is None else table
+        self.dim = config.dim
+        # (unique ids, their counts in the batch, leaf tensor of their rows) per training forward
+        self._pending: list[tuple[np.ndarray, np.ndarray, torch.Tensor]] = []
+
+    def forward(
+        self, ids: torch.Tensor, offsets: torch.Tensor | None = None, mode: Mode = "sum"
+    ) -> torch.Tensor:
+        """Rows of `ids` (B,) -> (B, dim), or pooled bags of flat `ids` split at `offsets` (B,)."""
+        ids_np = _ids_numpy(ids)
+        uniq, inv, counts = unique_inverse(ids_np)  # (U,), (N,), (U,)
+        w = torch.from_numpy(self.table.lookup(uniq))  # (U, dim) float32
+        if self.training and torch.is_grad_enabled():
+            w.requires_grad_(True)
+            self._pending.append((uniq, counts, w))
+        device = ids.device if isinstance(ids, torch.Tensor) else torch.device("cpu")
+        if device.type != "cpu":
+            w = w.to(device)
+        inv_t = torch.from_numpy(inv.reshape(-1)).to(device)
+        if offsets is None:
+            return F.embedding(inv_t, w)  # (B, dim)
+        _check_mode(mode)
+        return F.embedding_bag(inv_t, w, offsets.to(device=device, dtype=torch.int64), mode=mode)
+
+    def extra_repr(self) -> str:
+        return f"name={self.config.name!r}, dim={self.dim}, rows={len(self.table)}"
+
+
+class SparseOptimizer:
+    """Steps the tables of every `CollisionlessEmbedding` in one or more module trees.
+
+    `step(now)` applies the gradients of all training forwards since the last step or `zero_grad()`
+    through each table's own optimizer, with data time `now` (seconds) as the rows' last-seen time:
+    one update per table and step (a layer called several times has its gradients summed per id
+    first, as torch sums a shared parameter's gradients); a forward whose output got no gradient is
+    skipped. `zero_grad()` drops pending gradients.
+    """
+
+    def __init__(self, modules: nn.Module | Iterable[nn.Module]) -> None:
+        roots = [modules] if isinstance(modules, nn.Module) else list(modules)
+        found: dict[int, CollisionlessEmbedding] = {}
+        for root in roots:
+            for m in root.modules():
+                if isinstance(m, CollisionlessEmbedding):
+                    found[id(m)] = m
+        self.embeddings: list[CollisionlessEmbedding] = list(found.values())
+
+    def step(self, now: float) -> None:
+        for emb in self.embeddings:
+            pending, emb._pending = emb._pending, []
+            parts = [(u, c, w.grad.numpy()) for u, c, w in pending if w.grad is not None]
+            if not parts:
+                continue
+            if len(parts) == 1:
+                uniq, counts, grad = parts[0]
+            else:  # the layer ran more than once: one optimizer step with the summed gradients
+                cat_ids = np.concatenate([p[0] for p in parts])
+                uniq, inv, _ = unique_inverse(cat_ids)
+                counts = np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(uniq))
+                counts = counts.astype(np.int64)
+                grad = np.zeros((len(uniq), emb.table.dim), dtype=np.float32)
+                np.add.at(grad, inv, np.concatenate([p[2] for p in parts]))
+            # ids are distinct and their gradients summed: pass the occurrence counts (filter, LFU)
+            grad = np.ascontiguousarray(grad, dtype=np.float32)
+            emb.table.apply_gradients(uniq, grad, now=float(now), counts=counts)
+
+    def zero_grad(self) -> None:
+        for emb in self.embeddings:
+            emb._pending = []
+
+    @property
+    def tables(self) -> dict[str, EmbeddingTable]:
+        """The tables stepped, by table name."""
+        return {emb.config.name: emb.table for emb in self.embeddings}
+
+
+# ---------------------------------------------------------------------------------------------------
+# hashing baseline
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray, seed: int) -> np.ndarray:
+    """The splitmix64 finalizer of (x + seed * golden), uint64 -> uint64, vectorised."""
+    with np.errstate(over="ignore"):
+        z = x.astype(np.uint64) + np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
+
+
+def _md5_u64(ids: np.ndarray, seed: int) -> np.ndarray:
+    """First 8 bytes (little endian) of md5(seed bytes + id as 8 little-endian bytes), per id."""
+    uniq, inv = np.unique(ids, return_inverse=True)
+    prefix = int(seed).to_bytes(8, "little", signed=True)
+    raw = uniq.astype("<i8").tobytes()
+    out = np.empty(uniq.shape[0], dtype=np.uint64)
+    for i in range(uniq.shape[0]):
+        d = hashlib.md5(prefix + raw[8 * i : 8 * i + 8], usedforsecurity=False).digest()
+        out[i] = int.from_bytes(d[:8], "little")
+    return out[inv.reshape(-1)]
+
+
+def hash_ids(ids: np.ndarray, num_buckets: int, kind: HashKind = "mix", seed: int = 0) -> np.ndarray:
+    """Bucket (int64 in [0, num_buckets)) of each id.
+
+    kind: "mix" splitmix64 (fast, well spread), "modulo" id mod num_buckets (what many systems do; on
+    small consecutive ids it spreads perfectly, on structured ids it can collide badly), "md5" the first
+    8 bytes of md5 (slow, per distinct id; for comparison with systems that hash strings).
+    """
+    ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+    if num_buckets < 1:
+        msg = f"num_buckets must be >= 1, got {num_buckets}"
+        raise ValueError(msg)
+    if kind == "modulo":
+        return np.mod(ids, num_buckets)
+    if kind == "mix":
+        h = _splitmix64(ids.view(np.uint64), seed)
+    elif kind == "md5":
+        h = _md5_u64(ids, seed)
+    else:
+        msg = f"unknown hash {kind!r}; expected 'mix', 'modulo' or 'md5'"
+        raise ValueError(msg)
+    return (h % np.uint64(num_buckets)).astype(np.int64)
+
+
+def collision_rate(ids: np.ndarray, num_buckets: int, kind: HashKind = "mix", seed: int = 0) -> float:
+    """Fraction of the DISTINCT ids in `ids` that share their bucket with at least one other id."""
+    uniq = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+    if uniq.shape[0] == 0:
+        return 0.0
+    b = hash_ids(uniq, num_buckets, kind, seed)
+    _, inv, counts = np.unique(b, return_inverse=True, return_counts=True)
+    return float((counts[inv.reshape(-1)] > 1).mean())
+
+
+class HashedEmbedding(nn.Module):
+    """A fixed-size table of `num_buckets` rows that ids are hashed into; the collision baseline.
+
+    Same forward API as `CollisionlessEmbedding`. Rows are an `nn.Parameter` `weight` (num_buckets, dim)
+    drawn from N(0, init_scale) (or U(-s, s) / zeros, as the table `Initializer` kinds), seeded by
+    `seed`. With `sparse=True` its gradient is a sparse tensor holding only the touched rows: train it
+    with `torch.optim.Adagrad` or `torch.optim.SparseAdam`, not with dense-only optimizers.
+    """
+
+    def __init__(
+        self,
+        num_buckets: int,
+        dim: int,
+        *,
+        hash: HashKind = "mix",
+        hash_seed: int = 0,
+        init: Literal["normal", "uniform", "zeros"] = "normal",
+        init_scale: float = 0.01,
+        seed: int = 0,
+        sparse: bool = True,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if num_buckets < 1 or dim < 1:
+            msg = f"num_buckets and dim must be >= 1, got {num_buckets}, {dim}"
+            raise ValueError(msg)
+        self.num_buckets = int(num_buckets)
+        self.dim = int(dim)
+        self.hash = hash
+        self.hash_seed = int(hash_seed)
+        self.sparse = bool(sparse)
+        self.name = name
+        g = torch.Generator().manual_seed(int(seed))
+        w = torch.empty(self.num_buckets, self.dim)
+        if init == "normal":
+            w.normal_(0.0, init_scale, generator=g)
+        elif init == "uniform":
+            w.uniform_(-init_scale, init_scale, generator=g)
+        else:
+            w.zero_()
+        self.weight = nn.Parameter(w)
+
+    def buckets(self, ids: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Bucket of each id, int64 (N,)."""
+        return hash_ids(_ids_numpy(ids), self.num_buckets, self.hash, self.hash_seed)
+
+    def collision_rate(self, ids: torch.Tensor | np.ndarray) -> float:
+        """Fraction of the distinct `ids` that share a bucket with another id in `ids`."""
+        return collision_rate(_ids_numpy(ids), self.num_buckets, self.hash, self.hash_seed)
+
+    def forward(
+        self, ids: torch.Tensor, offsets: torch.Tensor | None = None, mode: Mode = "sum"
+    ) -> torch.Tensor:
+        """Rows of the buckets of `ids` (B,) -> (B, dim), or pooled bags split at `offsets` (B,)."""
+        b = torch.from_numpy(self.buckets(ids)).to(self.weight.device)
+        if offsets is None:
+            return F.embedding(b, self.weight, sparse=self.sparse)  # (B, dim)
+        _check_mode(mode)
+        off = offsets.to(device=self.weight.device, dtype=torch.int64)
+        return F.embedding_bag(b, self.weight, off, mode=mode, sparse=self.sparse)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, buckets={self.num_buckets}, dim={self.dim}, hash={self.hash!r}"
