@@ -1,0 +1,198 @@
+"""Examples-log records -> the columnar batches batch training uses (and back, for replays and tests).
+
+This is the one place that turns joined `Example`s (`freshrec.stream.events`) into model inputs.
+An `ExampleSchema` names what the model reads from an example:
+
+    slots        single-valued slots: slot "user_id" reads example.user_id, "item_id" example.item_id,
+                 any other example.sparse[slot][0] (the convention of `freshrec.ps.serving`)
+    multi_slots  bags of ids: example.sparse[slot] is the bag (may be empty)
+    dense        dense feature names, in column order (a missing name reads 0.0)
+    label        the action whose label is the target; labels[label] > 0 -> 1.0, else 0.0
+
+`examples_to_dataset(examples, schema)` builds a `freshrec.data.Dataset` with exactly those columns
+(ts, sample_rate carried over), so online training feeds it to the same
+`freshrec.train.batch.iter_batches` as batch training: same tensors, same log-odds correction
+(`offset = -log(sample_rate)`), same data time `now` = the batch's max ts.
+
+    schema = ExampleSchema(slots=("user_id", "item_id"), dense=("position",), label="click")
+    ds = examples_to_dataset([Example(..., sparse={"user_id": [7], "item_id": [3]}, ...)], schema)
+    ds.sparse["user_id"]  -> array([7])         ds.dense -> (1, 1) float32
+
+A single-valued slot whose example holds no id reads `MISSING_ID` (its own row, like any id), one
+holding several ids its first, exactly as the serving replica reads requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from freshrec.data.dataset import Dataset, Ragged
+from freshrec.errors import EventError
+from freshrec.stream.events import Example, decode_examples, encode_example
+from freshrec.stream.log import Record
+
+__all__ = [
+    "MISSING_ID",
+    "ExampleSchema",
+    "dataset_to_examples",
+    "decode_records",
+    "examples_to_dataset",
+    "write_examples",
+]
+
+MISSING_ID = -(2**63)  # a single-valued slot without an id reads this (as `freshrec.ps.serving` does)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExampleSchema:
+    """What a model reads from an `Example` (see the module docstring)."""
+
+    slots: tuple[str, ...]
+    multi_slots: tuple[str, ...] = ()
+    dense: tuple[str, ...] = ()
+    label: str = "click"
+
+    def __post_init__(self) -> None:
+        names = [*self.slots, *self.multi_slots]
+        if len(set(names)) != len(names) or not names:
+            msg = f"ExampleSchema: slot names must be distinct and non-empty, got {names}"
+            raise ValueError(msg)
+
+    @classmethod
+    def for_dataset(cls, ds: Dataset, *, label: str = "click") -> ExampleSchema:
+        """The schema whose examples round-trip `ds`'s columns."""
+        return cls(slots=ds.slots, multi_slots=ds.multi_slots, dense=tuple(ds.dense_names), label=label)
+
+    @classmethod
+    def for_spec(cls, spec, *, dense: Sequence[str] | None = None, label: str = "click") -> ExampleSchema:
+        """The schema of a `FeatureSpec` (dense names default to dense_0.. as the serving replica's)."""
+        names = tuple(dense) if dense is not None else tuple(f"dense_{i}" for i in range(spec.dense_dim))
+        if len(names) != spec.dense_dim:
+            msg = f"ExampleSchema.for_spec: {len(names)} dense names for dense_dim {spec.dense_dim}"
+            raise ValueError(msg)
+        return cls(
+            slots=tuple(s.name for s in spec.slots if not s.multi_valued),
+            multi_slots=tuple(s.name for s in spec.slots if s.multi_valued),
+            dense=names,
+            label=label,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "slots": list(self.slots),
+            "multi_slots": list(self.multi_slots),
+            "dense": list(self.dense),
+            "label": self.label,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExampleSchema:
+        return cls(
+            slots=tuple(d["slots"]),
+            multi_slots=tuple(d.get("multi_slots", ())),
+            dense=tuple(d.get("dense", ())),
+            label=d.get("label", "click"),
+        )
+
+
+def _single(e: Example, slot: str) -> int:
+    if slot == "user_id":
+        return e.user_id
+    if slot == "item_id":
+        return e.item_id
+    ids = e.sparse.get(slot)
+    return ids[0] if ids else MISSING_ID
+
+
+def examples_to_dataset(
+    examples: Sequence[Example], schema: ExampleSchema, *, name: str = "examples"
+) -> Dataset:
+    """A time-ordered-as-given `Dataset` of `examples` with the columns `schema` names.
+
+    Rows keep the examples' order (the log's order); nothing is sorted or dropped.
+    """
+    n = len(examples)
+    sparse = {s: np.fromiter((_single(e, s) for e in examples), np.int64, n) for s in schema.slots}
+    multi = {}
+    for s in schema.multi_slots:
+        bags = [e.sparse.get(s, ()) for e in examples]
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum([len(b) for b in bags], out=offsets[1:])
+        values = np.fromiter((i for b in bags for i in b), np.int64, int(offsets[-1]))
+        multi[s] = Ragged(values, offsets)
+    dense = np.zeros((n, len(schema.dense)), np.float32)
+    for j, d in enumerate(schema.dense):
+        dense[:, j] = np.fromiter((e.dense.get(d, 0.0) for e in examples), np.float64, n)
+    label = np.fromiter(
+        (1.0 if e.labels.get(schema.label, 0.0) > 0 else 0.0 for e in examples), np.float32, n
+    )
+    return Dataset.build(
+        name,
+        sparse=sparse,
+        label=label,
+        ts=np.fromiter((e.ts for e in examples), np.float64, n),
+        sample_rate=np.fromiter((e.sample_rate for e in examples), np.float32, n),
+        dense=dense,
+        dense_names=tuple(schema.dense),
+        multi=multi,
+    )
+
+
+def dataset_to_examples(ds: Dataset, *, label: str = "click", prefix: str = "ex") -> list[Example]:
+    """One `Example` per row of `ds` (request_id `f"{prefix}:{row}"`), the inverse of
+    `examples_to_dataset` under `ExampleSchema.for_dataset(ds, label=label)`."""
+    n = len(ds)
+    cols = {s: v.tolist() for s, v in ds.sparse.items()}
+    bags = {}
+    for s, r in ds.multi.items():
+        vals, off = r.values.tolist(), r.offsets.tolist()
+        bags[s] = [vals[off[i] : off[i + 1]] for i in range(n)]
+    dense = ds.dense.tolist()
+    names = ds.dense_names
+    ts, rate, lab = ds.ts.tolist(), ds.sample_rate.tolist(), ds.label.tolist()
+    user = cols.get("user_id", [0] * n)
+    item = cols.get("item_id", [0] * n)
+    out = []
+    for i in range(n):
+        sparse = {s: [c[i]] for s, c in cols.items()}
+        sparse |= {s: b[i] for s, b in bags.items()}
+        out.append(
+            Example(
+                request_id=f"{prefix}:{i}",
+                user_id=user[i],
+                item_id=item[i],
+                sparse=sparse,
+                dense=dict(zip(names, dense[i], strict=True)),
+                labels={label: lab[i]},
+                sample_rate=min(max(rate[i], 1e-12), 1.0),
+                ts=ts[i],
+            )
+        )
+    return out
+
+
+def write_examples(log, examples: Iterable[Example], *, flush: bool = True) -> int:
+    """Append `examples` (one record each, keyed by request_id) to an examples `Log`; returns the count."""
+    n = 0
+    for e in examples:
+        log.append(encode_example(e), key=e.request_id.encode())
+        n += 1
+    if flush:
+        log.flush()
+    return n
+
+
+def decode_records(records: Iterable[Record]) -> tuple[list[Example], list[tuple[Record, str]]]:
+    """(examples, bad): every record decoded (single or batch form), and (record, reason) of those
+    that are not valid examples. Bad records are reported, never raised: the trainer goes on."""
+    good: list[Example] = []
+    bad: list[tuple[Record, str]] = []
+    for r in records:
+        try:
+            good.extend(decode_examples(r.value))
+        except EventError as e:
+            bad.append((r, str(e)))
+    return good, bad
