@@ -1,0 +1,314 @@
+"""`freshrec demo`: the whole loop in one process, on the embedded default (no servers to install).
+
+    simulated users ──HTTP /v1/rank──► model server (serving replica) ──► features log
+          │ clicks (true P(click) of the simulated platform)                 │
+          └──────────────────────────────────────────────► actions log ──────┤
+                                                                             ▼
+       serving replica ◄── parameter log ◄── sync publisher ◄── online trainer ◄── joiner ──► examples log
+
+A simulated short-video platform (`freshrec.data.synthetic`: users whose tastes drift, new items
+every few data-minutes that go stale within hours) sends requests to a real HTTP model server;
+the shown items are logged as impressions; simulated users click with the platform's true
+probability; the joiner joins clicks to impressions, the online trainer learns from the examples,
+and every `sync_interval_s` the touched rows travel to the serving replica through the parameter
+log. A frozen copy of the batch-trained starting model scores the same impressions, so the AUC
+of the two over time shows what learning in real time buys.
+
+Data time runs `speedup` times faster than wall time; the model server's impressions are stamped
+with it. Every role runs in its own thread here; `freshrec join|train|serve` run them as processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from freshrec.data.synthetic import SyntheticConfig, SyntheticPlatform
+from freshrec.demo.report import DemoTrace, RollingAUC, Sample
+from freshrec.stream.events import ActionEvent, encode_action
+
+__all__ = ["DemoConfig", "run_demo"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    """Shape of a demo run. Times marked (data) are data-time seconds, the rest wall seconds."""
+
+    minutes: float = 3.0
+    speedup: float = 240.0
+    requests_per_s: float = 40.0
+    candidates: int = 30
+    shown: int = 4
+    sync_interval_s: float = 1.0
+    dense_interval_s: float = 10.0
+    warmup_hours: float = 3.0  # (data) history the frozen batch model is trained on
+    warmup_impressions: int = 60_000
+    click_window_s: float = 60.0  # (data) join window of a click
+    item_ttl_s: float = 4 * 3600.0  # (data) item rows expire after this long unseen
+    user_min_count: int = 2  # a user gets a row after this many impressions
+    n_users: int = 3000
+    new_items_per_hour: float = 240.0
+    drift_per_hour: float = 0.35
+    report_every_s: float = 5.0
+    seed: int = 0
+    out_dir: Path = Path("runs/demo")
+
+
+class SimClock:
+    """Data time = start + speedup x wall seconds since `start()`."""
+
+    def __init__(self, start_ts: float, speedup: float, wall: Callable[[], float] = time.monotonic) -> None:
+        self.start_ts = start_ts
+        self.speedup = speedup
+        self._wall = wall
+        self._w0 = wall()
+
+    def start(self) -> None:
+        self._w0 = self._wall()
+
+    def __call__(self) -> float:
+        return self.start_ts + (self._wall() - self._w0) * self.speedup
+
+    def wall_elapsed(self) -> float:
+        return self._wall() - self._w0
+
+
+def _platform(cfg: DemoConfig) -> SyntheticPlatform:
+    duration = cfg.warmup_hours * 3600 + cfg.minutes * 60 * cfg.speedup + 3600
+    return SyntheticPlatform(
+        SyntheticConfig(
+            n_users=cfg.n_users,
+            n_items_start=300,
+            new_items_per_hour=cfg.new_items_per_hour,
+            duration_s=duration,
+            drift_per_hour=cfg.drift_per_hour,
+            freshness_half_life_s=2 * 3600.0,
+            seed=cfg.seed,
+        )
+    )
+
+
+def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[DemoTrace, dict]:
+    """Run the loop for `cfg.minutes`; returns the trace and the objects' final stats."""
+    from freshrec.data.splits import split_by_time
+    from freshrec.ps.serving import ServingReplica
+    from freshrec.ps.sync import SyncPublisher, SyncSubscriber
+    from freshrec.serve.app import create_app
+    from freshrec.serve.server import ServerThread
+    from freshrec.stream.joiner import JOIN_TABLES, Joiner, JoinerConfig
+    from freshrec.stream.local_log import LocalBackend
+    from freshrec.stream.store import LmdbStore
+    from freshrec.train.batch import TrainConfig, load_checkpoint, save_checkpoint, train_model
+    from freshrec.train.online import OnlineConfig, OnlineTrainer
+
+    torch.set_num_threads(1)
+    out = Path(cfg.out_dir)
+    work = out / "state"
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    world = _platform(cfg)
+    t0 = world.config.start_ts
+    t_live = t0 + cfg.warmup_hours * 3600
+
+    # 1. batch-train the starting model on the platform's history (the "yesterday" model)
+    log(
+        f"[demo] batch-training the starting model on {cfg.warmup_impressions:,} impressions "
+        f"({cfg.warmup_hours:g} h of history) ..."
+    )
+    history = world.log(cfg.warmup_impressions, start_ts=t0, end_ts=t_live, seed=cfg.seed)
+    train, test = split_by_time(history, train_frac=0.9)
+    tcfg = TrainConfig(
+        epochs=2,
+        batch_size=512,
+        dim=8,
+        hidden=(64, 32),
+        sparse_lr=0.05,
+        seed=cfg.seed,
+        table_overrides={"user_id": {"min_count": cfg.user_min_count}, "item_id": {"ttl_s": cfg.item_ttl_s}},
+    )
+    result = train_model(train, test, tcfg)
+    log(f"[demo] starting model: AUC {result.final.auc:.4f} on the last 10% of the history")
+    ckpt = save_checkpoint(result.model, work / "batch-checkpoint")
+    frozen, _ = load_checkpoint(ckpt)
+    frozen.eval()
+
+    # 2. the logs, the joiner, the online trainer and the sync publisher
+    backend = LocalBackend(work / "logs")
+    features, actions = backend.log("features"), backend.log("actions")
+    examples, dead, params = backend.log("examples"), backend.log("dead-letters"), backend.log("params")
+    joiner_cfg = JoinerConfig(
+        windows={"click": cfg.click_window_s},
+        allowed_lateness_s=5.0,
+        emit_early_positives=True,
+        poll_timeout_s=0.05,
+    )
+    joiner_box: dict[str, Joiner] = {}
+    joiner_ready = threading.Event()
+
+    def run_joiner() -> None:
+        # An LMDB write transaction belongs to the thread that began it: the store is opened here.
+        store = LmdbStore(work / "joiner", JOIN_TABLES, map_size=1 << 30, sync=False)
+        j = Joiner(
+            config=joiner_cfg,
+            features=features,
+            actions=actions,
+            examples=examples,
+            dead_letters=dead,
+            store=store,
+        )
+        joiner_box["j"] = j
+        joiner_ready.set()
+        try:
+            j.run(should_stop=stop.is_set, idle_sleep_s=0.02)
+        finally:
+            j.close()
+            store.close()
+
+    trainer = OnlineTrainer.from_checkpoint(
+        ckpt, OnlineConfig(batch_size=256, poll_timeout_s=0.2, evict_every=20, dense_lr=1e-3)
+    )
+    spec = trainer.model.spec
+    publisher = SyncPublisher(
+        trainer, params, interval_s=cfg.sync_interval_s, dense_interval_s=cfg.dense_interval_s
+    )
+    publisher.publish_once(dense=True)  # the starting model goes to serving in full
+    stop = threading.Event()
+
+    # 3. the serving replica, following the parameter log, behind a real HTTP server
+    replica = ServingReplica(spec, hidden=tcfg.hidden, seed=cfg.seed)
+    subscriber = SyncSubscriber(replica, params, group="demo-serving")
+    subscriber.catch_up()
+    clock = SimClock(t_live, cfg.speedup)
+    app = create_app(replica, features_log=features, subscriber=subscriber, clock=clock)
+    server = ServerThread(app).start()
+    subscriber.start()
+    log(
+        f"[demo] model server on {server.url}; sync every {cfg.sync_interval_s:g} s, serving: "
+        f"{cfg.minutes:g} min at {cfg.speedup:g}x data time."
+    )
+
+    consumer = examples.consumer("demo-trainer")
+    threads = [
+        threading.Thread(target=run_joiner, name="joiner"),
+        threading.Thread(
+            target=lambda: trainer.run(consumer, until_idle=False, stop=stop.is_set), name="trainer"
+        ),
+    ]
+    pub_thread, pub_stop = publisher.start()
+    for th in threads:
+        th.start()
+    joiner_ready.wait(30)
+    joiner = joiner_box["j"]
+
+    trace = DemoTrace()
+    roll_on, roll_fr = RollingAUC(4000), RollingAUC(4000)
+    pending_fresh: collections.deque[tuple[float, float]] = collections.deque()
+    rng = np.random.default_rng(cfg.seed + 1)
+    client = httpx.Client(base_url=server.url, timeout=10.0)
+    n_imp = n_click = 0
+    events_mark, wall_mark = 0, 0.0
+    next_report = cfg.report_every_s
+    clock.start()
+    deadline = cfg.minutes * 60.0
+    budget = 0.0
+    try:
+        while (elapsed := clock.wall_elapsed()) < deadline:
+            budget += cfg.requests_per_s * 0.05
+            n_req = int(budget)
+            budget -= n_req
+            for _ in range(n_req):
+                now = clock()
+                live = world.live_items(now)
+                # candidates: recent items first (what a feed retrieves), plus some older ones
+                recent = live[-200:]
+                cands = rng.choice(recent, size=min(cfg.candidates, len(recent)), replace=False)
+                user = int(world.user_ids[rng.integers(0, len(world.user_ids))])
+                r = client.post(
+                    "/v1/rank", json={"user_id": user, "candidates": cands.tolist(), "top_k": cfg.shown}
+                )
+                r.raise_for_status()
+                body = r.json()
+                items = np.array([it["item_id"] for it in body["items"]], dtype=np.int64)
+                online = np.array([it["score"] for it in body["items"]], dtype=np.float64)
+                p = world.click_prob(np.full(len(items), user, np.int64), items, now)
+                clicks = rng.random(len(items)) < p
+                with torch.no_grad():
+                    frozen_scores = frozen(
+                        {
+                            "user_id": torch.full((len(items),), user, dtype=torch.int64),
+                            "item_id": torch.from_numpy(items),
+                        }
+                    ).numpy()
+                for pos in np.flatnonzero(clicks):
+                    ev = ActionEvent(
+                        request_id=f"{body['request_id']}:{pos}",
+                        action="click",
+                        value=1.0,
+                        ts=now + float(rng.uniform(1.0, 20.0)),
+                    )
+                    actions.append(encode_action(ev), key=ev.request_id.encode())
+                    pending_fresh.append((now, time.monotonic()))
+                trace.add_impressions(elapsed, online, frozen_scores, clicks.astype(float))
+                roll_on.push(online, clicks)
+                roll_fr.push(frozen_scores, clicks)
+                n_imp += len(items)
+                n_click += int(clicks.sum())
+            actions.flush()
+            served_ts = replica.data_ts
+            while pending_fresh and served_ts is not None and pending_fresh[0][0] <= served_ts:
+                trace.freshness_s.append(time.monotonic() - pending_fresh.popleft()[1])
+            if elapsed >= next_report:
+                next_report += cfg.report_every_s
+                ev_rate = (n_imp + n_click - events_mark) / max(elapsed - wall_mark, 1e-9)
+                events_mark, wall_mark = n_imp + n_click, elapsed
+                m = trainer.metrics()
+                f = trace.freshness_s[-500:]
+                s = Sample(
+                    wall_s=elapsed,
+                    data_ts=clock(),
+                    impressions=n_imp,
+                    clicks=n_click,
+                    events_per_s=ev_rate,
+                    auc_online=roll_on.value(),
+                    auc_frozen=roll_fr.value(),
+                    freshness_p50_s=float(np.percentile(f, 50)) if f else math.nan,
+                    freshness_p99_s=float(np.percentile(f, 99)) if f else math.nan,
+                    rows=dict(m.table_rows),
+                    evictions=sum(t.evictions for t in trainer.tables.values()),
+                    examples=joiner.stats.examples,
+                    model_version=replica.version,
+                )
+                trace.samples.append(s)
+                hours = (s.data_ts - t_live) / 3600
+                log(
+                    f"[{elapsed:5.0f}s | data +{hours:4.1f}h] {ev_rate:6.0f} events/s | AUC online "
+                    f"{s.auc_online:.3f} vs frozen {s.auc_frozen:.3f} | fresh p50 {s.freshness_p50_s:.1f}s "
+                    f"p99 {s.freshness_p99_s:.1f}s | rows "
+                    + " ".join(f"{k}={v}" for k, v in s.rows.items())
+                    + f" | evicted {s.evictions} | v{s.model_version} | examples {s.examples}"
+                )
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        pub_stop.set()
+        for th in threads:
+            th.join(timeout=30)
+        pub_thread.join(timeout=30)
+        client.close()
+        server.stop()
+        subscriber.stop()
+        n_dead = int(sum(dead.end_offsets()))
+        backend.close()
+    return trace, {"dead_letters": n_dead}
