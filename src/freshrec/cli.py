@@ -8,6 +8,11 @@ Each command lives in a module that exposes::
     def main(args: argparse.Namespace) -> int   # exit code
 
 Modules are imported only when their command runs, so `freshrec --help` is fast.
+
+Every command also takes `--config FILE.toml`: top-level keys apply to every command that has
+an option of that name, and a section named after the command (`[join]`, `[serve]`,
+`[train.online]`, ...) to that command only; flags on the command line win. Keys are option
+names with `_` or `-` (`sync_interval = 1.0` sets `--sync-interval`). See `freshrec.example.toml`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import tomllib
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["COMMANDS", "main"]
 
@@ -69,6 +76,37 @@ def _usage(cmds: dict[tuple[str, ...], str]) -> str:
     return "\n".join(lines)
 
 
+def _apply_config(parser: argparse.ArgumentParser, path: Path, words: tuple[str, ...]) -> str | None:
+    """Set `parser`'s defaults from a TOML file; returns an error message, or None."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return f"cannot read config {path}: {e}"
+    dests = {a.dest for a in parser._actions}
+    section: object = doc
+    for w in words:
+        section = section.get(w, {}) if isinstance(section, dict) else {}
+    if not isinstance(section, dict):
+        return f"config {path}: [{'.'.join(words)}] must be a table"
+    values = {k.replace("-", "_"): v for k, v in doc.items() if not isinstance(v, dict)}
+    values = {k: v for k, v in values.items() if k in dests}  # top level: only what this command has
+    for k, v in section.items():
+        if isinstance(v, dict):
+            continue
+        key = k.replace("-", "_")
+        if key not in dests:
+            return f"config {path}: [{'.'.join(words)}] has no option {k!r}"
+        values[key] = v
+    for a in parser._actions:
+        if a.dest in values and a.type is not None and isinstance(values[a.dest], str):
+            values[a.dest] = a.type(values[a.dest])
+    parser.set_defaults(**values)
+    for a in parser._actions:
+        if a.dest in values:
+            a.required = False  # the file provides it
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmds = _available()
@@ -86,7 +124,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 formatter_class=argparse.RawDescriptionHelpFormatter,
             )
             mod.configure(parser)
-            args = parser.parse_args(argv[n:])
+            rest = argv[n:]
+            parser.add_argument(
+                "--config",
+                type=Path,
+                default=None,
+                help="TOML file with defaults for these options (see freshrec.example.toml)",
+            )
+            pre_parser = argparse.ArgumentParser(add_help=False)
+            pre_parser.add_argument("--config", type=Path, default=None)
+            pre, _ = pre_parser.parse_known_args(rest)
+            if pre.config is not None:
+                err = _apply_config(parser, pre.config, words)
+                if err:
+                    print(f"freshrec: {err}", file=sys.stderr)
+                    return 2
+            args = parser.parse_args(rest)
             return int(mod.main(args) or 0)
     print(f"freshrec: unknown command {' '.join(argv[:2])!r}\n", file=sys.stderr)
     print(_usage(cmds), file=sys.stderr)
