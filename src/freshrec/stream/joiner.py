@@ -114,6 +114,8 @@ class JoinerConfig:
             partition idle, so over Kafka give it a fetch round trip (e.g. 0.2); 0 suits the
             local and in-memory logs, whose polls see every record already written.
         batch_records: input records per batch (one store commit + one log flush per batch).
+        max_batch_s: wall-time bound of one batch, so that a steady stream (polls never empty)
+            still emits examples at least this often; batch boundaries do not affect results.
         sampling: negative sampling of the emitted examples.
         emit_early_positives: emit an impression's example as soon as a positive action joins
             (Monolith's behaviour) instead of at window close; actions joining later do not
@@ -130,6 +132,7 @@ class JoinerConfig:
     poll_records: int = 2_000
     poll_timeout_s: float = 0.0
     batch_records: int = 20_000
+    max_batch_s: float = 0.25
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     emit_early_positives: bool = False
     group: str = "joiner"
@@ -142,7 +145,7 @@ class JoinerConfig:
             if not (isinstance(w, int | float) and 0 <= w < 1e9):
                 msg = f"JoinerConfig.windows[{a!r}] must be seconds in [0, 1e9), got {w!r}"
                 raise ConfigError(msg)
-        for name in ("allowed_lateness_s", "early_action_ttl_s", "poll_timeout_s"):
+        for name in ("allowed_lateness_s", "early_action_ttl_s", "poll_timeout_s", "max_batch_s"):
             v = getattr(self, name)
             if not 0 <= v < 1e9:
                 msg = f"JoinerConfig.{name} must be seconds in [0, 1e9), got {v!r}"
@@ -215,12 +218,15 @@ class Joiner:
         examples: output log of examples (this joiner must be its only writer).
         dead_letters: output log of records that failed to decode.
         store: the joiner's state (`LmdbStore` for crash safety, `MemoryStore` in tests);
-            opened with the tables in `JOIN_TABLES`.
+            opened with the tables in `JOIN_TABLES`. Use it from the thread that created it
+            (an LMDB write transaction belongs to its thread).
+        clock: monotonic wall seconds, for `max_batch_s` only (never for data time).
     """
 
     def __init__(self, *, config: JoinerConfig, features: Log, actions: Log, examples: Log,
-                 dead_letters: Log, store: JoinStore) -> None:
+                 dead_letters: Log, store: JoinStore, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self._clock = clock
         self.examples = examples
         self.dead_letters = dead_letters
         self.store = store
@@ -564,7 +570,8 @@ class Joiner:
         self._out = []
         dead: list[bytes] = []
         consumed = 0
-        while consumed < cfg.batch_records:
+        deadline = self._clock() + cfg.max_batch_s
+        while consumed < cfg.batch_records and (consumed == 0 or self._clock() < deadline):
             # every source that has nothing read ahead polls once (an empty poll: idle)
             for s in srcs:
                 if not s.buf and not s.idle:
