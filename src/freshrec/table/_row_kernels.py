@@ -98,28 +98,38 @@ def touch(mptrs, bits, rows, now_rel, counts, reset):
 
 
 @njit(inline="always", cache=True)
-def _unit(seed, key, j):
-    """A uniform float64 in (0, 1), a pure function of (seed, key, j)."""
-    x = K.mix64(uint64(key) ^ K.mix64(uint64(seed) * uint64(0x9E3779B97F4A7C15) + uint64(j)))
+def _unit(salt, key):
+    """A uniform float64 in (0, 1), a pure function of (salt, key)."""
+    x = K.mix64(uint64(key) ^ salt)
     return (np.float64(x >> uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
 
 
 @njit(nogil=True, cache=True)
 def init_rows(ptrs, bits, width, dim, rows, keys, kind, scale, seed):
-    """Write the initial embedding of each new row: a pure function of (seed, key)."""
+    """Write the initial embedding of each new row: a pure function of (seed, key).
+
+    Column d draws from hash(key ^ salt[d]) with salt[d] = mix64(seed * phi + d); normal values
+    come in Box-Muller pairs (columns 2k, 2k+1 share one pair of uniforms).
+    """
+    salts = np.empty(dim + 1, np.uint64)
+    for j in range(dim + 1):
+        salts[j] = K.mix64(uint64(seed) * uint64(0x9E3779B97F4A7C15) + uint64(j))
     for i in range(rows.shape[0]):
         row = row_of(ptrs, bits, width, rows[i])
         key = keys[i]
-        for d in range(dim):
-            if kind == INIT_ZEROS:
-                v = 0.0
-            elif kind == INIT_UNIFORM:
-                v = (2.0 * _unit(seed, key, d) - 1.0) * scale
-            else:
-                u1 = _unit(seed, key, 2 * d)
-                u2 = _unit(seed, key, 2 * d + 1)
-                v = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2) * scale
-            row[d] = v
+        if kind == INIT_ZEROS:
+            for d in range(dim):
+                row[d] = 0.0
+        elif kind == INIT_UNIFORM:
+            for d in range(dim):
+                row[d] = (2.0 * _unit(salts[d], key) - 1.0) * scale
+        else:
+            for d in range(0, dim, 2):
+                r = np.sqrt(-2.0 * np.log(_unit(salts[d], key))) * scale
+                a = 2.0 * np.pi * _unit(salts[d + 1], key)
+                row[d] = r * np.cos(a)
+                if d + 1 < dim:
+                    row[d + 1] = r * np.sin(a)
 
 
 @njit(nogil=True, cache=True)
