@@ -8,6 +8,15 @@ the log to the positions they store: kill it at any moment and start it again wi
 arguments, and it ends with the same parameters as a run never interrupted (tests/test_recovery.py).
 Without snapshots it starts at offset 0 of every partition (`--start committed` uses the group's
 committed positions instead; positions are committed for monitoring either way).
+
+With `--params URL` it also publishes the touched rows to the parameter log (`--params-log`) after
+every batch (`freshrec.ps.sync.SyncPublisher`, from a hook placed before the snapshotter, so every
+snapshot stores the parameter log's offsets and version that match its tables; the dense weights go
+every `--dense-every` batches and once more, forced, at the end). With `--expect-examples N` it
+trains whole batches of `--batch-size` records only (waiting for the log to fill them while the
+joiner still writes) and exits once N examples are trained: fixed batch boundaries, so a run killed
+and restarted any number of times ends with the same parameters as one never interrupted
+(tests/test_chaos.py).
 """
 
 from __future__ import annotations
@@ -54,6 +63,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress-every", type=int, default=100, help="print progress every N batches")
     parser.add_argument("--deterministic", action="store_true", help="1 torch thread, deterministic kernels")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the metrics last")
+    parser.add_argument("--params", default=None, help="publish deltas to this parameter-log backend (URL)")
+    parser.add_argument("--params-log", default="params", help="parameter log name")
+    parser.add_argument("--dense-every", type=int, default=10, help="publish dense weights every N batches")
+    parser.add_argument(
+        "--expect-examples", type=int, default=None,
+        help="train whole batches only, waiting for records, and exit after N examples (single partition)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -97,13 +113,23 @@ def main(args: argparse.Namespace) -> int:
         consumer = log.consumer(args.group)
         snap = None
         recovered = None
+        publisher = pbackend = None
+        if args.params:
+            from freshrec.ps.sync import SyncPublisher
+
+            pbackend = open_backend(args.params)
+            publisher = SyncPublisher(trainer, pbackend.log(args.params_log))
+            every = max(1, args.dense_every)
+            trainer.add_hook(lambda tr, info: publisher.publish_once(dense=tr.step % every == 0))
         if args.snapshots:
             policy = SnapshotPolicy(
                 every_batches=args.snapshot_every, full_every=args.full_every, keep=args.keep
             )
-            snap = PeriodicSnapshotter(args.snapshots, policy)
+            snap = PeriodicSnapshotter(args.snapshots, policy, publisher=publisher)
             recovered = snap.recover(trainer, consumer, fallback=not args.no_fallback)
             trainer.add_hook(snap)
+        if publisher is not None and recovered is not None:
+            publisher.version = int(recovered.extra.get("params_version", 0))
         if recovered is None and args.start == "earliest":
             for p in range(log.partitions):
                 consumer.seek(p, 0)
@@ -121,12 +147,22 @@ def main(args: argparse.Namespace) -> int:
                 print(tr.metrics().line(), flush=True)
 
         trainer.add_hook(progress)
-        metrics = trainer.run(consumer, max_batches=args.max_batches, until_idle=not args.follow)
-        if snap is not None and (not snap.history or snap.history[-1].step != trainer.step) and trainer.step:
+        if args.expect_examples is not None:
+            metrics = _train_expected(trainer, log, consumer, args.expect_examples, args.batch_size)
+        else:
+            metrics = trainer.run(consumer, max_batches=args.max_batches, until_idle=not args.follow)
+        if publisher is not None:
+            publisher.publish_once(dense=True)
+        last_step = snap.history[-1].step if snap is not None and snap.history else None
+        if last_step is None and recovered is not None:
+            last_step = recovered.step  # restarted after the last snapshot: nothing new to save
+        if snap is not None and last_step != trainer.step and trainer.step:
             last = snap.snapshot(trainer, full=True)
             print(f"final snapshot: {last.path} ({last.nbytes} bytes)", flush=True)
         consumer.close()
         backend.close()
+        if pbackend is not None:
+            pbackend.close()
     except FreshrecError as e:
         print(f"freshrec train online: {e}", file=sys.stderr)
         return 1
@@ -146,7 +182,33 @@ def main(args: argparse.Namespace) -> int:
                     "table_rows": metrics.table_rows,
                     "positions": {str(p): o for p, o in trainer.positions.items()},
                     "step": trainer.step,
+                    "params_version": publisher.version if publisher is not None else None,
                 }
             )
         )
     return 0
+
+
+def _train_expected(trainer, log, consumer, expect: int, batch_size: int):
+    """Train batches [k*B, (k+1)*B) of a one-partition log until `expect` examples are trained."""
+    import time
+
+    from freshrec.train.examples import decode_records
+
+    if log.partitions != 1:
+        from freshrec.errors import ConfigError
+
+        msg = f"--expect-examples needs a one-partition examples log, got {log.partitions} partitions"
+        raise ConfigError(msg)
+    while (done := int(trainer.positions.get(0, 0))) < expect:
+        need = min(batch_size, expect - done)
+        if int(log.end_offsets()[0]) - done < need:
+            time.sleep(0.02)
+            continue
+        records: list = []
+        while len(records) < need:
+            records.extend(consumer.poll(max_records=need - len(records), timeout_s=0.5))
+        examples, bad = decode_records(records)
+        trainer.train_examples(examples, positions=consumer.position(), bad=len(bad))
+        consumer.commit(trainer.positions)
+    return trainer.metrics()
