@@ -32,3 +32,35 @@ def test_demo_short_form_learns_online(tmp_path):
     assert summary["freshness_samples"] > 50 and summary["freshness_p99_s"] < 30, summary
     for name in ("auc_over_time.png", "freshness.png", "table_sizes.png"):
         assert (out / name).stat().st_size > 5000
+
+
+@pytest.mark.timeout(600)
+def test_demo_on_the_real_globo_stream_learns_online(tmp_path):
+    from freshrec.data.paths import dataset_path
+
+    clicks = dataset_path("globo") / "clicks.csv.gz"
+    if not clicks.exists():
+        pytest.skip(f"Globo clicks not found at {clicks} (see ../shared/data/README.md)")
+    out = tmp_path / "demo-globo"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "freshrec.cli",
+            "demo",
+            "--data",
+            "globo",
+            "--minutes",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["examples"] > 1000, summary
+    assert summary["online_auc_last_third"] > summary["frozen_auc_last_third"], summary

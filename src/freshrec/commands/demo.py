@@ -8,12 +8,29 @@ import math
 from pathlib import Path
 
 HELP = "run the whole loop on a simulated platform and watch it learn in real time"
-EXAMPLE = "freshrec demo --minutes 2"
+EXAMPLE = "freshrec demo --minutes 2   (or: freshrec demo --data globo)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="wall-clock length of the live part")
-    parser.add_argument("--speedup", type=float, default=240.0, help="data seconds per wall second")
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        default=None,
+        help="data seconds per wall second (default 240 simulated, 30 with --data globo)",
+    )
+    parser.add_argument(
+        "--data",
+        choices=("synthetic", "globo"),
+        default="synthetic",
+        help="simulated platform (default) or the real Globo news stream, replayed",
+    )
+    parser.add_argument(
+        "--globo-path",
+        type=Path,
+        default=None,
+        help="Globo clicks.csv.gz (default ../shared/data/globo/clicks.csv.gz)",
+    )
     parser.add_argument("--rps", type=float, default=40.0, help="ranking requests per wall second")
     parser.add_argument("--sync-interval", type=float, default=1.0, help="seconds between embedding syncs")
     parser.add_argument(
@@ -27,13 +44,16 @@ def main(args: argparse.Namespace) -> int:
     from freshrec.demo.loop import DemoConfig, run_demo
     from freshrec.demo.report import plot, render, summary
 
+    speedup = args.speedup if args.speedup is not None else (30.0 if args.data == "globo" else 240.0)
     cfg = DemoConfig(
         minutes=args.minutes,
-        speedup=args.speedup,
+        speedup=speedup,
         requests_per_s=args.rps,
         sync_interval_s=args.sync_interval,
         out_dir=args.out,
         seed=args.seed,
+        data=args.data,
+        globo_path=args.globo_path,
     )
     trace, stats = run_demo(cfg)
     s = summary(trace)

@@ -61,6 +61,10 @@ class DemoConfig:
     report_every_s: float = 5.0
     seed: int = 0
     out_dir: Path = Path("runs/demo")
+    data: str = "synthetic"  # or "globo": replay the real Globo stream instead of the simulation
+    globo_path: Path | None = None
+    globo_warmup_clicks: int = 60_000
+    globo_live_clicks: int = 400_000
 
 
 class SimClock:
@@ -92,9 +96,116 @@ def _platform(cfg: DemoConfig) -> SyntheticPlatform:
             duration_s=duration,
             drift_per_hour=cfg.drift_per_hour,
             freshness_half_life_s=2 * 3600.0,
+            taste_scale=1.5,
+            quality_std=1.0,
             seed=cfg.seed,
         )
     )
+
+
+GLOBO_SLOTS = ("user_id", "item_id", "env", "device", "os", "country", "region", "referrer")
+
+
+class GloboStream:
+    """The real Globo stream (`freshrec.stream.replay.globo_events`) cut into a history, for the
+    batch-trained starting model, and a live part replayed at the demo's speed-up.
+
+    Impressions are the replay's served articles (the clicked one plus 4 popular ones); a served
+    impression's label is whether the replay clicks it, known here only to score predictions.
+    """
+
+    def __init__(self, path: Path, *, warmup_clicks: int, live_clicks: int, seed: int) -> None:
+        from freshrec.stream.events import FeatureEvent
+        from freshrec.stream.replay import globo_events, load_globo_clicks
+
+        clicks = load_globo_clicks(path, limit=warmup_clicks + live_clicks)
+        events = list(globo_events(clicks, k=4, seed=seed))
+        self.clicked = {e.request_id for e in events if isinstance(e, ActionEvent)}
+        self.start_ts = float(clicks.ts[min(warmup_clicks, len(clicks) - 1)])
+        self.history = [e for e in events if isinstance(e, FeatureEvent) and e.ts < self.start_ts]
+        self.live = [e for e in events if e.ts >= self.start_ts]
+        self._pos = 0
+
+    def history_dataset(self):
+        from freshrec.stream.events import Example
+        from freshrec.train.examples import ExampleSchema, examples_to_dataset
+
+        ex = [
+            Example(
+                request_id=e.request_id,
+                user_id=e.user_id,
+                item_id=e.item_id,
+                sparse=e.sparse,
+                dense={},
+                labels={"click": 1.0 if e.request_id in self.clicked else 0.0},
+                sample_rate=1.0,
+                ts=e.ts,
+            )
+            for e in self.history
+        ]
+        return examples_to_dataset(ex, ExampleSchema(slots=GLOBO_SLOTS), name="globo-history")
+
+    def until(self, ts: float) -> list:
+        """The live events with data time <= ts not returned yet, in order."""
+        lo = self._pos
+        while self._pos < len(self.live) and self.live[self._pos].ts <= ts:
+            self._pos += 1
+        return self.live[lo : self._pos]
+
+    @property
+    def done(self) -> bool:
+        return self._pos >= len(self.live)
+
+
+def _frozen_replica(model, spec, hidden, seed):
+    """A serving replica holding a copy of `model` (the frozen baseline scores like serving)."""
+    from freshrec.ps.delta import Delta
+    from freshrec.ps.serving import ServingReplica
+
+    rep = ServingReplica(spec, hidden=hidden, seed=seed)
+    for slot, layer in model.collisionless.items():
+        ids, emb = layer.table.export()
+        rep.apply(Delta(table=slot, version=1, ids=ids, embeddings=emb))
+    rep.load_dense({k: v.detach().numpy() for k, v in model.state_dict().items()}, version=1)
+    return rep
+
+
+def _globo_tick(globo: GloboStream, now: float, client: httpx.Client, frozen_rep, features, actions):
+    """Replay the Globo events up to `now`: score the impressions (online over HTTP, frozen in
+    process) before logging them, then log impressions and clicks. Returns (online, frozen,
+    clicked, click data times) or None when nothing was due."""
+    from freshrec.stream.events import FeatureEvent, encode_feature
+
+    due = globo.until(now)
+    if not due:
+        return None
+    imps = [e for e in due if isinstance(e, FeatureEvent)]
+    online, frozen = [], []
+    for lo in range(0, len(imps), 500):
+        chunk = imps[lo : lo + 500]
+        body = [
+            {
+                "user_id": e.user_id,
+                "item_id": e.item_id,
+                "sparse": {k: v for k, v in e.sparse.items() if k in GLOBO_SLOTS},
+            }
+            for e in chunk
+        ]
+        r = client.post("/v1/predict", json={"examples": body})
+        r.raise_for_status()
+        online.extend(r.json()["probabilities"])
+        frozen.extend(frozen_rep.predict(body).tolist())
+    for e in imps:
+        features.append(encode_feature(e), key=e.request_id.encode())
+    features.flush()
+    click_ts = []
+    for e in due:
+        if isinstance(e, ActionEvent):
+            actions.append(encode_action(e), key=e.request_id.encode())
+            click_ts.append(e.ts)
+    actions.flush()
+    clicked = np.array([e.request_id in globo.clicked for e in imps], dtype=bool)
+    return np.array(online), np.array(frozen), clicked, click_ts
 
 
 def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[DemoTrace, dict]:
@@ -118,17 +229,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
 
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    world = _platform(cfg)
-    t0 = world.config.start_ts
-    t_live = t0 + cfg.warmup_hours * 3600
-
-    # 1. batch-train the starting model on the platform's history (the "yesterday" model)
-    log(
-        f"[demo] batch-training the starting model on {cfg.warmup_impressions:,} impressions "
-        f"({cfg.warmup_hours:g} h of history) ..."
-    )
-    history = world.log(cfg.warmup_impressions, start_ts=t0, end_ts=t_live, seed=cfg.seed)
-    train, test = split_by_time(history, train_frac=0.9)
+    globo: GloboStream | None = None
     tcfg = TrainConfig(
         epochs=2,
         batch_size=512,
@@ -138,11 +239,34 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
         seed=cfg.seed,
         table_overrides={"user_id": {"min_count": cfg.user_min_count}, "item_id": {"ttl_s": cfg.item_ttl_s}},
     )
+    if cfg.data == "globo":
+        from freshrec.data.paths import dataset_path
+
+        path = cfg.globo_path or dataset_path("globo") / "clicks.csv.gz"
+        log(f"[demo] loading the Globo stream from {path} ...")
+        globo = GloboStream(
+            path, warmup_clicks=cfg.globo_warmup_clicks, live_clicks=cfg.globo_live_clicks, seed=cfg.seed
+        )
+        t_live = globo.start_ts
+        history = globo.history_dataset()
+        log(f"[demo] batch-training the starting model on {len(history):,} Globo impressions ...")
+        world = None
+    else:
+        world = _platform(cfg)
+        t0 = world.config.start_ts
+        t_live = t0 + cfg.warmup_hours * 3600
+        log(
+            f"[demo] batch-training the starting model on {cfg.warmup_impressions:,} impressions "
+            f"({cfg.warmup_hours:g} h of history) ..."
+        )
+        history = world.log(cfg.warmup_impressions, start_ts=t0, end_ts=t_live, seed=cfg.seed)
+    train, test = split_by_time(history, train_frac=0.9)
     result = train_model(train, test, tcfg)
     log(f"[demo] starting model: AUC {result.final.auc:.4f} on the last 10% of the history")
     ckpt = save_checkpoint(result.model, work / "batch-checkpoint")
     frozen, _ = load_checkpoint(ckpt)
     frozen.eval()
+    frozen_rep = _frozen_replica(frozen, frozen.spec, tcfg.hidden, cfg.seed) if globo is not None else None
 
     # 2. the logs, the joiner, the online trainer and the sync publisher
     backend = LocalBackend(work / "logs")
@@ -225,10 +349,27 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
     budget = 0.0
     try:
         while (elapsed := clock.wall_elapsed()) < deadline:
-            budget += cfg.requests_per_s * 0.05
-            n_req = int(budget)
-            budget -= n_req
+            if globo is not None:
+                if globo.done:
+                    log("[demo] the Globo stream is exhausted")
+                    break
+                got = _globo_tick(globo, clock(), client, frozen_rep, features, actions)
+                if got is not None:
+                    online, frozen_scores, clicks, click_ts = got
+                    for ts_c in click_ts:
+                        pending_fresh.append((ts_c, time.monotonic()))
+                    trace.add_impressions(elapsed, online, frozen_scores, clicks.astype(float))
+                    roll_on.push(online, clicks)
+                    roll_fr.push(frozen_scores, clicks)
+                    n_imp += len(clicks)
+                    n_click += len(click_ts)
+            n_req = 0
+            if world is not None:
+                budget += cfg.requests_per_s * 0.05
+                n_req = int(budget)
+                budget -= n_req
             for _ in range(n_req):
+                assert world is not None
                 now = clock()
                 live = world.live_items(now)
                 # candidates: recent items first (what a feed retrieves), plus some older ones
