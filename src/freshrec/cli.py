@@ -98,7 +98,7 @@ def _apply_config(parser: argparse.ArgumentParser, path: Path, words: tuple[str,
             return f"config {path}: [{'.'.join(words)}] has no option {k!r}"
         values[key] = v
     for a in parser._actions:
-        if a.dest in values and a.type is not None and isinstance(values[a.dest], str):
+        if a.dest in values and callable(a.type) and isinstance(values[a.dest], str):
             values[a.dest] = a.type(values[a.dest])
     parser.set_defaults(**values)
     for a in parser._actions:

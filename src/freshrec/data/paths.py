@@ -14,9 +14,9 @@ def shared_data_dir(env: dict[str, str] | None = None) -> Path:
     `FRESHREC_DATA` wins when set; otherwise `../shared/data` relative to the project root
     (the checkout that holds `src/freshrec`), then relative to the working directory.
     """
-    env = os.environ if env is None else env
-    if env.get("FRESHREC_DATA"):
-        return Path(env["FRESHREC_DATA"])
+    e: dict[str, str] | os._Environ[str] = os.environ if env is None else env
+    if e.get("FRESHREC_DATA"):
+        return Path(e["FRESHREC_DATA"])
     root = Path(__file__).resolve().parents[3]
     for cand in (root.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
         if cand.is_dir():

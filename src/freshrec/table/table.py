@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -199,7 +200,7 @@ class EmbeddingTable:
 
     # ---- training ----------------------------------------------------------------------------
     def apply_gradients(
-        self, ids: object, grads: np.ndarray, *, now: float, counts: np.ndarray | None = None
+        self, ids: Any, grads: np.ndarray, *, now: float, counts: np.ndarray | None = None
     ) -> None:
         """One sparse optimizer step (see the module docstring).
 
@@ -296,6 +297,7 @@ class EmbeddingTable:
         Rows of this batch are never evicted; when the batch alone exceeds the capacity, only
         the first admitted ids (in ascending id order) that fit get rows.
         """
+        assert self.config.capacity is not None
         cap = int(self.config.capacity)
         n_new = int(ok.sum())
         need = len(self) + n_new - cap
@@ -435,7 +437,11 @@ class EmbeddingTable:
             R.gather_rows(self._rows.ptrs, self._rows.bits, self.width, rows, 0, self.width, full)
             meta = np.empty((ids.shape[0], 2), dtype=np.int32)
             R.gather_meta(self._rows.mptrs, self._rows.bits, rows, meta)
-            info = {"epoch": self.epoch, "evictions": self.evictions, "rows": int(ids.shape[0])}
+            info: dict[str, Any] = {
+                "epoch": self.epoch,
+                "evictions": self.evictions,
+                "rows": int(ids.shape[0]),
+            }
             if self._filter is not None:
                 fmeta, farrays = self._filter.state()
                 info["filter"] = fmeta
@@ -581,11 +587,11 @@ class EmbeddingTable:
         for name in meta.get("channels", []):
             ch = table._changes.setdefault(name, _Changes())
             t = np.asarray(arrays.get(f"changes.{name}.touched", np.empty(0, np.int64)), np.int64)
-            e = np.asarray(arrays.get(f"changes.{name}.evicted", np.empty(0, np.int64)), np.int64)
+            ev = np.asarray(arrays.get(f"changes.{name}.evicted", np.empty(0, np.int64)), np.int64)
             ch.touched, ch.n, ch.evicted = (
                 ([t] if t.shape[0] else []),
                 t.shape[0],
-                ([e] if e.shape[0] else []),
+                ([ev] if ev.shape[0] else []),
             )
         return table
 

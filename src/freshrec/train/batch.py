@@ -76,10 +76,17 @@ __all__ = [
 
 
 class ColumnarData(Protocol):
-    sparse: Mapping[str, np.ndarray]
-    dense: np.ndarray
-    label: np.ndarray
-    ts: np.ndarray
+    @property
+    def sparse(self) -> Mapping[str, np.ndarray]: ...
+
+    @property
+    def dense(self) -> np.ndarray: ...
+
+    @property
+    def label(self) -> np.ndarray: ...
+
+    @property
+    def ts(self) -> np.ndarray: ...
 
     def __len__(self) -> int: ...
 

@@ -56,7 +56,7 @@ __all__ = [
     "optimizer_to_arrays",
 ]
 
-Hook = Callable[["OnlineTrainer", "BatchInfo"], None]
+Hook = Callable[["OnlineTrainer", "BatchInfo"], object]
 
 
 @dataclass(frozen=True, kw_only=True)
