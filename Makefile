@@ -12,7 +12,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,ray]'
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
 # Sets up the environment (and the Kafka broker jars when Java is present), then runs the test suite.
