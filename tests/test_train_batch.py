@@ -199,3 +199,21 @@ def test_evaluate_ranks_raw_logits_and_shifts_them_for_log_loss():
         z = model(b.sparse, b.dense).numpy()
     assert a == pytest.approx(auc(test.label, z))
     assert ll == pytest.approx(log_loss_from_logits(test.label, z - np.log(rates)), rel=1e-5)
+
+
+def test_checkpoint_keeps_the_whole_feature_spec(tmp_path):
+    from freshrec.model import DeepFM, FeatureSpec, SlotSpec
+    from freshrec.table import FTRL, Initializer
+    from freshrec.train.batch import load_checkpoint, save_checkpoint
+
+    spec = FeatureSpec(
+        slots=(SlotSpec(name="user_id", table={"min_count": 2}), SlotSpec(name="tags", multi_valued=True)),
+        dense_dim=2,
+        dim=4,
+        optimizer=FTRL(alpha=0.1),
+        initializer=Initializer(kind="uniform", scale=0.2),
+        seed=3,
+    )
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    model, _ = load_checkpoint(save_checkpoint(DeepFM.build(spec, hidden=(8,)), tmp_path / "ckpt"))
+    assert model.spec == spec

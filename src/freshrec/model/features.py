@@ -15,7 +15,7 @@ the same row, so each id costs one lookup and one update, not two).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from torch import nn
@@ -23,7 +23,7 @@ from torch import nn
 from freshrec.errors import ConfigError
 from freshrec.model.embedding import CollisionlessEmbedding, HashedEmbedding, HashKind
 from freshrec.table import Adagrad, Initializer, TableConfig
-from freshrec.table.optimizers import OptimizerConfig
+from freshrec.table.optimizers import OptimizerConfig, optimizer_from_dict, optimizer_to_dict
 
 __all__ = ["FeatureSpec", "SlotSpec"]
 
@@ -76,6 +76,47 @@ class FeatureSpec:
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.slots]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for manifests): slots, widths, optimizer, initializer, seed."""
+        return {
+            "slots": [
+                {
+                    "name": s.name,
+                    "dim": s.dim,
+                    "multi_valued": s.multi_valued,
+                    "pooling": s.pooling,
+                    "table": dict(s.table),
+                }
+                for s in self.slots
+            ],
+            "dense_dim": self.dense_dim,
+            "dim": self.dim,
+            "optimizer": optimizer_to_dict(self.optimizer),
+            "initializer": asdict(self.initializer),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
+        """Inverse of `to_dict`."""
+        return cls(
+            slots=tuple(
+                SlotSpec(
+                    name=s["name"],
+                    dim=s["dim"],
+                    multi_valued=bool(s["multi_valued"]),
+                    pooling=s["pooling"],
+                    table=dict(s["table"]),
+                )
+                for s in d["slots"]
+            ),
+            dense_dim=int(d["dense_dim"]),
+            dim=int(d["dim"]),
+            optimizer=optimizer_from_dict(d["optimizer"]),
+            initializer=Initializer(**d["initializer"]),
+            seed=int(d["seed"]),
+        )
 
     def slot(self, name: str) -> SlotSpec:
         for s in self.slots:

@@ -11,7 +11,7 @@ from freshrec.ps.delta import Delta, DenseUpdate, compact, decode, encode
 from freshrec.ps.serving import MISSING_ID, ServingConfig, ServingReplica, serving_table_config
 from freshrec.ps.sharded import ShardedTable, shard_of
 from freshrec.ps.sync import DENSE_KEY, PublishReport, SyncPublisher, SyncSubscriber, split_delta
-from freshrec.ps.training import SNAPSHOT_KIND, TrainingPS, spec_from_dict, spec_to_dict
+from freshrec.ps.training import SNAPSHOT_KIND, TrainingPS
 
 __all__ = [
     "DENSE_KEY",
@@ -31,7 +31,5 @@ __all__ = [
     "encode",
     "serving_table_config",
     "shard_of",
-    "spec_from_dict",
-    "spec_to_dict",
     "split_delta",
 ]

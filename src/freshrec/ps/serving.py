@@ -50,7 +50,7 @@ from freshrec.checkpoint.format import read_snapshot, strip_prefix
 from freshrec.errors import ConfigError, SnapshotError
 from freshrec.model import CollisionlessEmbedding, DeepFM, FeatureSpec
 from freshrec.ps.delta import Delta, DenseUpdate
-from freshrec.ps.training import SNAPSHOT_KIND, spec_from_dict
+from freshrec.ps.training import SNAPSHOT_KIND
 from freshrec.table import SGD, EmbeddingTable, Initializer, TableConfig
 
 __all__ = ["MISSING_ID", "ServingConfig", "ServingReplica", "serving_table_config"]
@@ -223,7 +223,7 @@ class ServingReplica:
         (`TrainingPS.state()` / its snapshot); `replica.positions` = the state's positions, so
         follow the log with `SyncSubscriber(replica, log, start=replica.positions["params"])`."""
         try:
-            spec = spec_from_dict(meta["spec"])
+            spec = FeatureSpec.from_dict(meta["spec"])
             rep = cls(spec, hidden=tuple(meta["hidden"]), seed=int(meta["seed"]), config=config, clock=clock)
             for name, tm in meta["tables"].items():
                 table = rep.tables[name]

@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,56 +45,13 @@ from torch import nn
 
 from freshrec.checkpoint.format import read_snapshot, strip_prefix, with_prefix, write_snapshot
 from freshrec.errors import ConfigError, SnapshotError
-from freshrec.model import CollisionlessEmbedding, DeepFM, FeatureSpec, SlotSpec, SparseOptimizer
+from freshrec.model import CollisionlessEmbedding, DeepFM, FeatureSpec, SparseOptimizer
 from freshrec.ps.sharded import ShardedTable
-from freshrec.table import EmbeddingTable, Initializer
-from freshrec.table.optimizers import optimizer_from_dict, optimizer_to_dict
+from freshrec.table import EmbeddingTable
 
-__all__ = ["SNAPSHOT_KIND", "TrainingPS", "spec_from_dict", "spec_to_dict"]
+__all__ = ["SNAPSHOT_KIND", "TrainingPS"]
 
 SNAPSHOT_KIND = "training-ps"
-
-
-def spec_to_dict(spec: FeatureSpec) -> dict[str, Any]:
-    """Plain-data form of a FeatureSpec (slots, widths, optimizer, initializer, seed)."""
-    return {
-        "slots": [
-            {
-                "name": s.name,
-                "dim": s.dim,
-                "multi_valued": s.multi_valued,
-                "pooling": s.pooling,
-                "table": dict(s.table),
-            }
-            for s in spec.slots
-        ],
-        "dense_dim": spec.dense_dim,
-        "dim": spec.dim,
-        "optimizer": optimizer_to_dict(spec.optimizer),
-        "initializer": asdict(spec.initializer),
-        "seed": spec.seed,
-    }
-
-
-def spec_from_dict(d: Mapping[str, Any]) -> FeatureSpec:
-    """Inverse of `spec_to_dict`."""
-    return FeatureSpec(
-        slots=tuple(
-            SlotSpec(
-                name=s["name"],
-                dim=s["dim"],
-                multi_valued=bool(s["multi_valued"]),
-                pooling=s["pooling"],
-                table=dict(s["table"]),
-            )
-            for s in d["slots"]
-        ),
-        dense_dim=int(d["dense_dim"]),
-        dim=int(d["dim"]),
-        optimizer=optimizer_from_dict(d["optimizer"]),
-        initializer=Initializer(**d["initializer"]),
-        seed=int(d["seed"]),
-    )
 
 
 def _hidden_of(model: DeepFM) -> tuple[int, ...]:
@@ -219,7 +175,7 @@ class TrainingPS:
     def state(self, positions: Mapping[str, Any] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         """The whole PS as (JSON meta, arrays); `positions` is stored as given (JSON data)."""
         meta: dict[str, Any] = {
-            "spec": spec_to_dict(self.spec),
+            "spec": self.spec.to_dict(),
             "hidden": list(self.hidden),
             "seed": self.seed,
             "dense_lr": self.dense_lr,
@@ -264,7 +220,7 @@ class TrainingPS:
     ) -> TrainingPS:
         """Inverse of `state()`; raises SnapshotError naming `source` when the parts disagree."""
         try:
-            spec = spec_from_dict(meta["spec"])
+            spec = FeatureSpec.from_dict(meta["spec"])
             tables = {
                 name: ShardedTable.from_state(tm, strip_prefix(f"table.{name}", arrays), source=source)
                 for name, tm in meta["tables"].items()

@@ -334,24 +334,6 @@ def train_model(
     return TrainResult(model=model, epochs=history, config=config)
 
 
-def _spec_meta(spec: FeatureSpec) -> dict[str, Any]:
-    return {
-        "slots": [
-            {
-                "name": s.name,
-                "dim": s.dim,
-                "multi_valued": s.multi_valued,
-                "pooling": s.pooling,
-                "table": dict(s.table),
-            }
-            for s in spec.slots
-        ],
-        "dense_dim": spec.dense_dim,
-        "dim": spec.dim,
-        "seed": spec.seed,
-    }
-
-
 def _layers_meta(model: SlotModel) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for slot, layer in model.embeddings.items():
@@ -383,7 +365,7 @@ def save_checkpoint(model: SlotModel, path: str | Path, meta: Mapping[str, Any] 
     arrays = {name: t.detach().cpu().numpy() for name, t in model.state_dict().items()}
     full_meta = {
         "model": type(model).__name__,
-        "spec": _spec_meta(model.spec),
+        "spec": model.spec.to_dict(),
         "hidden": list(getattr(model, "hidden", ())),
         "dropout": float(getattr(model, "dropout", 0.0)),
         "cross_layers": int(getattr(model, "cross_layers", 0)),
@@ -406,22 +388,7 @@ def load_checkpoint(path: str | Path) -> tuple[SlotModel, dict[str, Any]]:
 
     path = Path(path)
     meta, arrays = read_snapshot(path / "model", kind="model")
-    sm = meta["spec"]
-    spec = FeatureSpec(
-        slots=tuple(
-            SlotSpec(
-                name=s["name"],
-                dim=s["dim"],
-                multi_valued=s["multi_valued"],
-                pooling=s["pooling"],
-                table=s["table"],
-            )
-            for s in sm["slots"]
-        ),
-        dense_dim=sm["dense_dim"],
-        dim=sm["dim"],
-        seed=sm["seed"],
-    )
+    spec = FeatureSpec.from_dict(meta["spec"])
     layers: dict[str, torch.nn.Module] = {}
     for slot, lm in meta["layers"].items():
         if lm["kind"] == "hashed":

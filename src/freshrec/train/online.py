@@ -439,14 +439,13 @@ class OnlineTrainer:
         from freshrec.checkpoint.format import with_prefix
         from freshrec.errors import ConfigError
         from freshrec.ps.sharded import ShardedTable
-        from freshrec.ps.training import spec_to_dict
 
         if not isinstance(self.model, DeepFM) or len(self.tables) != len(self.model.spec.slots):
             msg = "OnlineTrainer.state: only a DeepFM with collisionless tables maps to a training-PS state"
             raise ConfigError(msg)
         hidden = [m.out_features for m in self.model.dnn if isinstance(m, nn.Linear)][:-1]
         meta: dict[str, Any] = {
-            "spec": spec_to_dict(self.model.spec),
+            "spec": self.model.spec.to_dict(),
             "hidden": hidden,
             "seed": 0,
             "dense_lr": self.config.dense_lr,
