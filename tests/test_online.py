@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from freshrec.checkpoint.torch_state import optimizer_from_arrays, optimizer_to_arrays
 from freshrec.data.dataset import Dataset, Ragged
 from freshrec.model import FeatureSpec, SlotSpec
 from freshrec.stream.events import Example, encode_example
@@ -20,12 +21,7 @@ from freshrec.train.examples import (
     examples_to_dataset,
     write_examples,
 )
-from freshrec.train.online import (
-    OnlineConfig,
-    OnlineTrainer,
-    optimizer_from_arrays,
-    optimizer_to_arrays,
-)
+from freshrec.train.online import OnlineConfig, OnlineTrainer
 
 
 @pytest.fixture(autouse=True)

@@ -44,14 +44,56 @@ import torch
 from torch import nn
 
 from freshrec.checkpoint.format import read_snapshot, strip_prefix, with_prefix, write_snapshot
+from freshrec.checkpoint.torch_state import optimizer_from_arrays, optimizer_to_arrays
 from freshrec.errors import ConfigError, SnapshotError
 from freshrec.model import CollisionlessEmbedding, DeepFM, FeatureSpec, SparseOptimizer
 from freshrec.ps.sharded import ShardedTable
 from freshrec.table import EmbeddingTable
 
-__all__ = ["SNAPSHOT_KIND", "TrainingPS"]
+__all__ = ["SNAPSHOT_KIND", "TrainingPS", "training_ps_state"]
 
 SNAPSHOT_KIND = "training-ps"
+
+
+def training_ps_state(
+    *,
+    spec: FeatureSpec,
+    hidden: Sequence[int],
+    seed: int,
+    dense_lr: float,
+    shards: int,
+    step: int,
+    data_time: float | None,
+    positions: Mapping[str, Any] | None,
+    tables: Mapping[str, ShardedTable | EmbeddingTable],
+    dense: Mapping[str, np.ndarray],
+    opt_meta: Mapping[str, Any],
+    opt_arrays: Mapping[str, np.ndarray],
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """The training-PS snapshot layout (module docstring) from its parts; an EmbeddingTable counts
+    as a one-shard table. `TrainingPS.state` and `OnlineTrainer.state` both write it."""
+    meta: dict[str, Any] = {
+        "spec": spec.to_dict(),
+        "hidden": list(hidden),
+        "seed": int(seed),
+        "dense_lr": float(dense_lr),
+        "shards": int(shards),
+        "step": int(step),
+        "data_time": data_time,
+        "positions": dict(positions or {}),
+        "tables": {},
+        "dense_opt": dict(opt_meta),
+    }
+    arrays: dict[str, np.ndarray] = {}
+    for name, t in tables.items():
+        if isinstance(t, EmbeddingTable):
+            t = ShardedTable(t.config, tables=[t], pool=None)
+        tm, ta = t.state()
+        meta["tables"][name] = tm
+        arrays.update(with_prefix(f"table.{name}", ta))
+    arrays.update(with_prefix("dense", dense))
+    arrays.update(opt_arrays)
+    return meta, arrays
 
 
 def _hidden_of(model: DeepFM) -> tuple[int, ...]:
@@ -174,45 +216,23 @@ class TrainingPS:
     # ---- snapshot ------------------------------------------------------------------------------
     def state(self, positions: Mapping[str, Any] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         """The whole PS as (JSON meta, arrays); `positions` is stored as given (JSON data)."""
-        meta: dict[str, Any] = {
-            "spec": self.spec.to_dict(),
-            "hidden": list(self.hidden),
-            "seed": self.seed,
-            "dense_lr": self.dense_lr,
-            "shards": self.n_shards,
-            "step": self.step,
-            "data_time": self.data_time,
-            "positions": dict(positions or {}),
-            "tables": {},
-        }
-        arrays: dict[str, np.ndarray] = {}
-        for name, t in self.tables.items():
-            if isinstance(t, EmbeddingTable):
-                t = ShardedTable(t.config, tables=[t], pool=None)
-            tm, ta = t.state()
-            meta["tables"][name] = tm
-            arrays.update(with_prefix(f"table.{name}", ta))
         with self.dense_lock:
-            arrays.update(
-                with_prefix(
-                    "dense", {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
-                )
-            )
-            osd = self.dense_opt.state_dict()
-            groups = [
-                {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
-                for g in osd["param_groups"]
-            ]
-            for idx, st in osd["state"].items():
-                for key, val in st.items():
-                    v = (
-                        val.detach().cpu().numpy().copy()
-                        if isinstance(val, torch.Tensor)
-                        else np.asarray(val)
-                    )
-                    arrays[f"opt.{idx}.{key}"] = v
-        meta["dense_opt"] = {"param_groups": groups, "state_keys": sorted(str(i) for i in osd["state"])}
-        return meta, arrays
+            dense = {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+            opt_meta, opt_arrays = optimizer_to_arrays(self.dense_opt, "opt")
+        return training_ps_state(
+            spec=self.spec,
+            hidden=self.hidden,
+            seed=self.seed,
+            dense_lr=self.dense_lr,
+            shards=self.n_shards,
+            step=self.step,
+            data_time=self.data_time,
+            positions=positions,
+            tables=self.tables,
+            dense=dense,
+            opt_meta=opt_meta,
+            opt_arrays=opt_arrays,
+        )
 
     @classmethod
     def from_state(
@@ -234,16 +254,7 @@ class TrainingPS:
                 tables=tables,
             )
             ps.load_dense(strip_prefix("dense", arrays))
-            state: dict[int, dict[str, torch.Tensor]] = {}
-            for name, arr in arrays.items():
-                if name.startswith("opt."):
-                    _, idx, key = name.split(".", 2)
-                    state.setdefault(int(idx), {})[key] = torch.from_numpy(np.array(arr))
-            groups = [dict(g) for g in meta["dense_opt"]["param_groups"]]
-            for g in groups:
-                if "betas" in g:
-                    g["betas"] = tuple(g["betas"])
-            ps.dense_opt.load_state_dict({"state": state, "param_groups": groups})
+            optimizer_from_arrays(ps.dense_opt, meta["dense_opt"], arrays, "opt")
         except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as e:
             msg = f"{source}: not a usable training-PS snapshot ({e!r})"
             raise SnapshotError(msg) from e

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from freshrec.checkpoint.torch_state import optimizer_from_arrays, optimizer_to_arrays
 from freshrec.model import DeepFM, FeatureSpec, SlotModel, SparseOptimizer
 from freshrec.train.batch import Batch, iter_batches
 from freshrec.train.examples import ExampleSchema, decode_records, examples_to_dataset
@@ -52,8 +53,6 @@ __all__ = [
     "OnlineConfig",
     "OnlineMetrics",
     "OnlineTrainer",
-    "optimizer_from_arrays",
-    "optimizer_to_arrays",
 ]
 
 Hook = Callable[["OnlineTrainer", "BatchInfo"], object]
@@ -127,46 +126,6 @@ class OnlineMetrics:
 
 # ---------------------------------------------------------------------------------------------------
 # torch optimizer state <-> plain arrays + JSON (no pickle)
-
-
-def optimizer_to_arrays(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """(JSON meta, arrays) of `opt.state_dict()`: tensors as arrays named `prefix.<param>.<key>`."""
-    sd = opt.state_dict()
-    arrays: dict[str, np.ndarray] = {}
-    state_meta: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        entry: dict[str, Any] = {}
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                t = v.detach().cpu()
-                if t.is_sparse:
-                    t = t.to_dense()
-                arrays[f"{prefix}.{pid}.{k}"] = t.numpy().copy()
-                entry[k] = {"tensor": True}
-            else:
-                entry[k] = {"value": v}
-        state_meta[str(pid)] = entry
-    return {"state": state_meta, "param_groups": sd["param_groups"]}, arrays
-
-
-def optimizer_from_arrays(
-    opt: torch.optim.Optimizer, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], prefix: str
-) -> None:
-    """Load into `opt` what `optimizer_to_arrays` wrote (exact values, dtypes kept)."""
-    state: dict[int, dict[str, Any]] = {}
-    for pid, entry in meta["state"].items():
-        st: dict[str, Any] = {}
-        for k, v in entry.items():
-            if v.get("tensor"):
-                st[k] = torch.from_numpy(np.array(arrays[f"{prefix}.{pid}.{k}"]))
-            else:
-                st[k] = v["value"]
-        state[int(pid)] = st
-    groups = [dict(g) for g in meta["param_groups"]]
-    for g in groups:
-        if isinstance(g.get("betas"), list):
-            g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 class _Window:
@@ -436,38 +395,28 @@ class OnlineTrainer:
         `freshrec.checkpoint.periodic` (it also keeps the progress counters and change channels)."""
         from torch import nn
 
-        from freshrec.checkpoint.format import with_prefix
         from freshrec.errors import ConfigError
-        from freshrec.ps.sharded import ShardedTable
+        from freshrec.ps.training import training_ps_state
 
         if not isinstance(self.model, DeepFM) or len(self.tables) != len(self.model.spec.slots):
             msg = "OnlineTrainer.state: only a DeepFM with collisionless tables maps to a training-PS state"
             raise ConfigError(msg)
         hidden = [m.out_features for m in self.model.dnn if isinstance(m, nn.Linear)][:-1]
-        meta: dict[str, Any] = {
-            "spec": self.model.spec.to_dict(),
-            "hidden": hidden,
-            "seed": 0,
-            "dense_lr": self.config.dense_lr,
-            "shards": 1,
-            "step": self.step,
-            "data_time": self.data_time,
-            "positions": dict(positions or {}),
-            "tables": {},
-        }
-        arrays: dict[str, np.ndarray] = {}
-        for name, t in self.tables.items():
-            tm, ta = ShardedTable(t.config, tables=[t], pool=None).state()
-            meta["tables"][name] = tm
-            arrays |= with_prefix(f"table.{name}", ta)
-        arrays |= with_prefix("dense", self.dense_state())
-        ometa, oarrays = optimizer_to_arrays(self.dense_opt, "opt")
-        arrays |= oarrays
-        meta["dense_opt"] = {
-            "param_groups": ometa["param_groups"],
-            "state_keys": sorted(ometa["state"]),
-        }
-        return meta, arrays
+        opt_meta, opt_arrays = optimizer_to_arrays(self.dense_opt, "opt")
+        return training_ps_state(
+            spec=self.model.spec,
+            hidden=hidden,
+            seed=0,
+            dense_lr=self.config.dense_lr,
+            shards=1,
+            step=self.step,
+            data_time=self.data_time,
+            positions=positions,
+            tables=self.tables,
+            dense=self.dense_state(),
+            opt_meta=opt_meta,
+            opt_arrays=opt_arrays,
+        )
 
     def load_trainer_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         """Inverse of `trainer_state` (the model must have the same architecture)."""
