@@ -42,13 +42,14 @@ import gc
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from freshrec.bench._kafka import start_broker, stop_broker
 
 HELP = "seconds from a click in the actions log to a serving replica that learned from it (local, Kafka)"
 EXAMPLE = "freshrec bench freshness --quick --json"
@@ -400,28 +401,6 @@ def _summarize(label, t0s, trained, versions, samples, errors, n_clicks, n_event
 # ----------------------------------------------------------------------------------------------------
 # Kafka, plot, main
 
-def _kafka_script() -> Path:
-    return Path(__file__).resolve().parents[3] / "scripts" / "kafka.sh"
-
-
-def _start_kafka() -> tuple[str | None, str | None, str | None]:
-    script = _kafka_script()
-    if not script.is_file():
-        return None, None, "scripts/kafka.sh not found"
-    if shutil.which("java") is None:
-        return None, None, "no java on PATH: cannot start a Kafka broker"
-    try:
-        out = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=180)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, None, f"kafka.sh start failed: {e}"
-    if out.returncode != 0:
-        return None, None, f"kafka.sh start failed: {(out.stderr or out.stdout).strip()[-300:]}"
-    kv = dict(line.split("=", 1) for line in out.stdout.split() if "=" in line)
-    if "bootstrap" not in kv:
-        return None, None, f"kafka.sh start printed no bootstrap: {out.stdout[-200:]}"
-    return kv["bootstrap"], kv.get("dir"), None
-
-
 def _plot(results: list[dict], out_dir: Path, sync_s: float) -> Path | None:
     try:
         import matplotlib
@@ -488,7 +467,7 @@ def main(args: argparse.Namespace) -> int:
         bootstrap, kdir = args.kafka, None
         if bootstrap is None and not args.no_kafka:
             print("starting a Kafka broker (scripts/kafka.sh start) ...", flush=True)
-            bootstrap, kdir, kafka_reason = _start_kafka()
+            bootstrap, kdir, kafka_reason = start_broker()
         elif bootstrap is None:
             kafka_reason = "--no-kafka"
         if bootstrap is not None:
@@ -498,7 +477,7 @@ def main(args: argparse.Namespace) -> int:
             except Exception as e:  # noqa: BLE001 - report why Kafka could not be measured
                 kafka_reason = f"{type(e).__name__}: {e}"
         if kdir is not None:
-            subprocess.run(["bash", str(_kafka_script()), "stop", kdir], capture_output=True, timeout=60)
+            stop_broker(kdir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     png = _plot(results, Path(args.out), args.sync_interval)

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from freshrec.bench._kafka import start_broker, stop_broker
+
 HELP = "events/s through the joiner on the local log (and Kafka), resident memory as the stream grows"
 EXAMPLE = "freshrec bench joiner --quick --json"
 
@@ -150,22 +152,6 @@ def _run_joiner(backend, store_dir: Path, n_events: int, label: str, rss: list,
                     "anon_rss_mb_end": round(_anon_mb(), 1)}
 
 
-def _start_kafka() -> tuple[str | None, str | None, str | None]:
-    script = Path(__file__).resolve().parents[3] / "scripts" / "kafka.sh"
-    if not script.is_file():
-        return None, None, "scripts/kafka.sh not found"
-    try:
-        out = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=180)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, None, f"kafka.sh start failed: {e}"
-    if out.returncode != 0:
-        return None, None, f"kafka.sh start failed: {(out.stderr or out.stdout).strip()[-300:]}"
-    kv = dict(line.split("=", 1) for line in out.stdout.split() if "=" in line)
-    if "bootstrap" not in kv:
-        return None, None, f"kafka.sh start printed no bootstrap: {out.stdout[-200:]}"
-    return kv["bootstrap"], kv.get("dir"), None
-
-
 def main(args: argparse.Namespace) -> int:
     from freshrec.stream.local_log import LocalBackend
 
@@ -191,7 +177,7 @@ def main(args: argparse.Namespace) -> int:
         bootstrap = args.kafka
         if bootstrap is None and not args.no_kafka:
             print("starting a Kafka broker (scripts/kafka.sh start) ...", flush=True)
-            bootstrap, kdir, reason = _start_kafka()
+            bootstrap, kdir, reason = start_broker()
         elif bootstrap is None:
             reason = "--no-kafka"
         if bootstrap is not None:
@@ -208,8 +194,7 @@ def main(args: argparse.Namespace) -> int:
             except Exception as e:  # noqa: BLE001 - report why Kafka could not be measured
                 kafka_eps, reason = None, f"{type(e).__name__}: {e}"
         if kdir is not None:
-            script = Path(__file__).resolve().parents[3] / "scripts" / "kafka.sh"
-            subprocess.run(["bash", str(script), "stop", kdir], capture_output=True, timeout=60)
+            stop_broker(kdir)
         result.update(kafka_events_per_s=None if kafka_eps is None else round(kafka_eps), kafka_reason=reason,
                       peak_rss_mb=round(max(rss), 1), rss_mb_samples=[round(r, 1) for r in rss])
     finally:
