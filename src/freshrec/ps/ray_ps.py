@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from freshrec.errors import ConfigError, FreshrecError, SnapshotError
-from freshrec.ps.sharded import _partition, shard_of
+from freshrec.ps.sharded import shard_of, split_by_shard
 from freshrec.table import EmbeddingTable, TableConfig, TouchedRows
 from freshrec.table.table import as_ids
 
@@ -501,11 +501,7 @@ class RayShardedTable:
         return _get(self._ray, [call(s) for s in self.servers])
 
     def _split(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        shard = np.empty(ids.shape[0], np.int64)
-        order = np.empty(ids.shape[0], np.int64)
-        starts = np.empty(self.n_shards + 1, np.int64)
-        _partition(ids, self.n_shards, shard, order, starts)
-        return order, starts
+        return split_by_shard(ids, self.n_shards)
 
     def _scatter(self, ids: np.ndarray, call: Any) -> list[tuple[np.ndarray, Any]]:
         """Run call(server, positions) for each shard with ids; returns [(positions, result)]."""

@@ -23,7 +23,7 @@ from freshrec.table import EmbeddingTable, TableConfig, TouchedRows
 from freshrec.table._index_kernels import mix64
 from freshrec.table.table import as_ids
 
-__all__ = ["ShardedTable", "shard_of"]
+__all__ = ["ShardedTable", "shard_of", "split_by_shard"]
 
 _SHARD_SALT = uint64(0x5851F42D4C957F2D)
 
@@ -49,14 +49,23 @@ def _partition(ids, n_shards, shard_out, order_out, starts):
         fill[s] += 1
 
 
-def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
-    """The shard (int64) of each id."""
-    ids = as_ids(ids)
+def _route(ids: np.ndarray, n_shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     shard = np.empty(ids.shape[0], np.int64)
     order = np.empty(ids.shape[0], np.int64)
     starts = np.empty(n_shards + 1, np.int64)
     _partition(ids, n_shards, shard, order, starts)
-    return shard
+    return shard, order, starts
+
+
+def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
+    """The shard (int64) of each id."""
+    return _route(as_ids(ids), n_shards)[0]
+
+
+def split_by_shard(ids: np.ndarray, n_shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts): positions of int64 `ids` grouped by shard; shard s holds the ids at
+    positions order[starts[s]:starts[s + 1]]. Every sharded table routes ids with it."""
+    return _route(ids, n_shards)[1:]
 
 
 class ShardedTable:
@@ -84,11 +93,7 @@ class ShardedTable:
 
     # ---- helpers -----------------------------------------------------------------------------
     def _split(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        shard = np.empty(ids.shape[0], np.int64)
-        order = np.empty(ids.shape[0], np.int64)
-        starts = np.empty(self.n_shards + 1, np.int64)
-        _partition(ids, self.n_shards, shard, order, starts)
-        return order, starts
+        return split_by_shard(ids, self.n_shards)
 
     def _map(self, fn: Callable[[int], Any]) -> list[Any]:
         if self._pool is None:
