@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.checkpoint.format import strip_prefix, with_prefix
 from freshrec.errors import ConfigError, FreshrecError, SnapshotError
 from freshrec.ps.sharded import shard_of, split_by_shard
 from freshrec.table import EmbeddingTable, TableConfig, TouchedRows
@@ -622,7 +623,7 @@ class RayShardedTable:
         arrays: dict[str, np.ndarray] = {}
         for k, (m, a) in enumerate(self._all(lambda s: s.state.remote(self.name))):
             meta["shards"].append(m)
-            arrays.update({f"shard{k}.{name}": v for name, v in a.items()})
+            arrays.update(with_prefix(f"shard{k}", a))
         return meta, arrays
 
     @classmethod
@@ -658,8 +659,7 @@ class RayShardedTable:
         table._owns_table = True
         refs = []
         for k, m in enumerate(shard_meta):
-            pre = f"shard{k}."
-            sub = {name[len(pre) :]: v for name, v in arrays.items() if name.startswith(pre)}
+            sub = strip_prefix(f"shard{k}", arrays)
             refs.append(
                 table.servers[k].load.remote(
                     config.name, config.to_dict(), k, len(shard_meta), m, sub, f"{source} shard {k}"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numba import njit, uint64
 
+from freshrec.checkpoint.format import strip_prefix, with_prefix
 from freshrec.errors import SnapshotError
 from freshrec.table import EmbeddingTable, TableConfig, TouchedRows
 from freshrec.table._index_kernels import mix64
@@ -185,13 +186,12 @@ class ShardedTable:
         for k, t in enumerate(self.shards):
             m, a = t.take_changes(channel)
             meta["shards"].append(m)
-            arrays.update({f"shard{k}.{name}": v for name, v in a.items()})
+            arrays.update(with_prefix(f"shard{k}", a))
         return meta, arrays
 
     def apply_changes(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         for k, (t, m) in enumerate(zip(self.shards, meta["shards"], strict=True)):
-            pre = f"shard{k}."
-            t.apply_changes(m, {name[len(pre) :]: v for name, v in arrays.items() if name.startswith(pre)})
+            t.apply_changes(m, strip_prefix(f"shard{k}", arrays))
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         parts = [t.export() for t in self.shards]
@@ -220,7 +220,7 @@ class ShardedTable:
         for k, t in enumerate(self.shards):
             m, a = t.state()
             meta["shards"].append(m)
-            arrays.update({f"shard{k}.{name}": v for name, v in a.items()})
+            arrays.update(with_prefix(f"shard{k}", a))
         return meta, arrays
 
     @classmethod
@@ -235,7 +235,6 @@ class ShardedTable:
             raise SnapshotError(msg) from e
         tables = []
         for k, m in enumerate(shard_meta):
-            pre = f"shard{k}."
-            sub = {name[len(pre) :]: v for name, v in arrays.items() if name.startswith(pre)}
+            sub = strip_prefix(f"shard{k}", arrays)
             tables.append(EmbeddingTable.from_state(m, sub, source=f"{source} shard {k}"))
         return cls(config, tables=tables)

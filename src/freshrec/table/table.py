@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.checkpoint.format import strip_prefix, with_prefix
 from freshrec.errors import CapacityError, ConfigError
 from freshrec.table import _row_kernels as R
 from freshrec.table._rwlock import RWLock
@@ -453,7 +454,7 @@ class EmbeddingTable:
                 "evicted": evicted,
             }
             if self._filter is not None:
-                arrays.update({f"filter.{k}": v for k, v in farrays.items()})
+                arrays.update(with_prefix("filter", farrays))
         return info, arrays
 
     def apply_changes(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -485,7 +486,7 @@ class EmbeddingTable:
                 self.epoch = meta["epoch"]
             self.evictions = int(meta.get("evictions", self.evictions))
             if self._filter is not None and "filter" in meta:
-                farrays = {k[len("filter.") :]: v for k, v in arrays.items() if k.startswith("filter.")}
+                farrays = strip_prefix("filter", arrays)
                 self._filter = type(self._filter).from_state(
                     self.config.filter,
                     meta["filter"],
@@ -533,7 +534,7 @@ class EmbeddingTable:
             if self._filter is not None:
                 fmeta, farrays = self._filter.state()
                 info["filter"] = fmeta
-                arrays.update({f"filter.{k}": v for k, v in farrays.items()})
+                arrays.update(with_prefix("filter", farrays))
         return info, arrays
 
     @classmethod
@@ -580,7 +581,7 @@ class EmbeddingTable:
             R.scatter_meta(table._rows.mptrs, table._rows.bits, rows, m)
             table._index.insert(np.ascontiguousarray(ids, np.int64), rows)
         if table._filter is not None and "filter" in meta:
-            farrays = {k[len("filter.") :]: v for k, v in arrays.items() if k.startswith("filter.")}
+            farrays = strip_prefix("filter", arrays)
             table._filter = type(table._filter).from_state(
                 config.filter, meta["filter"], farrays, min_count=config.min_count, seed=config.seed
             )
