@@ -35,11 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from freshrec.checkpoint.format import strip_prefix, with_prefix
-from freshrec.errors import CapacityError, ConfigError
+from freshrec.checkpoint.format import read_snapshot, strip_prefix, with_prefix, write_snapshot
+from freshrec.errors import CapacityError, ConfigError, SnapshotError
 from freshrec.table import _row_kernels as R
+from freshrec.table._optim_kernels import apply_rows, init_state
 from freshrec.table._rwlock import RWLock
 from freshrec.table.config import TableConfig
+from freshrec.table.filter import FrequencyFilter
 from freshrec.table.index import CuckooIndex
 from freshrec.table.storage import RowStore
 
@@ -124,8 +126,6 @@ class EmbeddingTable:
         self._rows = RowStore(self.width, chunk_bits=bits)
         self._filter = None
         if config.min_count > 1:
-            from freshrec.table.filter import FrequencyFilter
-
             self._filter = FrequencyFilter(config.filter, min_count=config.min_count, seed=config.seed)
         self.epoch: float | None = None  # data time of row "second 0"
         self._lock = RWLock()
@@ -241,8 +241,6 @@ class EmbeddingTable:
             if ids.shape[0] == 0:
                 return
             rows64 = rows.astype(np.int64)
-            from freshrec.table._optim_kernels import apply_rows
-
             apply_rows(self._kind, self._hyper, self._rows.ptrs, self._rows.bits, self.dim, rows64, grads)
             R.touch(self._rows.mptrs, self._rows.bits, rows, now_rel, counts, False)
             self._mark_touched(ids)
@@ -284,8 +282,6 @@ class EmbeddingTable:
             np.int64(self.config.seed),
         )
         if self._opt.state_width(self.dim):
-            from freshrec.table._optim_kernels import init_state
-
             init_state(
                 self._kind, self._hyper, self._rows.ptrs, self._rows.bits, self.dim, rows.astype(np.int64)
             )
@@ -542,8 +538,6 @@ class EmbeddingTable:
         cls, meta: dict, arrays: dict[str, np.ndarray], *, source: str = "<state>"
     ) -> EmbeddingTable:
         """Inverse of `state()`; raises SnapshotError naming `source` when the parts disagree."""
-        from freshrec.errors import SnapshotError
-
         try:
             config = TableConfig.from_dict(meta["config"])
             n = int(meta["rows"])
@@ -598,16 +592,12 @@ class EmbeddingTable:
 
     def save(self, path) -> None:
         """Write a snapshot directory (manifest + checksummed arrays, no pickle) at `path`."""
-        from freshrec.checkpoint.format import write_snapshot
-
         meta, arrays = self.state()
         write_snapshot(path, kind="embedding_table", meta=meta, arrays=arrays)
 
     @classmethod
     def load(cls, path) -> EmbeddingTable:
         """Read a snapshot written by `save`; a corrupt or truncated file raises CorruptSnapshotError."""
-        from freshrec.checkpoint.format import read_snapshot
-
         meta, arrays = read_snapshot(path, kind="embedding_table")
         return cls.from_state(meta, arrays, source=str(path))
 
