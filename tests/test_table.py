@@ -242,6 +242,52 @@ def test_index_rehash_on_failed_displacement_keeps_entries():
     assert ix.check() == 0
 
 
+def test_index_upsert_finds_inserts_and_takes_free_rows_first():
+    """One-pass find-or-insert against a dict, through failed chains (keys sharing bucket 0 under
+    the first hash), load-threshold growth mid-batch and free-list rows."""
+    ix = CuckooIndex(4, max_load=0.9)
+    oracle: dict[int, int] = {}
+    free = np.array([900, 901, 902], dtype=np.int32)
+    n_free, high = 3, 0
+    rng = np.random.default_rng(5)
+    batches = [SAME_BUCKET[:40], np.arange(-20, 20), rng.integers(I64_MIN, I64_MAX, 500), SAME_BUCKET[20:]]
+    for batch in batches:
+        keys = np.unique(batch.astype(np.int64))
+        rows, is_new, taken = ix.upsert(keys, free, n_free, high)
+        want_new = [int(k) not in oracle for k in keys]
+        assert is_new.tolist() == want_new
+        assert taken == sum(want_new)
+        fresh = [int(r) for r, nw in zip(rows, is_new, strict=True) if nw]
+        from_free = free[max(n_free - taken, 0) : n_free][::-1].tolist()
+        assert fresh == from_free + list(range(high, high + taken - len(from_free)))
+        for k, r, nw in zip(keys.tolist(), rows.tolist(), is_new.tolist(), strict=True):
+            if not nw:
+                assert oracle[k] == r
+            oracle[k] = r
+        high += taken - len(from_free)
+        n_free -= len(from_free)
+        assert ix.check() == 0 and ix.size == len(oracle)
+    assert ix.rehashes >= 2
+    keys = np.array(list(oracle), dtype=np.int64)
+    assert ix.find(keys).tolist() == list(oracle.values())
+    assert len(set(oracle.values())) == len(oracle)
+
+
+def test_row_memory_is_committed_as_rows_are_handed_out():
+    from freshrec.table.storage import RowStore
+
+    rs = RowStore(16, chunk_bits=18)  # 16 MiB chunks of rows, 2 MiB of metadata
+    assert rs.nbytes_rows == 0
+    rs.allocate(10)
+    assert rs.nbytes_rows == 2 << 20  # one 2 MiB granule, not the whole 16 MiB chunk
+    rs.reserve(300_000)  # spans two chunks
+    assert rs.committed >= 300_000 and len(rs.chunks) == 2
+    assert rs.nbytes_rows == -(-rs.committed * 64 // (2 << 20)) * (2 << 20)
+    rows = rs.allocate(300_000 - 10)
+    assert rows.max() == 299_999 and len(rs.chunks) == 2
+    rs.chunks[1][rows.max() - rs.chunk_rows] = 1.0  # the memory is there and writable
+
+
 def test_freed_rows_are_reused():
     t = EmbeddingTable(TableConfig(name="r", dim=2, optimizer=SGD(), ttl_s=1.0, initial_capacity=4))
     t.apply_gradients(np.arange(100), np.zeros((100, 2), np.float32), now=0.0)

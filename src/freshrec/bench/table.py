@@ -1,7 +1,8 @@
 """`freshrec bench table`: the collisionless table against a dict and sorted-array search, in one run.
 
 Measures, on N distinct random int64 ids (10M; 1M with --quick), dim 16, single thread unless stated:
-index probes/s, lookups/s (probe + row gather), inserts/s (new ids through the training path),
+index probes/s, lookups/s (probe + row gather), inserts/s (new ids through the training path,
+into a table reserved for them, and into one that grows by itself),
 the same lookups through a Python dict and numpy searchsorted, memory overhead per row, and the
 speed-up of two threads looking up at once.
 """
@@ -56,9 +57,6 @@ def run(*, n_ids: int, dim: int = 16, seed: int = 0, reserve: bool = True, log=p
         initial_capacity=1024,
         max_load=0.9,
     )
-    table = EmbeddingTable(cfg)
-    if reserve:
-        table.reserve(n_ids)  # size the index up front, as a user who knows the scale would: load ~0.9
     zeros = np.zeros((1 << 16, dim), np.float32)
     ones = np.ones(1 << 16, np.int64)
     # warm the kernels on a throwaway table
@@ -66,12 +64,24 @@ def run(*, n_ids: int, dim: int = 16, seed: int = 0, reserve: bool = True, log=p
     warm.apply_gradients(ids[:1000], zeros[:1000], now=0.0, counts=ones[:1000])
     warm.lookup(ids[:1000])
 
-    log(f"inserting {n_ids:,} ids (dim {dim}) through apply_gradients in batches of 65,536 ...")
+    def insert_all(table: EmbeddingTable) -> float:
+        t = time.perf_counter()
+        for lo in range(0, n_ids, 1 << 16):
+            chunk = ids[lo : lo + (1 << 16)]
+            table.apply_gradients(chunk, zeros[: chunk.shape[0]], now=0.0, counts=ones[: chunk.shape[0]])
+        return n_ids / (time.perf_counter() - t)
+
+    table = EmbeddingTable(cfg)
     t = time.perf_counter()
-    for lo in range(0, n_ids, 1 << 16):
-        chunk = ids[lo : lo + (1 << 16)]
-        table.apply_gradients(chunk, zeros[: chunk.shape[0]], now=0.0, counts=ones[: chunk.shape[0]])
-    inserts_per_s = n_ids / (time.perf_counter() - t)
+    if reserve:
+        # size the index and commit row memory up front, as a user who knows the scale would
+        table.reserve(n_ids)
+    reserve_s = time.perf_counter() - t
+    log(
+        f"inserting {n_ids:,} ids (dim {dim}) through apply_gradients in batches of 65,536 "
+        f"({reserve_s:.2f} s to reserve) ..."
+    )
+    inserts_per_s = insert_all(table)
 
     from freshrec.table.index import CuckooIndex
 
@@ -136,6 +146,11 @@ def run(*, n_ids: int, dim: int = 16, seed: int = 0, reserve: bool = True, log=p
     t_ss = _best(ss_lookup)
     np.testing.assert_array_equal(ss_lookup(), table.lookup(qb))
 
+    log("inserting them again into a table that grows by itself (rehashes, memory faulted in) ...")
+    grown = EmbeddingTable(cfg)
+    growing_inserts_per_s = insert_all(grown)
+    del grown
+
     res = {
         "ids": n_ids,
         "reserved": reserve,
@@ -144,6 +159,8 @@ def run(*, n_ids: int, dim: int = 16, seed: int = 0, reserve: bool = True, log=p
         "index_lookups_per_s": n_q / t_probe,
         "lookups_per_s": n_q / t_lookup,
         "inserts_per_s": inserts_per_s,
+        "growing_inserts_per_s": growing_inserts_per_s,
+        "reserve_s": round(reserve_s, 3),
         "index_inserts_per_s": index_inserts_per_s,
         "dict_lookups_per_s": n_base / t_dict,
         "searchsorted_lookups_per_s": n_base / t_ss,
@@ -170,6 +187,8 @@ def render(res: dict) -> str:
             f"(table is {res['lookup_vs_searchsorted']:.1f}x)",
         ),
         ("inserts/s (new ids, training path)", f"{res['inserts_per_s'] / m:8.1f} M"),
+        ("  into a table that grows by itself", f"{res['growing_inserts_per_s'] / m:8.1f} M"),
+        ("  time to reserve (index + row memory)", f"{res['reserve_s']:8.2f} s"),
         ("  index inserts/s (probe + place)", f"{res['index_inserts_per_s'] / m:8.1f} M"),
         ("load factor", f"{res['load_factor']:8.3f}"),
         ("overhead bytes/row (index + meta)", f"{res['overhead_bytes_per_row']:8.1f}"),

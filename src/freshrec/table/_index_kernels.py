@@ -90,16 +90,64 @@ def find_many(words, rows32, nb, keys, out):
         out[i] = find_one(words, rows32, nb, keys[i])
 
 
-@njit(nogil=True, cache=True)
-def _try_place(words, rows32, b, key, row):
-    base = b * WORDS
+@njit(inline="always", cache=True)
+def _free_slot(rows32, b):
+    """First empty slot of bucket b, and how many slots it has free (-1, 0 when full)."""
     rbase = b * (2 * WORDS) + 2 * ROW_WORD
+    first = -1
+    n = 0
     for s in range(SLOTS):
         if rows32[rbase + s] == EMPTY:
-            words[base + s] = key
-            rows32[rbase + s] = row
-            return True
-    return False
+            n += 1
+            if first < 0:
+                first = s
+    return first, n
+
+
+@njit(inline="always", cache=True)
+def _put(words, rows32, b, s, key, row):
+    words[b * WORDS + s] = key
+    rows32[b * (2 * WORDS) + 2 * ROW_WORD + s] = row
+
+
+@njit(inline="always", cache=True)
+def _place(words, rows32, unb, key, row, b1, b2, st, max_kicks):
+    """Place an absent (key, row) into bucket b1 or b2, displacing residents if both are full.
+
+    The emptier of the two buckets takes the pair, which keeps loads even and displacement
+    chains short. When both are full, a random walk moves residents to their other bucket, for
+    at most max_kicks steps. Returns (placed, homeless_key, homeless_row, rng_state): when the
+    walk fails, the pair left without a slot (perhaps a displaced resident) comes back.
+    """
+    s1, n1 = _free_slot(rows32, b1)
+    s2, n2 = _free_slot(rows32, b2)
+    if n1 > 0 and n1 >= n2:
+        _put(words, rows32, b1, s1, key, row)
+        return True, key, row, st
+    if n2 > 0:
+        _put(words, rows32, b2, s2, key, row)
+        return True, key, row, st
+    b = b1
+    for _ in range(max_kicks):
+        st ^= st << uint64(13)
+        st ^= st >> uint64(7)
+        st ^= st << uint64(17)
+        s = np.int64(st % uint64(SLOTS))
+        base = b * WORDS
+        rbase = b * (2 * WORDS) + 2 * ROW_WORD
+        vk = words[base + s]
+        vr = rows32[rbase + s]
+        words[base + s] = key
+        rows32[rbase + s] = row
+        key = vk
+        row = vr
+        c1, c2 = buckets_of(key, unb)
+        b = c2 if c1 == b else c1
+        fs, _ = _free_slot(rows32, b)
+        if fs >= 0:
+            _put(words, rows32, b, fs, key, row)
+            return True, key, row, st
+    return False, key, row, st
 
 
 @njit(nogil=True, cache=True)
@@ -119,39 +167,93 @@ def insert_many(words, rows32, nb, keys, rows, max_kicks, rng_state):
     for i in range(n):
         if i + AHEAD < n:
             prefetch_buckets(words, nb, keys[i + AHEAD])
+        b1, b2 = buckets_of(keys[i], unb)
+        ok, hk, hr, st = _place(words, rows32, unb, keys[i], rows[i], b1, b2, st, max_kicks)
+        if not ok:
+            rng_state[0] = np.int64(st)
+            return i + 1, hk, hr
+    rng_state[0] = np.int64(st)
+    return n, np.int64(0), np.int32(EMPTY)
+
+
+@njit(nogil=True, cache=True)
+def upsert_many(words, rows32, nb, keys, out_rows, is_new, free, n_free, high, limit, max_kicks, rng_state):
+    """Find each of the distinct `keys`, inserting the absent ones with fresh rows, in one pass.
+
+    Fresh rows come from the top of the free list free[:n_free] first, then high, high + 1, ...
+    out_rows[i] = the row of keys[i]; is_new[i] marks those inserted now. At most `limit` keys
+    are inserted (the room left under the load threshold). Returns
+    (n_done, n_inserted, homeless_key, homeless_row): n_done < len(keys) when the limit was
+    reached (homeless_row -1) or a displacement chain failed (the homeless pair comes back, as in
+    insert_many); the caller grows the index, re-inserts the pair and calls again on keys[n_done:].
+    """
+    unb = uint64(nb)
+    st = uint64(rng_state[0])
+    n = keys.shape[0]
+    k = 0
+    for i in range(min(AHEAD, n)):
+        prefetch_buckets(words, nb, keys[i])
+    for i in range(n):
+        if i + AHEAD < n:
+            prefetch_buckets(words, nb, keys[i + AHEAD])
         key = keys[i]
-        row = rows[i]
         b1, b2 = buckets_of(key, unb)
-        if _try_place(words, rows32, b1, key, row):
+        r = _find_in(words, rows32, b1, key)
+        if r == EMPTY:
+            r = _find_in(words, rows32, b2, key)
+        if r != EMPTY:
+            out_rows[i] = r
+            is_new[i] = False
             continue
-        if _try_place(words, rows32, b2, key, row):
-            continue
-        # random-walk displacement
-        b = b1
-        placed = False
-        for _ in range(max_kicks):
-            st ^= st << uint64(13)
-            st ^= st >> uint64(7)
-            st ^= st << uint64(17)
-            s = np.int64(st % uint64(SLOTS))
+        if k >= limit:
+            rng_state[0] = np.int64(st)
+            return i, k, np.int64(0), np.int32(EMPTY)
+        row = free[n_free - 1 - k] if k < n_free else np.int32(high + (k - n_free))
+        k += 1
+        out_rows[i] = row
+        is_new[i] = True
+        ok, hk, hr, st = _place(words, rows32, unb, key, row, b1, b2, st, max_kicks)
+        if not ok:
+            rng_state[0] = np.int64(st)
+            return i + 1, k, hk, hr
+    rng_state[0] = np.int64(st)
+    return n, k, np.int64(0), np.int32(EMPTY)
+
+
+@njit(nogil=True, cache=True)
+def rehash_into(words, rows32, nb, new_words, new_rows32, new_nb, max_kicks, rng_state):
+    """Insert every live pair of the index (words, rows32, nb) into the empty (new_words,
+    new_rows32, new_nb), reading the old buckets in order and prefetching the new ones a block
+    ahead. Returns False when a displacement chain failed (the old index is untouched: retry
+    with more buckets)."""
+    unb = uint64(new_nb)
+    st = uint64(rng_state[0])
+    B = 64
+    bk = np.empty(B, np.int64)
+    br = np.empty(B, np.int32)
+    m = 0
+    for b in range(nb + 1):
+        if b < nb:
             base = b * WORDS
             rbase = b * (2 * WORDS) + 2 * ROW_WORD
-            vk = words[base + s]
-            vr = rows32[rbase + s]
-            words[base + s] = key
-            rows32[rbase + s] = row
-            key = vk
-            row = vr
-            c1, c2 = buckets_of(key, unb)
-            b = c2 if c1 == b else c1
-            if _try_place(words, rows32, b, key, row):
-                placed = True
-                break
-        if not placed:
-            rng_state[0] = np.int64(st)
-            return i + 1, key, row
+            for s in range(SLOTS):
+                r = rows32[rbase + s]
+                if r != EMPTY:
+                    bk[m] = words[base + s]
+                    br[m] = r
+                    m += 1
+        if m >= B - SLOTS or (b == nb and m > 0):
+            for j in range(m):
+                prefetch_buckets(new_words, new_nb, bk[j])
+            for j in range(m):
+                b1, b2 = buckets_of(bk[j], unb)
+                ok, _, _, st = _place(new_words, new_rows32, unb, bk[j], br[j], b1, b2, st, max_kicks)
+                if not ok:
+                    rng_state[0] = np.int64(st)
+                    return False
+            m = 0
     rng_state[0] = np.int64(st)
-    return keys.shape[0], np.int64(0), np.int32(EMPTY)
+    return True
 
 
 @njit(nogil=True, cache=True)

@@ -23,11 +23,14 @@ __all__ = ["CuckooIndex"]
 _MAX_KICKS = 500
 
 
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14: fault a whole range in one call
+
+
 def zeroed_pages(nbytes: int) -> memoryview | np.ndarray:
     """Zeroed, page-aligned memory; big blocks ask the kernel for transparent huge pages.
 
     Random probes over a large index miss the TLB on every access with 4 KiB pages; 2 MiB pages
-    make most of those misses go away.
+    make most of those misses go away. Big blocks are mapped lazily: see `populate`.
     """
     if nbytes < (2 << 20):
         buf = np.zeros(nbytes // 8 + 8, dtype=np.int64)
@@ -37,6 +40,25 @@ def zeroed_pages(nbytes: int) -> memoryview | np.ndarray:
     if hasattr(mmap, "MADV_HUGEPAGE"):
         mm.madvise(mmap.MADV_HUGEPAGE)
     return memoryview(mm)
+
+
+def populate(arr: np.ndarray, lo: int, hi: int) -> None:
+    """Fault in the pages of arr[lo:hi] (first axis) with one call, where the memory is a lazily
+    mapped block from `zeroed_pages` and the kernel can (Linux >= 5.14); otherwise the pages
+    fault in on first write, as usual. Far cheaper than taking the faults one at a time."""
+    base = arr.base
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "obj", None) if isinstance(base, memoryview) else getattr(base, "base", None)
+    if base is None or hi <= lo:
+        return
+    start = arr.__array_interface__["data"][0] + lo * arr.strides[0]
+    origin = np.frombuffer(base, dtype=np.uint8, count=1).__array_interface__["data"][0]
+    off = (start - origin) // mmap.PAGESIZE * mmap.PAGESIZE
+    end = start - origin + (hi - lo) * arr.strides[0]
+    try:
+        base.madvise(_MADV_POPULATE_WRITE, off, min(end, len(base)) - off)
+    except OSError:  # an older kernel: pages fault in on first write instead
+        pass
 
 
 def _aligned_words(n_words: int) -> np.ndarray:
@@ -59,10 +81,11 @@ class CuckooIndex:
         if nb >= 1 << 32:
             msg = f"cuckoo index cannot hold {nb} buckets (limit 2**32 - 1)"
             raise MemoryError(msg)
-        self.n_buckets = nb
-        self.words = _aligned_words(nb * K.WORDS)
-        self.rows32 = self.words.view(np.int32)
-        self.rows32.reshape(nb, 2 * K.WORDS)[:, 2 * K.ROW_WORD :] = K.EMPTY
+        words = _aligned_words(nb * K.WORDS)
+        populate(words, 0, words.shape[0])  # every page is written just below
+        rows32 = words.view(np.int32)
+        rows32.reshape(nb, 2 * K.WORDS)[:, 2 * K.ROW_WORD :] = K.EMPTY
+        self.n_buckets, self.words, self.rows32 = nb, words, rows32
 
     # ---- queries ---------------------------------------------------------------------------
     @property
@@ -119,6 +142,51 @@ class CuckooIndex:
             rows = np.concatenate([np.array([hr], dtype=np.int32), rows[done:]])
             self._rehash(self.n_buckets * 2)
 
+    def upsert(
+        self, keys: np.ndarray, free: np.ndarray, n_free: int, high: int
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Rows of the distinct `keys`, inserting absent ones with fresh rows in the same pass.
+
+        Fresh rows are taken from the top of free[:n_free] first, then high, high + 1, ...;
+        returns (rows int32, is_new bool, how many fresh rows were taken). Grows as needed.
+        """
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        n = keys.shape[0]
+        rows = np.empty(n, dtype=np.int32)
+        is_new = np.empty(n, dtype=np.bool_)
+        lo, taken = 0, 0
+        while lo < n:
+            limit = int(self.slots * self.max_load) - self.size
+            if limit <= 0:
+                self._rehash(max(self._buckets_for(self.size + 1), self.n_buckets * 3 // 2 + 1))
+                continue
+            done, k, hk, hr = K.upsert_many(
+                self.words,
+                self.rows32,
+                self.n_buckets,
+                keys[lo:],
+                rows[lo:],
+                is_new[lo:],
+                free[: max(n_free - taken, 0)],
+                max(n_free - taken, 0),
+                high + max(taken - n_free, 0),
+                limit,
+                _MAX_KICKS,
+                self._rng,
+            )
+            taken += k
+            lo += done
+            if hr == K.EMPTY:  # finished, or the load threshold was reached
+                self.size += k
+                if lo < n:
+                    self._rehash(self.n_buckets * 3 // 2 + 1)
+                continue
+            # a displacement chain failed: all inserted keys are in but the homeless pair
+            self.size += k - 1
+            self._rehash(self.n_buckets * 2)
+            self.insert(np.array([hk], dtype=np.int64), np.array([hr], dtype=np.int32))
+        return rows, is_new, taken
+
     def delete(self, keys: np.ndarray) -> np.ndarray:
         """Remove `keys`; returns the int32 row each held (-1 where absent). Never shrinks."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
@@ -137,13 +205,12 @@ class CuckooIndex:
         return max(1, int(np.ceil(n / (K.SLOTS * self.max_load))))
 
     def _rehash(self, nb: int) -> None:
-        keys, rows = self.items()
+        words, rows32, old_nb = self.words, self.rows32, self.n_buckets
         while True:
             self._alloc(nb)
             self.rehashes += 1
-            done, _, hr = K.insert_many(
-                self.words, self.rows32, self.n_buckets, keys, rows, _MAX_KICKS, self._rng
-            )
-            if done == keys.shape[0] and hr == K.EMPTY:
+            if K.rehash_into(
+                words, rows32, old_nb, self.words, self.rows32, self.n_buckets, _MAX_KICKS, self._rng
+            ):
                 return
             nb = nb * 2

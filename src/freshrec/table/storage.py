@@ -5,15 +5,22 @@ metadata at ``meta[r >> bits][r & mask]`` = [last_seen (int32 s since the table 
 Kernels reach them through `ptrs` / `mptrs`, the chunks' base addresses (`_rowptr`).
 Growing by a chunk never copies existing rows (unlike a doubling array), so a table of 10^8
 rows grows without a pause proportional to its size.
+
+Memory is committed as rows are handed out, not a chunk at a time: a chunk is only address
+space until rows reach it, then its pages are faulted in a 2 MiB granule at a time with one
+call (much cheaper than taking the faults one by one as rows are first written). `reserve(n)`
+commits the memory of n rows up front. The byte counts report committed memory only.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from freshrec.table.index import zeroed_pages
+from freshrec.table.index import populate, zeroed_pages
 
 __all__ = ["RowStore"]
+
+_GRANULE = 2 << 20  # bytes committed at a time (one transparent huge page)
 
 
 class RowStore:
@@ -28,6 +35,7 @@ class RowStore:
         self.ptrs = np.zeros(0, dtype=np.int64)  # base address of each chunk, for the kernels
         self.mptrs = np.zeros(0, dtype=np.int64)
         self.high = 0  # rows ever handed out: rows >= high are untouched
+        self.committed = 0  # rows whose memory is faulted in (>= high)
         self._free = np.empty(0, dtype=np.int32)
         self._n_free = 0
 
@@ -41,21 +49,58 @@ class RowStore:
 
     @property
     def nbytes_rows(self) -> int:
-        return len(self.chunks) * self.chunk_rows * max(self.width, 1) * 4
+        return self._committed_bytes(max(self.width, 1) * 4)
 
     @property
     def nbytes_meta(self) -> int:
-        return len(self.meta) * self.chunk_rows * 8 + self._free.nbytes
+        return self._committed_bytes(8) + self._free.nbytes
+
+    def _committed_bytes(self, row_bytes: int) -> int:
+        """Bytes of committed rows of `row_bytes` each, rounded up as the pages are mapped."""
+        chunk = self.chunk_rows * row_bytes
+        full, part = divmod(self.committed, self.chunk_rows)
+        tail = part * row_bytes
+        if chunk >= _GRANULE:  # mapped lazily, in granules
+            tail = -(-tail // _GRANULE) * _GRANULE
+        elif part:
+            tail = chunk
+        return full * chunk + min(tail, chunk)
 
     def _add_chunk(self) -> None:
         n = self.chunk_rows
-        rows = np.frombuffer(zeroed_pages(n * max(self.width, 1) * 4), dtype=np.float32)
-        self.chunks.append(rows[: n * max(self.width, 1)].reshape(n, max(self.width, 1)))
+        w = max(self.width, 1)
+        rows = np.frombuffer(zeroed_pages(n * w * 4), dtype=np.float32)
+        self.chunks.append(rows[: n * w].reshape(n, w))
         meta = np.frombuffer(zeroed_pages(n * 8), dtype=np.int32)
         self.meta.append(meta[: 2 * n].reshape(n, 2))
         # new arrays (never resized in place): a kernel holding the old ones still sees valid memory
         self.ptrs = np.append(self.ptrs, np.int64(self.chunks[-1].__array_interface__["data"][0]))
         self.mptrs = np.append(self.mptrs, np.int64(self.meta[-1].__array_interface__["data"][0]))
+
+    def _commit(self, upto: int) -> None:
+        """Fault in the memory of rows [committed, upto), adding chunks as needed."""
+        while upto > self.capacity:
+            if self.capacity + self.chunk_rows > 2**31 - 1:
+                msg = "a table holds at most 2**31 - 1 rows per shard; add shards"
+                raise MemoryError(msg)
+            self._add_chunk()
+        if upto <= self.committed:
+            return
+        # commit whole granules of the row array (the meta array follows along)
+        step = max(_GRANULE // (max(self.width, 1) * 4), 1)
+        upto = min(-(-upto // step) * step, self.capacity)
+        lo = self.committed
+        while lo < upto:
+            c = lo >> self.bits
+            a, b = lo & (self.chunk_rows - 1), min(upto - (c << self.bits), self.chunk_rows)
+            populate(self.chunks[c], a, b)
+            populate(self.meta[c], a, b)
+            lo = (c << self.bits) + b
+        self.committed = upto
+
+    def reserve(self, n: int) -> None:
+        """Commit memory now for `n` live rows in all (freed rows count as room)."""
+        self._commit(self.high + max(n - self.live - self._n_free, 0))
 
     def allocate(self, n: int) -> np.ndarray:
         """n row numbers (int32), freed rows first; their contents are stale until written."""
@@ -66,14 +111,24 @@ class RowStore:
             self._n_free -= take
         fresh = n - take
         if fresh:
-            while self.high + fresh > self.capacity:
-                if self.capacity + self.chunk_rows > 2**31 - 1:
-                    msg = "a table holds at most 2**31 - 1 rows per shard; add shards"
-                    raise MemoryError(msg)
-                self._add_chunk()
+            self._commit(self.high + fresh)
             out[take:] = np.arange(self.high, self.high + fresh, dtype=np.int32)
             self.high += fresh
         return out
+
+    def claim(self, k: int) -> None:
+        """Mark k rows taken the way `CuckooIndex.upsert` takes them: the top of the free list
+        first, then the rows from `high` on."""
+        take = min(k, self._n_free)
+        self._n_free -= take
+        fresh = k - take
+        if fresh:
+            self._commit(self.high + fresh)
+            self.high += fresh
+
+    @property
+    def free_list(self) -> tuple[np.ndarray, int]:
+        return self._free, self._n_free
 
     def release(self, rows: np.ndarray) -> None:
         """Return rows to the free list (they are reused by later allocations)."""

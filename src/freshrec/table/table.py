@@ -230,19 +230,29 @@ class EmbeddingTable:
             return
         with self._lock.write():
             now_rel = self._rel(now)
-            rows = self._index.find(ids)
-            new = rows < 0
-            if new.any():
-                rows = self._admit(ids, counts, rows, new, now, now_rel)
-                keep = rows >= 0
-                if not keep.all():
-                    ids, grads, counts, rows = ids[keep], grads[keep], counts[keep], rows[keep]
-                    new = new[keep]
-            if ids.shape[0] == 0:
-                return
-            rows64 = rows.astype(np.int64)
-            apply_rows(self._kind, self._hyper, self._rows.ptrs, self._rows.bits, self.dim, rows64, grads)
-            R.touch(self._rows.mptrs, self._rows.bits, rows, now_rel, counts, False)
+            if self._filter is None and self.config.capacity is None:
+                # every new id is admitted: find and insert in one pass over the index
+                free, n_free = self._rows.free_list
+                rows, new, taken = self._index.upsert(ids, free, n_free, self._rows.high)
+                self._rows.claim(taken)
+                if taken:
+                    self._init(ids[new], rows[new])
+                    R.touch(self._rows.mptrs, self._rows.bits, rows[new], now_rel, counts[new], True)
+                    R.touch(self._rows.mptrs, self._rows.bits, rows[~new], now_rel, counts[~new], False)
+                else:
+                    R.touch(self._rows.mptrs, self._rows.bits, rows, now_rel, counts, False)
+            else:
+                rows = self._index.find(ids)
+                new = rows < 0
+                if new.any():
+                    rows = self._admit(ids, counts, rows, new, now, now_rel)
+                    keep = rows >= 0
+                    if not keep.all():
+                        ids, grads, counts, rows = ids[keep], grads[keep], counts[keep], rows[keep]
+                if ids.shape[0] == 0:
+                    return
+                R.touch(self._rows.mptrs, self._rows.bits, rows, now_rel, counts, False)
+            apply_rows(self._kind, self._hyper, self._rows.ptrs, self._rows.bits, self.dim, rows, grads)
             self._mark_touched(ids)
 
     def _admit(self, ids, counts, rows, new, now, now_rel):
@@ -614,9 +624,11 @@ class EmbeddingTable:
         return (self.nbytes() - payload) / n
 
     def reserve(self, n: int) -> None:
-        """Size the index for n rows now (avoids rehashes during a bulk load)."""
+        """Make room for n rows now: size the index and commit row memory (a bulk load then
+        runs without rehashes or page faults)."""
         with self._lock.write():
             self._index.reserve(n)
+            self._rows.reserve(n)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if two live ids share a row or the index is inconsistent."""
