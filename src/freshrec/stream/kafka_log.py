@@ -104,14 +104,23 @@ class KafkaBackend:
         self.config = config or KafkaLogConfig()
         self.config.validate()
         # never let a metadata lookup auto-create a topic (with the broker's default partitions)
-        self._admin = AdminClient(_common(bootstrap) | {"allow.auto.create.topics": False})
+        self._admin: AdminClient | None = AdminClient(
+            _common(bootstrap) | {"allow.auto.create.topics": False}
+        )
         self._logs: dict[str, KafkaLog] = {}
         self._lock = threading.Lock()
+        self._closed = False
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            msg = f"Kafka backend at {self.bootstrap} is closed"
+            raise LogError(msg)
+        return self._admin
 
     def _partition_count(self, topic: str) -> int | None:
         """Partitions of `topic` once every partition has a leader; None when the topic is absent."""
         md = _retrying(f"Kafka at {self.bootstrap}: reading metadata of {topic!r}",
-                       lambda: self._admin.list_topics(topic, timeout=self.config.timeout_s),
+                       lambda: self._admin_client().list_topics(topic, timeout=self.config.timeout_s),
                        self.config.timeout_s)
         t = md.topics.get(topic)
         if t is None or t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -128,7 +137,7 @@ class KafkaBackend:
             if n is not None and n > 0:
                 return n
             if n is None and not created:
-                fut = self._admin.create_topics([NewTopic(topic, partitions, 1)],
+                fut = self._admin_client().create_topics([NewTopic(topic, partitions, 1)],
                                                 operation_timeout=self.config.timeout_s)[topic]
                 try:
                     fut.result()
@@ -151,6 +160,9 @@ class KafkaBackend:
             msg = f"log {name!r}: partitions must be >= 1, got {partitions}"
             raise LogError(msg)
         with self._lock:
+            if self._closed:
+                msg = f"Kafka backend at {self.bootstrap} is closed: cannot open log {name!r}"
+                raise LogError(msg)
             log = self._logs.get(name)
             if log is None or log._closed:
                 topic = self.topic_prefix + name
@@ -159,8 +171,12 @@ class KafkaBackend:
             return log
 
     def close(self) -> None:
+        """Close every log opened here and release the admin client (librdkafka frees its
+        connections when the last reference goes). The backend cannot open logs afterwards."""
         with self._lock:
             logs, self._logs = list(self._logs.values()), {}
+            self._closed = True
+            self._admin = None
         for log in logs:
             log.close()
 
