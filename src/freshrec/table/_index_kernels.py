@@ -220,6 +220,20 @@ def upsert_many(words, rows32, nb, keys, out_rows, is_new, free, n_free, high, l
     return n, k, np.int64(0), np.int32(EMPTY)
 
 
+@njit(inline="always", cache=True)
+def collect_bucket(words, rows32, b, out_keys, out_rows, n):
+    """Append the live (key, row) pairs of bucket b at out_*[n:]; returns the new n."""
+    base = b * WORDS
+    rbase = b * (2 * WORDS) + 2 * ROW_WORD
+    for s in range(SLOTS):
+        r = rows32[rbase + s]
+        if r != EMPTY:
+            out_keys[n] = words[base + s]
+            out_rows[n] = r
+            n += 1
+    return n
+
+
 @njit(nogil=True, cache=True)
 def rehash_into(words, rows32, nb, new_words, new_rows32, new_nb, max_kicks, rng_state):
     """Insert every live pair of the index (words, rows32, nb) into the empty (new_words,
@@ -234,14 +248,7 @@ def rehash_into(words, rows32, nb, new_words, new_rows32, new_nb, max_kicks, rng
     m = 0
     for b in range(nb + 1):
         if b < nb:
-            base = b * WORDS
-            rbase = b * (2 * WORDS) + 2 * ROW_WORD
-            for s in range(SLOTS):
-                r = rows32[rbase + s]
-                if r != EMPTY:
-                    bk[m] = words[base + s]
-                    br[m] = r
-                    m += 1
+            m = collect_bucket(words, rows32, b, bk, br, m)
         if m >= B - SLOTS or (b == nb and m > 0):
             for j in range(m):
                 prefetch_buckets(new_words, new_nb, bk[j])
@@ -283,14 +290,7 @@ def collect(words, rows32, nb, out_keys, out_rows):
     """Every live (key, row) in slot order; returns the count."""
     n = 0
     for b in range(nb):
-        base = b * WORDS
-        rbase = b * (2 * WORDS) + 2 * ROW_WORD
-        for s in range(SLOTS):
-            r = rows32[rbase + s]
-            if r != EMPTY:
-                out_keys[n] = words[base + s]
-                out_rows[n] = r
-                n += 1
+        n = collect_bucket(words, rows32, b, out_keys, out_rows, n)
     return n
 
 
