@@ -9,7 +9,8 @@ The PS owns, for a `FeatureSpec`:
   are built with `table=tables[slot]`, so training through the model updates the PS directly;
 - the dense optimizer (Adam), a `step` counter and `data_time` (the latest `now` trained on).
 
-A training step (what `train_step` does; an online trainer may do the same by hand):
+A training step (`train_step`) is `freshrec.train.step.train_step`, the same step the online
+trainer takes:
 
     logit = ps.model(sparse, dense)                               # (B,)
     loss = BCE(logit - log(sample_rate), label)                   # sampling correction, see stream.sampling
@@ -49,6 +50,7 @@ from freshrec.errors import ConfigError, SnapshotError
 from freshrec.model import CollisionlessEmbedding, DeepFM, FeatureSpec, SparseOptimizer
 from freshrec.ps.sharded import ShardedTable
 from freshrec.table import EmbeddingTable
+from freshrec.train.step import train_step
 
 __all__ = ["SNAPSHOT_KIND", "TrainingPS", "training_ps_state"]
 
@@ -185,21 +187,23 @@ class TrainingPS:
         sample_rate: torch.Tensor | float | None = None,
     ) -> float:
         """One step on a batch (DeepFM input layout); returns the loss. `now`: data time (s)."""
-        self.model.train()
-        logit = self.model(sparse, dense)
         offset = None
         if sample_rate is not None:
-            r = torch.as_tensor(sample_rate, dtype=logit.dtype)
-            offset = -torch.log(r).expand_as(logit)
-        loss = DeepFM.loss(logit, label, offset)
-        self.dense_opt.zero_grad()
-        loss.backward()
-        with self.dense_lock:
-            self.dense_opt.step()
-        self.sparse_opt.step(now=now)
+            offset = -torch.log(torch.as_tensor(sample_rate, dtype=torch.float32)).expand(label.shape[0])
+        _, loss = train_step(
+            self.model,
+            sparse,
+            dense,
+            label,
+            now=now,
+            offset=offset,
+            dense_opt=self.dense_opt,
+            dense_lock=self.dense_lock,
+            sparse_opt=self.sparse_opt,
+        )
         self.step += 1
         self.data_time = now if self.data_time is None else max(self.data_time, float(now))
-        return float(loss.detach())
+        return float(loss)
 
     # ---- dense weights -------------------------------------------------------------------------
     def dense_state(self) -> dict[str, np.ndarray]:

@@ -47,6 +47,7 @@ from freshrec.model import DeepFM, FeatureSpec, SlotModel, SparseOptimizer
 from freshrec.train.batch import Batch, iter_batches
 from freshrec.train.examples import ExampleSchema, decode_records, examples_to_dataset
 from freshrec.train.metrics import auc
+from freshrec.train.step import train_step
 
 __all__ = [
     "BatchInfo",
@@ -224,22 +225,23 @@ class OnlineTrainer:
 
         Records the batch's pre-update predictions for progressive validation.
         """
-        self.model.train()
-        logit = self.model(b.sparse, b.dense)  # (B,)
-        loss = self.model.loss(logit, b.label, b.offset)
-        loss.backward()
-        with self.dense_lock:
-            self.dense_opt.step()
-        if self.hashed_opt is not None:
-            self.hashed_opt.step()
-            self.hashed_opt.zero_grad(set_to_none=True)
-        self.sparse_opt.step(now=b.now)
-        self.dense_opt.zero_grad(set_to_none=True)
+        logit, loss = train_step(
+            self.model,
+            b.sparse,
+            b.dense,
+            b.label,
+            now=b.now,
+            offset=b.offset,
+            dense_opt=self.dense_opt,
+            dense_lock=self.dense_lock,
+            sparse_opt=self.sparse_opt,
+            hashed_opt=self.hashed_opt,
+        )
         with torch.no_grad():
-            z = logit.detach() if b.offset is None else logit.detach() + b.offset
+            z = logit if b.offset is None else logit + b.offset
         self._window.push(z.numpy().astype(np.float64), b.label.numpy())
         n = int(b.label.shape[0])
-        value = float(loss.detach())
+        value = float(loss)
         self.loss_sum += value * n
         self.examples += n
         self.data_time = float(b.now) if self.data_time is None else max(self.data_time, float(b.now))
