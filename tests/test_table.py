@@ -273,6 +273,16 @@ def test_index_upsert_finds_inserts_and_takes_free_rows_first():
     assert len(set(oracle.values())) == len(oracle)
 
 
+def test_index_grows_when_a_row_number_needs_more_bits_than_a_slot_has():
+    ix = CuckooIndex(4)  # 8 buckets: a slot holds rows up to 1022
+    assert ix.max_row < 5000
+    keys = np.array([1, -1, I64_MIN, I64_MAX], np.int64)
+    rows = np.array([0, 5000, 2**20, 7], np.int32)
+    ix.insert(keys, rows)
+    assert ix.max_row >= 2**20 and ix.find(keys).tolist() == rows.tolist()
+    assert ix.check() == 0
+
+
 def test_row_memory_is_committed_as_rows_are_handed_out():
     from freshrec.table.storage import RowStore
 
@@ -286,6 +296,31 @@ def test_row_memory_is_committed_as_rows_are_handed_out():
     rows = rs.allocate(300_000 - 10)
     assert rows.max() == 299_999 and len(rs.chunks) == 2
     rs.chunks[1][rows.max() - rs.chunk_rows] = 1.0  # the memory is there and writable
+
+
+def test_counts_are_exact_past_the_count_byte_and_saturate_at_int32_max(tmp_path):
+    """Counts of 255 and more live partly outside the row's count byte; they must stay exact
+    through updates, LFU eviction, snapshots and row reuse."""
+    cfg = TableConfig(name="c", dim=2, optimizer=SGD(), capacity=4, eviction="lfu", initial_capacity=4)
+    t = EmbeddingTable(cfg)
+    z = np.zeros((4, 2), np.float32)
+    ids = np.array([10, 11, 12, 13], np.int64)
+    t.apply_gradients(ids, z, now=0.0, counts=np.array([254, 255, 256, 1], np.int64))
+    t.apply_gradients(ids, z, now=1.0, counts=np.array([1, 1, 70_000, 253], np.int64))
+    assert t.row_state(ids)[2].tolist() == [255, 256, 70_256, 254]
+    t.apply_gradients(ids[2:3], z[:1], now=2.0, counts=np.array([2**31], np.int64))
+    assert t.row_state(ids[2:3])[2].tolist() == [2**31 - 1]  # saturates
+    t2 = EmbeddingTable.from_state(*t.state())
+    assert t2.row_state(ids)[2].tolist() == [255, 256, 2**31 - 1, 254]
+    # LFU: a new id evicts the least counted (13: 254), not the one whose byte reads 255 (10)
+    t.apply_gradients(np.array([14], np.int64), z[:1], now=3.0, counts=np.array([1], np.int64))
+    assert t.contains(ids).tolist() == [True, True, True, False]
+    # a freed row that comes back to another id starts from that id's count, not the old excess
+    t.remove(ids[1:3])
+    t.apply_gradients(np.array([20, 21], np.int64), z[:2], now=4.0, counts=np.array([3, 300], np.int64))
+    assert t.row_state(np.array([20, 21], np.int64))[2].tolist() == [3, 300]
+    assert len(t._rows.overflow) == 2  # ids 10 and 21: 255 and 300
+    t.check_invariants()
 
 
 def test_freed_rows_are_reused():

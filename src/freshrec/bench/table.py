@@ -98,7 +98,7 @@ def run(*, n_ids: int, dim: int = 16, seed: int = 0, reserve: bool = True, log=p
     log("probing ...")
     from freshrec.table import _index_kernels as K
 
-    t_probe = _best(lambda: K.find_many(ix.words, ix.rows32, ix.n_buckets, q, probe_out))
+    t_probe = _best(lambda: K.find_many(ix.words, ix.n_buckets, ix.obits, q, probe_out))
     t_lookup = _best(lambda: table.lookup(q))
 
     log("two threads ...")

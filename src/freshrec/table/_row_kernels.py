@@ -1,8 +1,9 @@
 """Numba kernels over chunked row storage (see `freshrec.table.storage`).
 
 Row r is a float32 vector ``[embedding (dim) | optimizer state]`` of `width` floats and its
-metadata ``[last_seen (int32 seconds since the table's epoch), count (int32, saturating)]``;
-kernels reach both through the chunk address arrays `ptrs` / `mptrs` (see `_rowptr`).
+metadata a last-seen time (int32 seconds since the table's epoch) and a count byte (counts of
+255 and more keep the excess in `RowStore`'s overflow map); kernels reach both through the
+chunk address arrays `ptrs` / `mptrs` (see `_rowptr`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from numba import njit, uint64
 
 from freshrec.table import _index_kernels as K
 from freshrec.table._prefetch import prefetch_addr
-from freshrec.table._rowptr import meta_of, row_of
+from freshrec.table._rowptr import count_of, last_seen_of, row_of
 
 INT32_MAX = 2**31 - 1
+COUNT_BYTE_MAX = 255
 INIT_NORMAL, INIT_UNIFORM, INIT_ZEROS = 0, 1, 2
 
 
 @njit(nogil=True, cache=True)
-def lookup_gather(words, rows32, nb, keys, ptrs, bits, width, dim, out, rows_out):
+def lookup_gather(words, nb, obits, keys, ptrs, bits, width, dim, out, rows_out):
     """out[i] = embedding of keys[i] (zeros when absent); rows_out[i] = its row or -1.
 
     Two-stage software pipeline: buckets are prefetched 2*AHEAD ahead, rows AHEAD ahead.
@@ -30,14 +32,14 @@ def lookup_gather(words, rows32, nb, keys, ptrs, bits, width, dim, out, rows_out
     for i in range(min(2 * A, n)):
         K.prefetch_buckets(words, nb, keys[i])
     for i in range(min(A, n)):
-        rows_out[i] = K.find_one(words, rows32, nb, keys[i])
+        rows_out[i] = K.find_one(words, nb, obits, keys[i])
     for i in range(n):
         j = i + 2 * A
         if j < n:
             K.prefetch_buckets(words, nb, keys[j])
         j = i + A
         if j < n:
-            r = K.find_one(words, rows32, nb, keys[j])
+            r = K.find_one(words, nb, obits, keys[j])
             rows_out[j] = r
             if r >= 0:
                 prefetch_addr(ptrs[r >> bits] + (r & mask) * width * 4)
@@ -72,29 +74,48 @@ def scatter_rows(ptrs, bits, width, rows, lo, values):
 
 @njit(nogil=True, cache=True)
 def gather_meta(mptrs, bits, rows, out):
+    """out[i] = [last_seen, count byte] of rows[i]."""
     for i in range(rows.shape[0]):
-        m = meta_of(mptrs, bits, rows[i])
-        out[i, 0] = m[0]
-        out[i, 1] = m[1]
+        out[i, 0] = last_seen_of(mptrs, bits, rows[i])[0]
+        out[i, 1] = count_of(mptrs, bits, rows[i])[0]
 
 
 @njit(nogil=True, cache=True)
 def scatter_meta(mptrs, bits, rows, values):
+    """last_seen = values[i, 0]; count byte = min(values[i, 1], 255)."""
     for i in range(rows.shape[0]):
-        m = meta_of(mptrs, bits, rows[i])
-        m[0] = values[i, 0]
-        m[1] = values[i, 1]
+        last_seen_of(mptrs, bits, rows[i])[0] = values[i, 0]
+        count_of(mptrs, bits, rows[i])[0] = min(max(values[i, 1], 0), COUNT_BYTE_MAX)
 
 
 @njit(nogil=True, cache=True)
-def touch(mptrs, bits, rows, now_rel, counts, reset):
-    """last_seen = now_rel; count += counts (or = counts when reset), saturating at INT32_MAX."""
+def touch(mptrs, bits, rows, now_rel, counts, reset, spill_rows, spill_vals):
+    """last_seen = now_rel; count += counts (or = counts when reset).
+
+    Counts from 255 on leave the byte at 255 and the excess to the caller's overflow map: for
+    each such row, spill_rows/spill_vals get (row, value), where value >= 0 means "the excess is
+    now value" and value < 0 means "add -value - 1 to the excess". Returns the number of spills.
+    """
+    m = 0
     for i in range(rows.shape[0]):
-        m = meta_of(mptrs, bits, rows[i])
-        m[0] = now_rel
-        base = 0 if reset else np.int64(m[1])
-        c = base + counts[i]
-        m[1] = INT32_MAX if c > INT32_MAX else c
+        r = rows[i]
+        last_seen_of(mptrs, bits, r)[0] = now_rel
+        c = count_of(mptrs, bits, r)
+        add = np.int64(counts[i])
+        if not reset and c[0] == COUNT_BYTE_MAX:
+            spill_rows[m] = r
+            spill_vals[m] = -add - 1
+            m += 1
+            continue
+        total = add if reset else np.int64(c[0]) + add
+        if total < COUNT_BYTE_MAX:
+            c[0] = total
+        else:
+            c[0] = COUNT_BYTE_MAX
+            spill_rows[m] = r
+            spill_vals[m] = total - COUNT_BYTE_MAX
+            m += 1
+    return m
 
 
 @njit(inline="always", cache=True)
@@ -159,16 +180,17 @@ def dedup_sum(ids, grads, order, out_ids, out_grads, out_counts):
 
 
 @njit(nogil=True, cache=True)
-def expired(words, rows32, nb, mptrs, bits, before_rel, out_keys, out_rows):
+def expired(words, nb, obits, mptrs, bits, before_rel, out_keys, out_rows):
     """Collect live entries whose last_seen < before_rel; returns their count."""
     n = 0
+    unb = uint64(nb)
+    kb = np.empty(K.SLOTS, np.int64)
+    kr = np.empty(K.SLOTS, np.int64)
     for b in range(nb):
-        base = b * K.WORDS
-        rbase = b * (2 * K.WORDS) + 2 * K.ROW_WORD
-        for s in range(K.SLOTS):
-            r = rows32[rbase + s]
-            if r != K.EMPTY and meta_of(mptrs, bits, r)[0] < before_rel:
-                out_keys[n] = words[base + s]
-                out_rows[n] = r
+        m = K.collect_bucket(words, b, unb, obits, kb, kr, 0)
+        for j in range(m):
+            if last_seen_of(mptrs, bits, kr[j])[0] < before_rel:
+                out_keys[n] = kb[j]
+                out_rows[n] = kr[j]
                 n += 1
     return n

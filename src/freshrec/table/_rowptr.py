@@ -5,6 +5,8 @@ the chunks' base addresses (`ptrs`) and view one row as a 1-D array over raw mem
 
     row r, width w, chunk_bits b:  address = ptrs[r >> b] + (r & (2**b - 1)) * w * 4
 
+and the metadata chunks alike through `mptrs` (`last_seen_of`, `count_of`).
+
 A numba typed List of arrays would do the same with a reference-count update on every access,
 which measured ~6x slower for row gathers. The owner must keep the chunks alive while kernels
 run (RowStore never frees a chunk).
@@ -15,12 +17,22 @@ from __future__ import annotations
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-__all__ = ["meta_of", "row_of"]
+__all__ = ["count_of", "last_seen_of", "row_of"]
 
 
 @intrinsic
 def _f32_ptr(typingctx, addr):
     sig = types.CPointer(types.float32)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+@intrinsic
+def _u8_ptr(typingctx, addr):
+    sig = types.CPointer(types.uint8)(types.int64)
 
     def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
@@ -46,7 +58,17 @@ def row_of(ptrs, bits, width, r):
 
 
 @njit(inline="always", cache=True)
-def meta_of(mptrs, bits, r):
-    """int32 (2,) view of row r's metadata: [last_seen, count]."""
-    addr = mptrs[r >> bits] + (r & ((1 << bits) - 1)) * 8
-    return carray(_i32_ptr(addr), (2,))
+def last_seen_of(mptrs, bits, r):
+    """int32 (1,) view of row r's last-seen time (seconds since the table's epoch).
+
+    A metadata chunk of 2**bits rows holds 2**bits int32 last-seen times, then 2**bits uint8
+    counts (see `freshrec.table.storage`)."""
+    addr = mptrs[r >> bits] + (r & ((1 << bits) - 1)) * 4
+    return carray(_i32_ptr(addr), (1,))
+
+
+@njit(inline="always", cache=True)
+def count_of(mptrs, bits, r):
+    """uint8 (1,) view of row r's count byte (255: the count is 255 plus an overflow entry)."""
+    addr = mptrs[r >> bits] + (4 << bits) + (r & ((1 << bits) - 1))
+    return carray(_u8_ptr(addr), (1,))

@@ -1,13 +1,15 @@
 """The cuckoo-hash index: int64 id -> int32 row number, collision-free.
 
-Two hash functions pick two buckets of 5 slots each (one cache line per bucket, layout in
-`_index_kernels`). Insertion takes a free slot in either bucket, else displaces a resident to
-its other bucket (a random walk of at most `max_kicks` steps). When a walk fails or the load
-passes `max_load`, the index rehashes into twice as many buckets; only (id, row) pairs move,
-never the rows themselves. Lookups read at most two buckets.
+Two hash functions pick two buckets of 7 slots each (one cache line per bucket; a slot keeps the
+bits of the id's hash that its bucket does not tell, and the row: layout in `_index_kernels`).
+Insertion takes a free slot in the emptier bucket, else displaces a resident to its other
+bucket (a random walk of at most `max_kicks` steps). When a walk fails the index rehashes into
+twice as many buckets, when the load passes `max_load` into 1.5x as many; only (id, row) pairs
+move, never the rows themselves. Lookups read at most two buckets.
 
-Every int64 is a valid id (0, negatives, INT64_MIN, INT64_MAX): emptiness is marked in the row
-word (-1), never by a key value. Not thread-safe by itself: `EmbeddingTable` locks around it.
+Every int64 is a valid id (0, negatives, INT64_MIN, INT64_MAX): emptiness is marked by a zero
+row field (rows are stored plus one), never by a key value. Not thread-safe by itself:
+`EmbeddingTable` locks around it.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def _aligned_words(n_words: int) -> np.ndarray:
     return np.frombuffer(zeroed_pages(n_words * 8), dtype=np.int64)[:n_words]
 
 
+def offset_bits(nb: int) -> int:
+    """Bits of hi32(hash) that a bucket among nb does not pin down (see `_index_kernels`)."""
+    width = -(-(1 << 32) // nb)  # the most hi32 values that share one bucket
+    return max(1, (width - 1).bit_length())
+
+
 class CuckooIndex:
     """Maps distinct int64 ids to int32 rows. See the module docstring for the scheme."""
 
@@ -78,14 +86,13 @@ class CuckooIndex:
         self._alloc(nb)
 
     def _alloc(self, nb: int) -> None:
+        nb = max(nb, K.MIN_BUCKETS)
         if nb >= 1 << 32:
             msg = f"cuckoo index cannot hold {nb} buckets (limit 2**32 - 1)"
             raise MemoryError(msg)
-        words = _aligned_words(nb * K.WORDS)
-        populate(words, 0, words.shape[0])  # every page is written just below
-        rows32 = words.view(np.int32)
-        rows32.reshape(nb, 2 * K.WORDS)[:, 2 * K.ROW_WORD :] = K.EMPTY
-        self.n_buckets, self.words, self.rows32 = nb, words, rows32
+        words = _aligned_words(nb * K.WORDS).view(np.uint64)
+        populate(words, 0, words.shape[0])  # empty slots are zeros, but the pages are all used
+        self.n_buckets, self.words, self.obits = nb, words, offset_bits(nb)
 
     # ---- queries ---------------------------------------------------------------------------
     @property
@@ -100,26 +107,41 @@ class CuckooIndex:
     def nbytes(self) -> int:
         return int(self.words.nbytes)
 
+    @property
+    def max_row(self) -> int:
+        """The largest row number a slot can hold at this size (more buckets, more row bits)."""
+        return min((1 << (K.SLOT_BITS - 33 - self.obits)) - 2, 2**31 - 1)
+
     def find(self, keys: np.ndarray) -> np.ndarray:
         """int32 rows of `keys` (int64), -1 where absent."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         out = np.empty(keys.shape[0], dtype=np.int32)
-        K.find_many(self.words, self.rows32, self.n_buckets, keys, out)
+        K.find_many(self.words, self.n_buckets, self.obits, keys, out)
         return out
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys int64, rows int32) of every live entry, in slot order."""
         keys = np.empty(self.size, dtype=np.int64)
         rows = np.empty(self.size, dtype=np.int32)
-        n = K.collect(self.words, self.rows32, self.n_buckets, keys, rows)
+        n = K.collect(self.words, self.n_buckets, self.obits, keys, rows)
         assert n == self.size, (n, self.size)
         return keys, rows
 
     def check(self) -> int:
         """Number of invariant violations (each live key once, in one of its two buckets)."""
-        return int(K.check_buckets(self.words, self.rows32, self.n_buckets))
+        return int(K.check_buckets(self.words, self.n_buckets, self.obits))
 
     # ---- updates ---------------------------------------------------------------------------
+    def _fit_rows(self, top: int) -> None:
+        """Grow until row numbers up to `top` fit in a slot. A slot has ~3 more row bits than the
+        index has entries at full load, so rows handed out densely (as `RowStore` does) always
+        fit; only sparse row numbers far above the entry count make the index grow here."""
+        nb = self.n_buckets
+        while top > min((1 << (K.SLOT_BITS - 33 - offset_bits(nb))) - 2, 2**31 - 1):
+            nb *= 2
+        if nb != self.n_buckets:
+            self._rehash(nb)
+
     def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Insert pairs; `keys` must be absent from the index and distinct. Grows as needed."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
@@ -129,9 +151,10 @@ class CuckooIndex:
             return
         if self.size + n > self.slots * self.max_load:
             self._rehash(max(self._buckets_for(self.size + n), self.n_buckets * 3 // 2 + 1))
+        self._fit_rows(int(rows.max()))
         while True:
             done, hk, hr = K.insert_many(
-                self.words, self.rows32, self.n_buckets, keys, rows, _MAX_KICKS, self._rng
+                self.words, self.n_buckets, self.obits, keys, rows, _MAX_KICKS, self._rng
             )
             if done == keys.shape[0] and hr == K.EMPTY:
                 self.size += keys.shape[0]
@@ -154,6 +177,8 @@ class CuckooIndex:
         n = keys.shape[0]
         rows = np.empty(n, dtype=np.int32)
         is_new = np.empty(n, dtype=np.bool_)
+        if n and n > n_free:
+            self._fit_rows(high + n - n_free - 1)
         lo, taken = 0, 0
         while lo < n:
             limit = int(self.slots * self.max_load) - self.size
@@ -162,8 +187,8 @@ class CuckooIndex:
                 continue
             done, k, hk, hr = K.upsert_many(
                 self.words,
-                self.rows32,
                 self.n_buckets,
+                self.obits,
                 keys[lo:],
                 rows[lo:],
                 is_new[lo:],
@@ -191,7 +216,7 @@ class CuckooIndex:
         """Remove `keys`; returns the int32 row each held (-1 where absent). Never shrinks."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         out = np.empty(keys.shape[0], dtype=np.int32)
-        K.delete_many(self.words, self.rows32, self.n_buckets, keys, out)
+        K.delete_many(self.words, self.n_buckets, self.obits, keys, out)
         self.size -= int(np.count_nonzero(out != K.EMPTY))
         return out
 
@@ -202,15 +227,15 @@ class CuckooIndex:
 
     def _buckets_for(self, n: int) -> int:
         """Fewest buckets that hold n entries at (just under) max_load."""
-        return max(1, int(np.ceil(n / (K.SLOTS * self.max_load))))
+        return max(K.MIN_BUCKETS, int(np.ceil(n / (K.SLOTS * self.max_load))))
 
     def _rehash(self, nb: int) -> None:
-        words, rows32, old_nb = self.words, self.rows32, self.n_buckets
+        words, old_nb, old_obits = self.words, self.n_buckets, self.obits
         while True:
             self._alloc(nb)
             self.rehashes += 1
             if K.rehash_into(
-                words, rows32, old_nb, self.words, self.rows32, self.n_buckets, _MAX_KICKS, self._rng
+                words, old_nb, old_obits, self.words, self.n_buckets, self.obits, _MAX_KICKS, self._rng
             ):
                 return
             nb = nb * 2

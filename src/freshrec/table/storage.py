@@ -1,8 +1,11 @@
 """Chunked row storage: rows never move once allocated; growth adds a chunk, freed rows are reused.
 
-Row r lives at ``chunks[r >> bits][r & mask]`` (float32, width = dim + optimizer state) and its
-metadata at ``meta[r >> bits][r & mask]`` = [last_seen (int32 s since the table epoch), count].
-Kernels reach them through `ptrs` / `mptrs`, the chunks' base addresses (`_rowptr`).
+Row r lives at ``chunks[r >> bits][r & mask]`` (float32, width = dim + optimizer state). Its
+metadata is 5 bytes: the last-seen time (int32 seconds since the table epoch) at
+``last_seen[r >> bits][r & mask]`` and a count byte at ``count[r >> bits][r & mask]``; a count of
+255 or more keeps 255 in the byte and the rest exactly in `overflow` (row -> excess), which
+only the ids seen that often ever use. Kernels reach rows and metadata through `ptrs` / `mptrs`,
+the chunks' base addresses (`_rowptr`).
 Growing by a chunk never copies existing rows (unlike a doubling array), so a table of 10^8
 rows grows without a pause proportional to its size.
 
@@ -14,13 +17,18 @@ commits the memory of n rows up front. The byte counts report committed memory o
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
+from freshrec.table import _row_kernels as R
 from freshrec.table.index import populate, zeroed_pages
 
 __all__ = ["RowStore"]
 
 _GRANULE = 2 << 20  # bytes committed at a time (one transparent huge page)
+_META_BYTES = 5  # last-seen int32 + count byte
+_INT32_MAX = 2**31 - 1
 
 
 class RowStore:
@@ -31,7 +39,8 @@ class RowStore:
         self.bits = int(chunk_bits)
         self.chunk_rows = 1 << self.bits
         self.chunks: list[np.ndarray] = []  # owners of the row memory
-        self.meta: list[np.ndarray] = []
+        self.meta: list[np.ndarray] = []  # per chunk: int32 last-seen times, then uint8 counts
+        self.overflow: dict[int, int] = {}  # row -> count - 255, for rows counted 255 times or more
         self.ptrs = np.zeros(0, dtype=np.int64)  # base address of each chunk, for the kernels
         self.mptrs = np.zeros(0, dtype=np.int64)
         self.high = 0  # rows ever handed out: rows >= high are untouched
@@ -53,7 +62,9 @@ class RowStore:
 
     @property
     def nbytes_meta(self) -> int:
-        return self._committed_bytes(8) + self._free.nbytes
+        # a dict entry with its two int objects: about 100 bytes
+        over = sys.getsizeof(self.overflow) + 64 * len(self.overflow) if self.overflow else 0
+        return self._committed_bytes(_META_BYTES) + self._free.nbytes + over
 
     def _committed_bytes(self, row_bytes: int) -> int:
         """Bytes of committed rows of `row_bytes` each, rounded up as the pages are mapped."""
@@ -71,8 +82,8 @@ class RowStore:
         w = max(self.width, 1)
         rows = np.frombuffer(zeroed_pages(n * w * 4), dtype=np.float32)
         self.chunks.append(rows[: n * w].reshape(n, w))
-        meta = np.frombuffer(zeroed_pages(n * 8), dtype=np.int32)
-        self.meta.append(meta[: 2 * n].reshape(n, 2))
+        meta = np.frombuffer(zeroed_pages(n * _META_BYTES), dtype=np.uint8)
+        self.meta.append(meta[: n * _META_BYTES])
         # new arrays (never resized in place): a kernel holding the old ones still sees valid memory
         self.ptrs = np.append(self.ptrs, np.int64(self.chunks[-1].__array_interface__["data"][0]))
         self.mptrs = np.append(self.mptrs, np.int64(self.meta[-1].__array_interface__["data"][0]))
@@ -94,7 +105,8 @@ class RowStore:
             c = lo >> self.bits
             a, b = lo & (self.chunk_rows - 1), min(upto - (c << self.bits), self.chunk_rows)
             populate(self.chunks[c], a, b)
-            populate(self.meta[c], a, b)
+            populate(self.meta[c], 4 * a, 4 * b)
+            populate(self.meta[c], 4 * self.chunk_rows + a, 4 * self.chunk_rows + b)
             lo = (c << self.bits) + b
         self.committed = upto
 
@@ -130,6 +142,43 @@ class RowStore:
     def free_list(self) -> tuple[np.ndarray, int]:
         return self._free, self._n_free
 
+    # ---- metadata ----------------------------------------------------------------------------
+    def touch(self, rows: np.ndarray, now_rel: int, counts: np.ndarray, *, reset: bool) -> None:
+        """last_seen = now_rel and count += counts (or = counts when reset), for distinct rows."""
+        n = rows.shape[0]
+        spill_rows = np.empty(n, dtype=np.int64)
+        spill_vals = np.empty(n, dtype=np.int64)
+        m = R.touch(self.mptrs, self.bits, rows, now_rel, counts, reset, spill_rows, spill_vals)
+        if m:
+            over = self.overflow
+            cap = _INT32_MAX - R.COUNT_BYTE_MAX  # counts saturate at INT32_MAX
+            for r, v in zip(spill_rows[:m].tolist(), spill_vals[:m].tolist(), strict=True):
+                over[r] = min(v if v >= 0 else over.get(r, 0) - v - 1, cap)
+
+    def gather_meta(self, rows: np.ndarray) -> np.ndarray:
+        """int32 (n, 2): [last_seen, count] of each row."""
+        out = np.empty((rows.shape[0], 2), dtype=np.int32)
+        R.gather_meta(self.mptrs, self.bits, rows, out)
+        if self.overflow:
+            for i in np.flatnonzero(out[:, 1] == R.COUNT_BYTE_MAX).tolist():
+                out[i, 1] += self.overflow.get(int(rows[i]), 0)
+        return out
+
+    def scatter_meta(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Set [last_seen, count] of each row from int32 (n, 2) `values`."""
+        values = np.ascontiguousarray(values, dtype=np.int32)
+        R.scatter_meta(self.mptrs, self.bits, rows, values)
+        big = values[:, 1] >= R.COUNT_BYTE_MAX
+        if self.overflow:
+            self._drop_overflow(rows[~big])
+        for r, c in zip(rows[big].tolist(), values[big, 1].tolist(), strict=True):
+            self.overflow[r] = c - R.COUNT_BYTE_MAX
+
+    def _drop_overflow(self, rows: np.ndarray) -> None:
+        held = np.fromiter(self.overflow, dtype=np.int64, count=len(self.overflow))
+        for r in rows[np.isin(rows, held)].tolist():
+            del self.overflow[r]
+
     def release(self, rows: np.ndarray) -> None:
         """Return rows to the free list (they are reused by later allocations)."""
         rows = np.asarray(rows, dtype=np.int32)
@@ -140,3 +189,5 @@ class RowStore:
             self._free = grown
         self._free[self._n_free : need] = rows
         self._n_free = need
+        if self.overflow:
+            self._drop_overflow(rows)

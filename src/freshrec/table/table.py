@@ -18,7 +18,12 @@ Semantics:
 
 Time is data time in seconds, passed in by the caller; the table never reads a clock.
 Last-seen times are kept as whole seconds since the first `now` the table saw (int32), so an
-id expires when ``floor(now) - floor(last_seen) > ttl_s``.
+id expires when ``floor(now) - floor(last_seen) > ttl_s``. Counts are exact up to INT32_MAX,
+where they saturate (a row keeps one count byte; counts of 255 and more keep the excess in a
+side map that only the ids seen that often use).
+
+Memory per row beyond embedding + optimizer state: 9.1 bytes of index slot (7 slots per 64-byte
+line) divided by the load factor (~10.2 at 0.9), and 5 bytes of last-seen and count.
 
 Concurrency model: one readers-writer lock per table. `lookup`, `take_touched`-free reads and
 `export` take it shared, so any number of threads look up at once (the kernels release the
@@ -150,8 +155,8 @@ class EmbeddingTable:
             ix = self._index
             R.lookup_gather(
                 ix.words,
-                ix.rows32,
                 ix.n_buckets,
+                ix.obits,
                 ids,
                 self._rows.ptrs,
                 self._rows.bits,
@@ -183,9 +188,7 @@ class EmbeddingTable:
                 sub = np.empty((int(have.sum()), self.width), dtype=np.float32)
                 R.gather_rows(self._rows.ptrs, self._rows.bits, self.width, rows[have], 0, self.width, sub)
                 full[have] = sub
-                m = np.empty((int(have.sum()), 2), dtype=np.int32)
-                R.gather_meta(self._rows.mptrs, self._rows.bits, rows[have], m)
-                meta[have] = m
+                meta[have] = self._rows.gather_meta(rows[have])
         last = np.full(ids.shape[0], np.nan)
         if self.epoch is not None:
             last[have] = self.epoch + meta[have, 0]
@@ -237,10 +240,10 @@ class EmbeddingTable:
                 self._rows.claim(taken)
                 if taken:
                     self._init(ids[new], rows[new])
-                    R.touch(self._rows.mptrs, self._rows.bits, rows[new], now_rel, counts[new], True)
-                    R.touch(self._rows.mptrs, self._rows.bits, rows[~new], now_rel, counts[~new], False)
+                    self._rows.touch(rows[new], now_rel, counts[new], reset=True)
+                    self._rows.touch(rows[~new], now_rel, counts[~new], reset=False)
                 else:
-                    R.touch(self._rows.mptrs, self._rows.bits, rows, now_rel, counts, False)
+                    self._rows.touch(rows, now_rel, counts, reset=False)
             else:
                 rows = self._index.find(ids)
                 new = rows < 0
@@ -251,7 +254,7 @@ class EmbeddingTable:
                         ids, grads, counts, rows = ids[keep], grads[keep], counts[keep], rows[keep]
                 if ids.shape[0] == 0:
                     return
-                R.touch(self._rows.mptrs, self._rows.bits, rows, now_rel, counts, False)
+                self._rows.touch(rows, now_rel, counts, reset=False)
             apply_rows(self._kind, self._hyper, self._rows.ptrs, self._rows.bits, self.dim, rows, grads)
             self._mark_touched(ids)
 
@@ -270,9 +273,7 @@ class EmbeddingTable:
             keys = cand[ok]
             fresh = self._rows.allocate(keys.shape[0])
             self._init(keys, fresh)
-            R.touch(
-                self._rows.mptrs, self._rows.bits, fresh, now_rel, np.zeros(keys.shape[0], np.int64), True
-            )
+            self._rows.touch(fresh, now_rel, np.zeros(keys.shape[0], np.int64), reset=True)
             self._index.insert(keys, fresh)
             pos = np.flatnonzero(new)[ok]
             out[pos] = fresh
@@ -311,8 +312,7 @@ class EmbeddingTable:
         if need <= 0:
             return ok
         keys, rows = self._index.items()
-        meta = np.empty((keys.shape[0], 2), dtype=np.int32)
-        R.gather_meta(self._rows.mptrs, self._rows.bits, rows, meta)
+        meta = self._rows.gather_meta(rows)
         evictable = ~np.isin(keys, protect_ids, assume_unique=True)
         keys, rows, meta = keys[evictable], rows[evictable], meta[evictable]
         n_evict = min(need, keys.shape[0])
@@ -362,22 +362,13 @@ class EmbeddingTable:
                         raise CapacityError(msg)
                 fresh = self._rows.allocate(int(new.sum()))
                 self._init(ids[new], fresh)
-                R.touch(
-                    self._rows.mptrs,
-                    self._rows.bits,
-                    fresh,
-                    now_rel or 0,
-                    np.zeros(fresh.shape[0], np.int64),
-                    True,
-                )
+                self._rows.touch(fresh, now_rel or 0, np.zeros(fresh.shape[0], np.int64), reset=True)
                 self._index.insert(ids[new], fresh)
                 rows = rows.copy()
                 rows[new] = fresh
             R.scatter_rows(self._rows.ptrs, self._rows.bits, self.width, rows, 0, emb)
             if now_rel is not None:
-                R.touch(
-                    self._rows.mptrs, self._rows.bits, rows, now_rel, np.zeros(rows.shape[0], np.int64), False
-                )
+                self._rows.touch(rows, now_rel, np.zeros(rows.shape[0], np.int64), reset=False)
             self._mark_touched(ids)
 
     def remove(self, ids: object) -> int:
@@ -409,7 +400,7 @@ class EmbeddingTable:
             rows = np.empty(n, dtype=np.int32)
             ix = self._index
             k = R.expired(
-                ix.words, ix.rows32, ix.n_buckets, self._rows.mptrs, self._rows.bits, before, keys, rows
+                ix.words, ix.n_buckets, ix.obits, self._rows.mptrs, self._rows.bits, before, keys, rows
             )
             if k == 0:
                 return 0
@@ -442,8 +433,7 @@ class EmbeddingTable:
             ids, rows, evicted = self._drain(channel)
             full = np.empty((ids.shape[0], self.width), dtype=np.float32)
             R.gather_rows(self._rows.ptrs, self._rows.bits, self.width, rows, 0, self.width, full)
-            meta = np.empty((ids.shape[0], 2), dtype=np.int32)
-            R.gather_meta(self._rows.mptrs, self._rows.bits, rows, meta)
+            meta = self._rows.gather_meta(rows)
             info: dict[str, Any] = {
                 "epoch": self.epoch,
                 "evictions": self.evictions,
@@ -487,7 +477,7 @@ class EmbeddingTable:
                 m = np.ascontiguousarray(
                     np.stack([arrays["last_seen"], arrays["count"]], axis=1).astype(np.int32)
                 )
-                R.scatter_meta(self._rows.mptrs, self._rows.bits, rows, m)
+                self._rows.scatter_meta(rows, m)
             if meta.get("epoch") is not None:
                 self.epoch = meta["epoch"]
             self.evictions = int(meta.get("evictions", self.evictions))
@@ -522,8 +512,7 @@ class EmbeddingTable:
             keys, rows = self._index.items()
             full = np.empty((keys.shape[0], self.width), dtype=np.float32)
             R.gather_rows(self._rows.ptrs, self._rows.bits, self.width, rows, 0, self.width, full)
-            meta = np.empty((keys.shape[0], 2), dtype=np.int32)
-            R.gather_meta(self._rows.mptrs, self._rows.bits, rows, meta)
+            meta = self._rows.gather_meta(rows)
             arrays = {"ids": keys, "rows": full, "last_seen": meta[:, 0].copy(), "count": meta[:, 1].copy()}
             for name, ch in self._changes.items():
                 t, e = ch.peek()
@@ -582,7 +571,7 @@ class EmbeddingTable:
                 np.ascontiguousarray(full, np.float32),
             )
             m = np.ascontiguousarray(np.stack([last_seen, count], axis=1).astype(np.int32))
-            R.scatter_meta(table._rows.mptrs, table._rows.bits, rows, m)
+            table._rows.scatter_meta(rows, m)
             table._index.insert(np.ascontiguousarray(ids, np.int64), rows)
         if table._filter is not None and "filter" in meta:
             farrays = strip_prefix("filter", arrays)
