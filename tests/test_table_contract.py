@@ -449,6 +449,66 @@ def test_grouped_calls_over_many_tables_equal_calls_per_table(ray_servers):
             t.close()
 
 
+def test_a_model_over_ray_tables_trains_like_one_over_local_tables(ray_servers):
+    """DeepFM over RayShardedTables reads and updates all its slots in grouped calls (one per
+    server); it must compute and train exactly as the same model over in-process tables."""
+    import torch
+    from torch import nn
+
+    from freshrec.model import CollisionlessEmbedding, DeepFM, FeatureSpec, SparseOptimizer
+    from freshrec.model.features import SlotSpec
+    from freshrec.ps.ray_ps import RayShardedTable
+
+    spec = FeatureSpec(
+        slots=(SlotSpec(name="user"), SlotSpec(name="item"), SlotSpec(name="tags", multi_valued=True)),
+        dim=4,
+        optimizer=Adagrad(lr=0.1),
+    )
+
+    def model(make):
+        layers = {
+            n: CollisionlessEmbedding(spec.table_config(n, extra_columns=1), table=make(n))
+            for n in spec.names
+        }
+        return DeepFM(spec, nn.ModuleDict(layers), hidden=(8,), seed=3)
+
+    suffix = next(_names)
+    remote = model(
+        lambda n: RayShardedTable(
+            replace(spec.table_config(n, extra_columns=1), name=f"{n}-{suffix}"), servers=ray_servers
+        )
+    )
+    local = model(lambda n: ShardedTable(spec.table_config(n, extra_columns=1), shards=RAY_SHARDS))
+    opts = [(torch.optim.SGD(m.dense_parameters(), lr=0.1), SparseOptimizer(m)) for m in (remote, local)]
+    try:
+        rng = np.random.default_rng(5)
+        for step in range(3):
+            b = 16
+            sparse = {
+                "user": torch.from_numpy(rng.integers(-20, 20, b)),
+                "item": torch.from_numpy(rng.integers(0, 30, b)),
+                "tags": (torch.from_numpy(rng.integers(0, 9, 2 * b)), torch.arange(0, 2 * b, 2)),
+            }
+            label = torch.from_numpy(rng.integers(0, 2, b).astype(np.float32))
+            logits = []
+            for m, (dense_opt, sparse_opt) in zip((remote, local), opts, strict=True):
+                logit = m(sparse)
+                m.loss(logit, label).backward()
+                dense_opt.step()
+                dense_opt.zero_grad()
+                sparse_opt.step(now=float(step))
+                logits.append(logit.detach().numpy())
+            np.testing.assert_allclose(logits[0], logits[1], rtol=1e-6, atol=1e-6)
+        for n in spec.names:
+            q = np.arange(-25, 35)
+            np.testing.assert_array_equal(
+                remote.embeddings[n].table.lookup(q), local.embeddings[n].table.lookup(q)
+            )
+    finally:
+        for n in spec.names:
+            remote.embeddings[n].table.close()
+
+
 def test_ray_shards_partition_like_in_process_shards(ray_servers):
     import ray
 

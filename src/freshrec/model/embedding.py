@@ -46,8 +46,8 @@ same numbers (tests/test_embedding_layer.py).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -60,9 +60,12 @@ from freshrec.table import EmbeddingTable, TableConfig
 __all__ = [
     "CollisionlessEmbedding",
     "HashedEmbedding",
+    "ids_numpy",
     "SparseOptimizer",
+    "apply_gradients_grouped",
     "collision_rate",
     "hash_ids",
+    "lookup_grouped",
     "unique_inverse",
 ]
 
@@ -70,7 +73,7 @@ Mode = Literal["sum", "mean"]
 HashKind = Literal["mix", "modulo", "md5"]
 
 
-def _ids_numpy(ids: torch.Tensor | np.ndarray) -> np.ndarray:
+def ids_numpy(ids: torch.Tensor | np.ndarray) -> np.ndarray:
     """ids as a C-contiguous int64 numpy array (a view when already int64 on CPU)."""
     if isinstance(ids, torch.Tensor):
         ids = ids.detach()
@@ -133,6 +136,33 @@ def _check_mode(mode: str) -> None:
         raise ValueError(msg)
 
 
+def lookup_grouped(tables: Sequence[Any], ids: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """`[t.lookup(x) for t, x in zip(tables, ids)]`, in one grouped call when the tables' class
+    offers one (`lookup_group`: remote shard servers answer all tables of a batch in one round
+    trip per server, see `freshrec.ps.ray_ps.lookup_many`)."""
+    group = getattr(type(tables[0]), "lookup_group", None) if tables else None
+    if group is not None and len(tables) > 1 and all(type(t) is type(tables[0]) for t in tables):
+        return group(tables, ids)
+    return [t.lookup(x) for t, x in zip(tables, ids, strict=True)]
+
+
+def apply_gradients_grouped(
+    tables: Sequence[Any],
+    ids: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    *,
+    now: float,
+    counts: Sequence[np.ndarray],
+) -> None:
+    """`t.apply_gradients(x, g, now=now, counts=c)` per table, grouped as in `lookup_grouped`."""
+    group = getattr(type(tables[0]), "apply_gradients_group", None) if tables else None
+    if group is not None and len(tables) > 1 and all(type(t) is type(tables[0]) for t in tables):
+        group(tables, ids, grads, now=now, counts=counts)
+        return
+    for t, x, g, c in zip(tables, ids, grads, counts, strict=True):
+        t.apply_gradients(x, g, now=now, counts=c)
+
+
 class CollisionlessEmbedding(nn.Module):
     """One feature slot's embeddings, one row per id, in a collisionless `EmbeddingTable`.
 
@@ -150,12 +180,23 @@ class CollisionlessEmbedding(nn.Module):
         self._pending: list[tuple[np.ndarray, np.ndarray, torch.Tensor]] = []
 
     def forward(
-        self, ids: torch.Tensor, offsets: torch.Tensor | None = None, mode: Mode = "sum"
+        self,
+        ids: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        mode: Mode = "sum",
+        *,
+        looked_up: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
     ) -> torch.Tensor:
-        """Rows of `ids` (B,) -> (B, dim), or pooled bags of flat `ids` split at `offsets` (B,)."""
-        ids_np = _ids_numpy(ids)
-        uniq, inv, counts = unique_inverse(ids_np)  # (U,), (N,), (U,)
-        w = torch.from_numpy(self.table.lookup(uniq))  # (U, dim) float32
+        """Rows of `ids` (B,) -> (B, dim), or pooled bags of flat `ids` split at `offsets` (B,).
+
+        `looked_up`: (`unique_inverse(ids)`, the table's rows of its unique ids), when the caller
+        has read them already (`SlotModel.embed` reads all slots' tables in one grouped call)."""
+        if looked_up is None:
+            uniq, inv, counts = unique_inverse(ids_numpy(ids))  # (U,), (N,), (U,)
+            rows = self.table.lookup(uniq)
+        else:
+            (uniq, inv, counts), rows = looked_up
+        w = torch.from_numpy(rows)  # (U, dim) float32
         if self.training and torch.is_grad_enabled():
             w.requires_grad_(True)
             self._pending.append((uniq, counts, w))
@@ -192,23 +233,28 @@ class SparseOptimizer:
         self.embeddings: list[CollisionlessEmbedding] = list(found.values())
 
     def step(self, now: float) -> None:
+        tables, ids, grads, counts = [], [], [], []
         for emb in self.embeddings:
             pending, emb._pending = emb._pending, []
             parts = [(u, c, w.grad.numpy()) for u, c, w in pending if w.grad is not None]
             if not parts:
                 continue
             if len(parts) == 1:
-                uniq, counts, grad = parts[0]
+                uniq, counts_, grad = parts[0]
             else:  # the layer ran more than once: one optimizer step with the summed gradients
                 cat_ids = np.concatenate([p[0] for p in parts])
                 uniq, inv, _ = unique_inverse(cat_ids)
-                counts = np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(uniq))
-                counts = counts.astype(np.int64)
+                counts_ = np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(uniq))
+                counts_ = counts_.astype(np.int64)
                 grad = np.zeros((len(uniq), emb.table.dim), dtype=np.float32)
                 np.add.at(grad, inv, np.concatenate([p[2] for p in parts]))
             # ids are distinct and their gradients summed: pass the occurrence counts (filter, LFU)
-            grad = np.ascontiguousarray(grad, dtype=np.float32)
-            emb.table.apply_gradients(uniq, grad, now=float(now), counts=counts)
+            tables.append(emb.table)
+            ids.append(uniq)
+            grads.append(np.ascontiguousarray(grad, dtype=np.float32))
+            counts.append(counts_)
+        if tables:
+            apply_gradients_grouped(tables, ids, grads, now=float(now), counts=counts)
 
     def zero_grad(self) -> None:
         for emb in self.embeddings:
@@ -326,11 +372,11 @@ class HashedEmbedding(nn.Module):
 
     def buckets(self, ids: torch.Tensor | np.ndarray) -> np.ndarray:
         """Bucket of each id, int64 (N,)."""
-        return hash_ids(_ids_numpy(ids), self.num_buckets, self.hash, self.hash_seed)
+        return hash_ids(ids_numpy(ids), self.num_buckets, self.hash, self.hash_seed)
 
     def collision_rate(self, ids: torch.Tensor | np.ndarray) -> float:
         """Fraction of the distinct `ids` that share a bucket with another id in `ids`."""
-        return collision_rate(_ids_numpy(ids), self.num_buckets, self.hash, self.hash_seed)
+        return collision_rate(ids_numpy(ids), self.num_buckets, self.hash, self.hash_seed)
 
     def forward(
         self, ids: torch.Tensor, offsets: torch.Tensor | None = None, mode: Mode = "sum"

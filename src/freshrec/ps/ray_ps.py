@@ -415,6 +415,10 @@ class RayShardedTable:
     them by `close()`). Ray must be initialized first (`ray.init(...)` or `start_local_cluster()`).
     """
 
+    # how a model reads and updates several tables at once (`freshrec.model.embedding.lookup_grouped`)
+    lookup_group = staticmethod(lookup_many)
+    apply_gradients_group = staticmethod(apply_gradients_many)
+
     def __init__(
         self,
         config: TableConfig,
