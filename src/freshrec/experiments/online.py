@@ -234,22 +234,15 @@ def run_online_experiment(
     """Run the experiment (see the module docstring) and return its report."""
     import torch
 
-    from freshrec.data.globo import load_globo
-    from freshrec.data.paths import dataset_path
-    from freshrec.data.splits import split_by_time
+    from freshrec.experiments._globo import load_split, train_batch_model
     from freshrec.ps.serving import ServingReplica
     from freshrec.ps.sync import SyncPublisher, SyncSubscriber
     from freshrec.stream.log import MemoryLog
-    from freshrec.train.batch import TrainConfig, build_model, save_checkpoint, spec_for, train_model
     from freshrec.train.metrics import auc
     from freshrec.train.online import OnlineConfig, OnlineTrainer
 
     t_start = time.perf_counter()
-    p = Path(path) if path else dataset_path("globo")
-    ds: Any = load_globo(p, k=config.k, limit=config.limit)
-    past: Any
-    rest: Any
-    past, rest = split_by_time(ds, train_frac=config.train_frac)
+    ds, past, rest = load_split(config, path)
     log(
         f"globo: {len(ds):,} examples; batch training on {len(past):,}, streaming {len(rest):,} "
         f"({(rest.ts[-1] - rest.ts[0]) / 3600:.1f} h of data time)"
@@ -272,20 +265,8 @@ def run_online_experiment(
     max_diff = 0.0
     try:
         for seed in config.seeds:
-            tc = TrainConfig(
-                epochs=config.epochs,
-                batch_size=config.batch_size,
-                dim=config.dim,
-                hidden=config.hidden,
-                dense_lr=config.dense_lr,
-                sparse_lr=config.sparse_lr,
-                seed=seed,
-                shuffle=False,
-            )
             t0 = time.perf_counter()
-            model = build_model(spec_for(past, tc), tc)
-            train_model(past, None, tc, model=model)
-            ckpt = save_checkpoint(model, root / f"batch-seed{seed}", {"seed": seed})
+            model, ckpt = train_batch_model(config, past, seed=seed, out=root / f"batch-seed{seed}")
             batch_scores = _scores(model, rest)
             log(f"seed {seed}: batch model trained in {time.perf_counter() - t0:.0f} s")
             report.batch_pooled.append(auc(labels, batch_scores))

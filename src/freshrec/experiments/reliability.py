@@ -271,10 +271,7 @@ def run_reliability_experiment(
     import torch
 
     from freshrec.checkpoint.periodic import load_full, save_full
-    from freshrec.data.globo import load_globo
-    from freshrec.data.paths import dataset_path
-    from freshrec.data.splits import split_by_time
-    from freshrec.train.batch import TrainConfig, build_model, save_checkpoint, spec_for, train_model
+    from freshrec.experiments._globo import load_split, train_batch_model
     from freshrec.train.metrics import auc
     from freshrec.train.online import OnlineConfig, OnlineTrainer
 
@@ -285,8 +282,7 @@ def run_reliability_experiment(
     tmp = tempfile.TemporaryDirectory() if workdir is None else None
     root = Path(tmp.name if tmp else workdir)  # type: ignore[arg-type]
     try:
-        ds: Any = load_globo(Path(path) if path else dataset_path("globo"), k=config.k, limit=config.limit)
-        past, rest = split_by_time(ds, train_frac=config.train_frac)
+        ds, past, rest = load_split(config, path)
         B = config.batch_size
         n = len(rest)
         fail = max(B, int(n * config.fail_at) // B * B)
@@ -294,14 +290,8 @@ def run_reliability_experiment(
         log(f"globo: {len(ds):,} examples; batch training on {len(past):,}, streaming {n:,} "
             f"({(rest.ts[-1] - t0) / 3600:.1f} h); shard fails at position {fail:,} "
             f"({(rest.ts[fail - 1] - t0) / 3600:.1f} h)")
-        tc = TrainConfig(
-            epochs=config.epochs, batch_size=B, dim=config.dim, hidden=config.hidden,
-            dense_lr=config.dense_lr, sparse_lr=config.sparse_lr, seed=config.seed, shuffle=False,
-        )
         torch.manual_seed(config.seed)
-        model = build_model(spec_for(past, tc), tc)
-        train_model(past, None, tc, model=model)
-        ckpt = save_checkpoint(model, root / "batch", {"seed": config.seed})
+        model, ckpt = train_batch_model(config, past, seed=config.seed, out=root / "batch")
         del model
         oc = OnlineConfig(batch_size=B, dense_lr=config.dense_lr)
 
