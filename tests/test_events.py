@@ -65,6 +65,8 @@ def test_all_is_curated():
         "example_from_feature_bytes",
         "feature_wire",
         "action_fields",
+        "feature_wires",
+        "action_fields_many",
         *(
             f"{d}_{k}"
             for d in ("encode", "decode")
@@ -230,6 +232,33 @@ def _only_event_error(data) -> None:
         assert a is None
     else:
         assert a is not None and fields == (a.request_id, a.action, a.value, a.ts)
+    _batch_agrees([data])
+
+
+def _one(fn, data):
+    try:
+        return fn(data)
+    except EventError as e:
+        return ("error", str(e))
+
+
+def _batch_agrees(records: list[bytes]) -> None:
+    """The batch decoders give, record by record, what `feature_wire` / `action_fields` give
+    (the same tuple, or an error with the same message), whatever surrounds each record."""
+    data = b"#".join(records)
+    spans, pos = [], 0
+    for r in records:
+        spans.append((pos, pos + len(r)))
+        pos += len(r) + 1
+    for many, one in ((ev.feature_wires, ev.feature_wire), (ev.action_fields_many, ev.action_fields)):
+        got = [("error", str(x)) if isinstance(x, EventError) else x for x in many(data, spans)]
+        want = []
+        for r in records:
+            w = _one(one, r)
+            want.append(w if w[0] == "error" else (w[0].encode("utf-8"), *w[1:]))
+        assert got == want
+        # exact float equality, -0.0 included
+        assert [repr(x) for x in got] == [repr(x) for x in want]
 
 
 @settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -289,6 +318,60 @@ def test_fuzz_truncated_and_flipped(f, cut):
     flipped = bytearray(b)
     flipped[cut % len(b)] ^= 0x5A
     _only_event_error(bytes(flipped))
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.one_of(features.map(encode_feature), actions.map(encode_action)), max_size=6),
+       st.data())
+def test_batch_decoders_equal_one_by_one(records, data):
+    """Whole polls of canonical records (the kernels' fast path), mutated here and there."""
+    out = []
+    for r in records:
+        k = data.draw(st.integers(0, 3))
+        if k == 1:
+            r = r[: data.draw(st.integers(0, len(r)))]
+        elif k == 2:
+            i = data.draw(st.integers(0, len(r) - 1))
+            r = r[:i] + bytes([data.draw(st.sampled_from(b'-0123456789.eE+,:{}[]" a\\x\xff'))]) + r[i + 1 :]
+        out.append(r)
+    _batch_agrees(out)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{},"dense":{},"ts":1}',
+        b'{"request_id":"r","user_id":-0,"item_id":123456789012345678,"sparse":{"a":[],"":[-1,0]},'
+        b'"dense":{"x":-0,"y":1E+99,"z":-1.5e-07},"ts":0.0}',
+        b'{"request_id":"r","user_id":1234567890123456789,"item_id":2,"sparse":{},"dense":{},"ts":1}',
+        b'{"request_id":"r","user_id":9223372036854775808,"item_id":2,"sparse":{},"dense":{},"ts":1}',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{"a":[1.0]},"dense":{},"ts":1}',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{"a":[01]},"dense":{},"ts":1}',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{},"dense":{"x":1e999},"ts":1}',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{},"dense":{"x":1e400},"ts":1}',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{},"dense":{},"ts":1e11}',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{},"dense":{},"ts":99999999999.99999}',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{},"dense":{},"ts":-0.0}',
+        b'{"request_id":"","user_id":1,"item_id":2,"sparse":{},"dense":{},"ts":1}',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{"a":[1],"a":[true]},"dense":{},"ts":1}',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{"a":[1.5],"a":[1]},"dense":{},"ts":1}',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{},"dense":{},"ts":1} ',
+        b'{"request_id":"r","user_id":1,"item_id":2,"sparse":{},"dense":{},"ts":1,"x":1}',
+        b'{"request_id":"r\\u0041","user_id":1,"item_id":2,"sparse":{},"dense":{},"ts":1}',
+        b'{"request_id":"\xc3\xa9","user_id":1,"item_id":2,"sparse":{},"dense":{},"ts":1}',
+        b'{"request_id":"r","action":"click","value":-0,"ts":1}',
+        b'{"request_id":"r","action":"click","value":-0.0,"ts":1}',
+        b'{"request_id":"r","action":"click","value":1e5,"ts":1}',
+        b'{"request_id":"r","action":"","value":1,"ts":1}',
+        b'{"request_id":"r","action":"click","value":1,"ts":-1}',
+        b'{"request_id":"r","action":"click","value":1.,"ts":1}',
+        b'{"request_id":"r","action":"click","value":1,"ts":1}}',
+        b'{"request_id":"' + b"r" * 256 + b'","action":"' + b"c" * 257 + b'","value":1,"ts":1}',
+    ],
+)
+def test_batch_decoders_edge_cases(record):
+    _batch_agrees([record])
+    _batch_agrees([record, record[:-1], record])
 
 
 def test_docs_examples_decode():

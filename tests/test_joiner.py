@@ -203,6 +203,40 @@ def test_joiner_in_memory_equals_reference():
     assert ts == sorted(ts)  # emitted at window close: in impression-time order
 
 
+def test_joiner_on_local_log_equals_reference(tmp_path):
+    """The local log's block path (whole reads in, `append_many` out) gives the oracle's output,
+    and dead letters carry the original bytes."""
+    from freshrec.stream.local_log import LocalBackend, LocalLogConfig
+
+    feats, acts = simulate(1500, seed=3)
+    bad = b'{"request_id":"zz","user_id":1.0,"item_id":2,"sparse":{},"dense":{},"ts":1}'
+    feats.insert(10, bad)  # canonical layout, wrong type: refused by the kernel and the decoder
+    backend = LocalBackend(tmp_path / "logs", config=LocalLogConfig(segment_bytes=16 << 10))
+    write(backend, "features", feats, 2)
+    write(backend, "actions", acts, 3)
+    assert hasattr(backend.log("features").consumer("probe"), "poll_blocks")
+    store = LmdbStore(tmp_path / "store", JOIN_TABLES, map_size=1 << 26)
+    j = _joiner(backend, store, cache_entries=8)
+    stats = j.run(until_idle=True)
+    j.close()
+    assert read_examples(backend.log("examples")) == reference(feats, acts)
+    assert stats.duplicate_features > 0 and stats.early_joined > 0 and stats.early_expired > 0
+    letters = [decode_dead_letter(r.value) for r in backend.log("dead").consumer("t").poll(10**6)]
+    assert len(letters) == stats.dead_letters > 0
+    for d in letters:
+        src = feats if d.source == "features" else acts
+        assert d.data in src and ("user_id" in d.reason or "not UTF-8" in d.reason)
+    (d,) = [d for d in letters if d.data == bad]
+    c = backend.log("features").consumer("t", partitions=[d.partition])
+    c.seek(d.partition, d.offset)
+    assert c.poll(1)[0].value == bad  # the letter names where the record is
+    # the consumers' positions were committed (at close at the latest): where the store says
+    committed = backend.log("features").consumer(j.config.group).committed()
+    assert sum(committed.values()) == len(feats)
+    store.close()
+    backend.close()
+
+
 def test_joiner_tiny_cache_through_lmdb_with_sampling(tmp_path):
     feats, acts = simulate(1500, seed=2)
     backend = MemoryBackend()
@@ -290,9 +324,9 @@ def _join_cmd(log_dir: Path, store_dir: Path) -> list[str]:
         "--early-ttl",
         "30",
         "--batch",
-        "100",
+        "50",
         "--poll",
-        "40",
+        "20",
         "--cache-entries",
         "64",
         "--map-size-gb",
@@ -326,7 +360,7 @@ def test_joiner_subprocess_survives_kill_9(tmp_path):
         assert proc.stdout is not None
         for _ in range(rng.randint(1, 4)):  # one stats line per committed batch
             proc.stdout.readline()
-        time.sleep(rng.uniform(0.0, 0.05))  # then somewhere inside the next batch
+        time.sleep(rng.uniform(0.0, 0.01))  # then somewhere inside the next batch (~ms each)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1

@@ -39,9 +39,17 @@ idempotent, so a duplicated action never doubles a label. Consequences:
   late (it has the same ts), so no emitted-set is needed for deduplication in steady state.
 
 Storage. Pending impressions (features + labels so far), their close-time index, early actions
-and the joiner's positions live in a `JoinStore` (LMDB on disk). A bounded `LruCache` of recent
-impressions sits in front, so most actions join without touching the store; memory is bounded by
-the cache and the early-action cap, not by the stream's length or the windows.
+and the joiner's positions live in a `JoinStore` (LMDB on disk). A bounded `LruCache` of the
+impressions that actions joined sits in front, so further actions on them skip the store's read;
+memory is bounded by the cache and the early-action cap, not by the stream's length or the windows.
+
+Speed. The work is done a poll at a time where it can be: a poll of the local log comes as whole
+reads (`LocalConsumer.poll_blocks`, no object per record), its records are validated in one
+kernel pass (`events.feature_wires`, `events.action_fields_many`), a new impression is stored
+with one insert-if-absent (which is also the duplicate check), closing takes due keys off the
+index with a cursor and pops the impression in one call, an example is spliced from the
+impression's bytes as they arrived, and the batch's examples are framed in one call
+(`LocalLog.append_many`). One store commit and one flush per output log per batch.
 
 Commit protocol (exactly-once effect). One batch:
 
@@ -52,7 +60,9 @@ Commit protocol (exactly-once effect). One batch:
 3. append the examples and dead letters; `flush()` both logs (durable);
 4. write the state record (input positions, per-source max_ts, wm, the examples log's end
    offsets) and commit the store transaction - state and positions move together, atomically;
-5. commit the consumers' positions (informational; the store's positions are the truth).
+5. commit the consumers' positions (informational; the store's positions are the truth): at
+   most once per `commit_consumers_s` of wall time, when the inputs run dry, and at `close()`,
+   so that a batch costs one fsync per written log plus the store's commit.
 
 A crash before 4 loses nothing: the restarted joiner seeks the inputs to the positions in the
 store and redoes the batch. But examples of that batch may already be in the log (after 3, or
@@ -75,9 +85,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from freshrec.errors import ConfigError, EventError
-from freshrec.stream.events import DeadLetter, action_fields, encode_dead_letter, feature_wire
-from freshrec.stream.log import Consumer, Log, Record
+from freshrec.stream.events import DeadLetter, action_fields_many, encode_dead_letter, feature_wires
+from freshrec.stream.log import Consumer, Log
 from freshrec.stream.sampling import SamplingConfig, keep_negative
 from freshrec.stream.store import JoinStore, LruCache
 
@@ -87,6 +99,7 @@ JOIN_TABLES = ("pending", "due", "early", "early_due", "ahead", "meta")
 _STATE_KEY = b"state"
 _HEAD = struct.Struct("<dIB")  # pending value: ts, len(labels json), emitted flag; labels, feature
 _T0 = 1 << 63
+_U64BE = struct.Struct(">Q").pack
 
 
 def _us(t: float) -> int:
@@ -95,7 +108,7 @@ def _us(t: float) -> int:
 
 def _tkey(us: int) -> bytes:
     """Sortable 8-byte key of a time in microseconds (sign flipped, big endian)."""
-    return struct.pack(">Q", us + _T0)
+    return _U64BE(us + _T0)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -108,7 +121,8 @@ class JoinerConfig:
         allowed_lateness_s: how far (seconds) events may arrive out of order within a partition.
         early_action_ttl_s: how long an action may wait for its impression, past the watermark.
         max_early_actions: cap on buffered early request_ids; more are dropped (counted).
-        cache_entries / cache_bytes: bounds of the in-memory cache of pending impressions.
+        cache_entries / cache_bytes: bounds of the in-memory cache of pending impressions that
+            actions joined.
         poll_records: records per poll of one input partition.
         poll_timeout_s: how long a poll waits for records (wall time). An empty poll marks the
             partition idle, so over Kafka give it a fetch round trip (e.g. 0.2); 0 suits the
@@ -121,6 +135,9 @@ class JoinerConfig:
             (Monolith's behaviour) instead of at window close; actions joining later do not
             change it. Negatives still wait for the window to close.
         group: consumer group name of the joiner on its input logs.
+        commit_consumers_s: least wall time (seconds) between two commits of the consumers'
+            positions to the input logs (for lag monitoring; the store's positions are what a
+            restart uses). 0: after every batch.
     """
 
     windows: Mapping[str, float]
@@ -136,6 +153,7 @@ class JoinerConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     emit_early_positives: bool = False
     group: str = "joiner"
+    commit_consumers_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.windows:
@@ -145,7 +163,8 @@ class JoinerConfig:
             if not (isinstance(w, int | float) and 0 <= w < 1e9):
                 msg = f"JoinerConfig.windows[{a!r}] must be seconds in [0, 1e9), got {w!r}"
                 raise ConfigError(msg)
-        for name in ("allowed_lateness_s", "early_action_ttl_s", "poll_timeout_s", "max_batch_s"):
+        for name in ("allowed_lateness_s", "early_action_ttl_s", "poll_timeout_s", "max_batch_s",
+                     "commit_consumers_s"):
             v = getattr(self, name)
             if not 0 <= v < 1e9:
                 msg = f"JoinerConfig.{name} must be seconds in [0, 1e9), got {v!r}"
@@ -188,15 +207,18 @@ class _Source:
     """One input partition: its consumer, the largest ts processed, and records read ahead.
 
     `buf` holds decoded records polled but not yet processed, in log order, as tuples
-    `(ts, offset, request_id, ...)`; `buf_max` is the largest ts among them.
+    `(ts, offset, request_id as UTF-8 bytes, ...)`; `buf_max` is the largest ts among them.
     """
 
-    __slots__ = ("buf", "buf_max", "consumer", "idle", "is_feature", "log", "max_ts", "name", "partition")
+    __slots__ = ("buf", "buf_max", "consumer", "idle", "is_feature", "log", "max_ts", "name", "partition",
+                 "poll_blocks")
 
     def __init__(self, log: Log, partition: int, consumer: Consumer, is_feature: bool) -> None:
         self.log = log
         self.partition = partition
         self.consumer = consumer
+        # the local log hands out whole reads (`LocalConsumer.poll_blocks`): no object per record
+        self.poll_blocks: Callable[..., list] | None = getattr(consumer, "poll_blocks", None)
         self.is_feature = is_feature
         self.name = f"{log.name}/{partition}"
         self.max_ts = -math.inf
@@ -220,7 +242,8 @@ class Joiner:
         store: the joiner's state (`LmdbStore` for crash safety, `MemoryStore` in tests);
             opened with the tables in `JOIN_TABLES`. Use it from the thread that created it
             (an LMDB write transaction belongs to its thread).
-        clock: monotonic wall seconds, for `max_batch_s` only (never for data time).
+        clock: monotonic wall seconds, for `max_batch_s` and `commit_consumers_s` only (never
+            for data time).
     """
 
     def __init__(self, *, config: JoinerConfig, features: Log, actions: Log, examples: Log,
@@ -247,12 +270,17 @@ class Joiner:
         self._wm_us = -(1 << 62)
         self._out_offsets: list[int] = []
         self._label_memo: dict[tuple[float, ...], bytes] = {}
+        self._saved_labels: dict[tuple, bytes] = {}  # labels as stored with a pending impression
         self._have_early = True
         self._check_ahead = True
         self._out: list[tuple[bytes, bytes]] = []  # (key, example) of the batch being processed
+        self._due: list[tuple[bytes, bytes]] = []  # ("due" key, b"") of the batch's new impressions
         self._early_positives = config.emit_early_positives
+        self._consumers_behind = False  # a store commit moved positions the consumers lack
+        self._consumers_due = -math.inf
         self._rate = config.sampling.negative_rate
         self._rate_tail = b',"sample_rate":' + json.dumps(float(self._rate)).encode() + b"}"
+        self._no_labels = self._labels_json({})
         self._recover()
 
     # ------------------------------------------------------------------ recovery and state
@@ -356,8 +384,17 @@ class Joiner:
         return entry
 
     def _save(self, key: bytes, entry: list) -> None:
-        lab = json.dumps(entry[1]).encode() if entry[1] else b""
-        self.store.put("pending", key, _HEAD.pack(entry[0], len(lab), entry[3]) + lab + entry[2])
+        got = entry[1]
+        if got:
+            memo = tuple(got.items())
+            lab = self._saved_labels.get(memo)
+            if lab is None:
+                if len(self._saved_labels) > 4096:
+                    self._saved_labels.clear()
+                lab = self._saved_labels[memo] = json.dumps(got).encode()
+        else:
+            lab = b""
+        self.store.put("pending", key, b"".join((_HEAD.pack(entry[0], len(lab), entry[3]), lab, entry[2])))
 
     def _apply(self, entry: list, action: str, value: float, ts: float) -> bool:
         """Join one action to a pending impression; True when its labels changed."""
@@ -373,33 +410,56 @@ class Joiner:
 
     # ------------------------------------------------------------------ records
 
-    def _dead(self, src: _Source, rec: Record, err: Exception, out: list[bytes]) -> None:
+    def _dead(self, src: _Source, offset: int, value: bytes, err: Exception, out: list[bytes]) -> None:
         self.stats.dead_letters += 1
-        letter = DeadLetter(str(err), src.log.name, rec.partition, rec.offset, rec.value)
+        letter = DeadLetter(str(err), src.log.name, src.partition, offset, value)
         out.append(encode_dead_letter(letter))
 
-    def _decode(self, src: _Source, recs: list[Record], dead: list[bytes]) -> None:
+    def _poll(self, src: _Source) -> list[tuple[bytes, np.ndarray, Any]]:
+        """One poll of `src` as (data, value spans (n, 2), offsets) pieces; [] when empty."""
+        cfg = self.config
+        if src.poll_blocks is not None:
+            return [(b.data, b.spans, range(b.offset, b.offset + len(b.spans)))
+                    for b in src.poll_blocks(max_records=cfg.poll_records, timeout_s=cfg.poll_timeout_s)]
+        recs = src.consumer.poll(max_records=cfg.poll_records, timeout_s=cfg.poll_timeout_s)
+        if not recs:
+            return []
+        values = [r.value for r in recs]
+        ends = np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)))
+        spans = np.empty((len(values), 2), dtype=np.int64)
+        spans[:, 1] = ends
+        spans[0, 0] = 0
+        spans[1:, 0] = ends[:-1]
+        return [(b"".join(values), spans, [r.offset for r in recs])]
+
+    def _decode(self, src: _Source, pieces: list[tuple[bytes, np.ndarray, Any]], dead: list[bytes]) -> None:
         """Decode polled records into `src.buf`; records that fail go to the dead letters."""
         buf = src.buf
+        add = buf.append
         top = src.buf_max
-        for rec in recs:
-            try:
-                if src.is_feature:
-                    rid, ts, fb = feature_wire(rec.value)
-                    item: tuple = (ts, rec.offset, rid, fb)
-                else:
-                    rid, action, value, ts = action_fields(rec.value)
-                    item = (ts, rec.offset, rid, action, value)
-            except EventError as e:
-                self._dead(src, rec, e, dead)
-                continue
-            buf.append(item)
-            if ts > top:
-                top = ts
+        for data, spans, offsets in pieces:
+            if src.is_feature:
+                for i, (fres, off) in enumerate(zip(feature_wires(data, spans), offsets, strict=True)):
+                    if isinstance(fres, EventError):
+                        self._dead(src, off, data[spans[i, 0] : spans[i, 1]], fres, dead)
+                        continue
+                    key, ts, fb = fres
+                    add((ts, off, key, fb))
+                    if ts > top:
+                        top = ts
+            else:
+                for i, (ares, off) in enumerate(zip(action_fields_many(data, spans), offsets, strict=True)):
+                    if isinstance(ares, EventError):
+                        self._dead(src, off, data[spans[i, 0] : spans[i, 1]], ares, dead)
+                        continue
+                    key, action, value, ts = ares
+                    add((ts, off, key, action, value))
+                    if ts > top:
+                        top = ts
         src.buf_max = top
 
     def _feature(self, src: _Source, item: tuple) -> None:
-        ts, _, rid, fb = item
+        ts, _, key, fb = item
         self.stats.features += 1
         if ts > src.max_ts:
             src.max_ts = ts
@@ -407,41 +467,49 @@ class Joiner:
         if deadline < self._wm_us:
             self.stats.late_features += 1
             return
-        key = rid.encode("utf-8")
-        if self.store.get("pending", key) is not None:  # the cache is write-through: the store has all
+        store = self.store
+        if self._have_early:
+            if store.get("pending", key) is not None:
+                self.stats.duplicate_features += 1
+                return
+            early = store.get("early", key)
+            if early is not None:
+                self._feature_with_early(key, ts, fb, early)
+            else:
+                store.put("pending", key, _HEAD.pack(ts, 0, False) + fb)
+        elif not store.insert("pending", key, _HEAD.pack(ts, 0, False) + fb):
             self.stats.duplicate_features += 1
             return
-        entry = [ts, {}, fb, False]
-        early = self.store.get("early", key) if self._have_early else None
-        if early is not None:
-            exp, acts = json.loads(early)
-            self.store.delete("early", key)
-            self.store.delete("early_due", _tkey(exp) + key)
-            for a, v, t_a in acts:
-                self.stats.early_joined += 1
-                self._apply(entry, a, v, t_a)
-            if self._early_positives and any(v > 0.0 for v in entry[1].values()):
-                self._emit(key, entry)
-                entry[3] = True
-                self.stats.early_emitted += 1
+        self._due.append((_U64BE(deadline + _T0) + key, b""))  # stored in one call before closing
+
+    def _feature_with_early(self, key: bytes, ts: float, fb: bytes, early: bytes) -> None:
+        """Store a new impression that has early actions waiting: apply them first."""
+        entry: list[Any] = [ts, {}, fb, False]
+        exp, acts = json.loads(early)
+        self.store.delete("early", key)
+        self.store.delete("early_due", _tkey(exp) + key)
+        for a, v, t_a in acts:
+            self.stats.early_joined += 1
+            self._apply(entry, a, v, t_a)
+        if self._early_positives and any(v > 0.0 for v in entry[1].values()):
+            self._emit(key, entry[1], fb)
+            entry[3] = True
+            self.stats.early_emitted += 1
         self._save(key, entry)
-        self.store.put("due", _tkey(deadline) + key, b"")
-        self._cache.put(key, entry)
 
     def _action(self, src: _Source, item: tuple) -> None:
-        ts, _, rid, action, value = item
+        ts, _, key, action, value = item
         self.stats.actions += 1
         if ts > src.max_ts:
             src.max_ts = ts
         if action not in self._windows:
             self.stats.unknown_actions += 1
             return
-        key = rid.encode("utf-8")
         entry = self._load(key)
         if entry is not None:
             if self._apply(entry, action, value, ts):
                 if self._early_positives and not entry[3] and value > 0.0:
-                    self._emit(key, entry)
+                    self._emit(key, entry[1], entry[2])
                     entry[3] = True
                     self.stats.early_emitted += 1
                 self._save(key, entry)
@@ -493,19 +561,19 @@ class Joiner:
             self._wm = cand
             self._wm_us = _us(cand)
 
-    def _emit(self, key: bytes, entry: list) -> None:
-        """Append the example of `entry` to this batch's output (unless written ahead or sampled out)."""
+    def _emit(self, key: bytes, got: dict[str, float] | None, fb: bytes | memoryview) -> None:
+        """Append the example of impression `key` (labels `got`, feature bytes `fb`) to this
+        batch's output, unless it was written ahead or is sampled out."""
         if self._check_ahead and self.store.delete("ahead", key):
             self.stats.skipped_ahead += 1
             return
-        got = entry[1]
         if got and any(v > 0.0 for v in got.values()):
             self.stats.positives += 1
         elif self._rate < 1.0 and not keep_negative(key.decode("utf-8"), self.config.sampling):
             self.stats.sampled_out += 1
             return
-        fb = entry[2]
-        self._out.append((key, b"".join((fb[:-1], b',"labels":', self._labels_json(got), self._rate_tail))))
+        lab = self._labels_json(got) if got else self._no_labels
+        self._out.append((key, b"".join((fb[:-1], b',"labels":', lab, self._rate_tail))))
 
     def _close(self) -> int:
         """Emit impressions whose windows closed and expire early actions; returns how many."""
@@ -513,29 +581,32 @@ class Joiner:
             return 0
         stop = _tkey(self._wm_us)
         done = 0
+        store = self.store
+        cache = self._cache
+        head = _HEAD.size
         while True:
-            rows = self.store.scan("due", stop, limit=10_000)
+            rows = store.take("due", stop, limit=10_000)
             if not rows:
                 break
             for dkey, _ in rows:
                 key = dkey[8:]
-                self.store.delete("due", dkey)
-                entry = self._cache.pop(key)
-                if entry is None:
-                    entry = self._load(key)
-                    self._cache.pop(key)
-                self.store.delete("pending", key)
+                if len(cache):
+                    cache.pop(key)
+                raw = store.pop("pending", key)
                 done += 1
-                if entry is None or entry[3]:  # (None cannot happen) / emitted early
+                if raw is None:  # cannot happen
                     continue
-                self._emit(key, entry)
+                _, n, emitted = _HEAD.unpack_from(raw)
+                if emitted:
+                    continue
+                got = json.loads(raw[head : head + n]) if n else None
+                self._emit(key, got, memoryview(raw)[head + n :])
         while True:
-            rows = self.store.scan("early_due", stop, limit=10_000)
+            rows = store.take("early_due", stop, limit=10_000)
             if not rows:
                 break
             for dkey, _ in rows:
-                self.store.delete("early_due", dkey)
-                if self.store.delete("early", dkey[8:]):
+                if store.delete("early", dkey[8:]):
                     self.stats.early_expired += 1
                 done += 1
         return done
@@ -568,6 +639,7 @@ class Joiner:
         self._have_early = self.store.count("early") > 0
         self._check_ahead = self.store.count("ahead") > 0
         self._out = []
+        self._due = []
         dead: list[bytes] = []
         consumed = 0
         deadline = self._clock() + cfg.max_batch_s
@@ -575,9 +647,9 @@ class Joiner:
             # every source that has nothing read ahead polls once (an empty poll: idle)
             for s in srcs:
                 if not s.buf and not s.idle:
-                    recs = s.consumer.poll(max_records=cfg.poll_records, timeout_s=cfg.poll_timeout_s)
-                    if recs:
-                        self._decode(s, recs, dead)
+                    pieces = self._poll(s)
+                    if pieces:
+                        self._decode(s, pieces, dead)
                     else:
                         s.idle = True
             live = [s for s in srcs if s.buf]
@@ -594,14 +666,22 @@ class Joiner:
                     consumed += 1
                 if not buf:
                     s.buf_max = -math.inf
+        if self._due:
+            self.store.put_many("due", self._due)
         wm0 = self._wm
         self._advance()
         closed = self._close()
         out = self._out
         if consumed == 0 and closed == 0 and self._wm == wm0:
+            if self._consumers_behind:
+                self._commit_consumers()
             return 0
-        for key, value in out:
-            self.examples.append(value, key=key)
+        append_many = getattr(self.examples, "append_many", None)
+        if append_many is not None:  # the local log frames a whole batch at once
+            append_many(out)
+        else:
+            for key, value in out:
+                self.examples.append(value, key=key)
         for value in dead:
             self.dead_letters.append(value)
         if out:
@@ -612,12 +692,20 @@ class Joiner:
         self.stats.examples += len(out)
         self.stats.batches += 1
         self._commit_state()
+        self._consumers_behind = True
+        if self._clock() >= self._consumers_due:
+            self._commit_consumers()
+        return consumed + closed
+
+    def _commit_consumers(self) -> None:
+        """Commit the inputs' positions (those of the last store commit) to the consumer groups."""
         for s in self._sources:
             try:
                 s.consumer.commit({s.partition: s.next_offset()})
             except Exception:
                 pass  # informational only; the store holds the truth
-        return consumed + closed
+        self._consumers_behind = False
+        self._consumers_due = self._clock() + self.config.commit_consumers_s
 
     def run(self, *, until_idle: bool = False, should_stop: Callable[[], bool] | None = None,
             idle_sleep_s: float = 0.05, sleep: Callable[[float], None] = time.sleep,
@@ -638,6 +726,9 @@ class Joiner:
         return self.stats
 
     def close(self) -> None:
-        """Close the consumers (the logs and the store belong to the caller)."""
+        """Commit the consumers' positions and close them (the logs and the store belong to the
+        caller)."""
+        if self._consumers_behind:
+            self._commit_consumers()
         for s in self._sources:
             s.consumer.close()

@@ -38,6 +38,7 @@ __all__ = [
     "STATUS_LIMIT",
     "SegmentIndex",
     "encode",
+    "encode_many",
     "fsync_dir",
     "fsync_or_error",
     "scan",
@@ -245,3 +246,19 @@ def encode(value: bytes, key: bytes | None = None) -> bytes:
     kb = _U16.pack(len(key))
     crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(kb)))
     return b"".join((_LEN_CRC.pack(length, crc), kb, key, value))
+
+
+def encode_many(records: list[tuple[bytes | None, bytes]]) -> list[bytes]:
+    """`encode(value, key)` of each (key, value), in order; raises LogError (and frames none)
+    when a key or a record is too long."""
+    out: list[bytes] = []
+    add = out.append
+    crc32, pack, u16 = zlib.crc32, _LEN_CRC.pack, _U16.pack
+    for key, value in records:
+        if type(key) is bytes and type(value) is bytes and len(key) <= MAX_KEY_BYTES \
+                and len(value) <= MAX_RECORD_BYTES - 2 - MAX_KEY_BYTES:
+            kb = u16(len(key)) + key
+            add(b"".join((pack(len(kb) + len(value), crc32(value, crc32(kb))), kb, value)))
+        else:
+            add(encode(value, key))
+    return out

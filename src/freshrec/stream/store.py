@@ -36,8 +36,24 @@ class JoinStore(Protocol):
 
     def put(self, table: str, key: bytes, value: bytes) -> None: ...
 
+    def put_many(self, table: str, items: list[tuple[bytes, bytes]]) -> None:
+        """`put` of each (key, value) in order."""
+        ...
+
+    def insert(self, table: str, key: bytes, value: bytes) -> bool:
+        """Put `key` unless it is there; True when it was not (and is now)."""
+        ...
+
     def delete(self, table: str, key: bytes) -> bool:
         """Remove `key`; True when it was there."""
+        ...
+
+    def pop(self, table: str, key: bytes) -> bytes | None:
+        """Remove `key` and return its value (None when it was not there)."""
+        ...
+
+    def take(self, table: str, stop: bytes, *, limit: int = 1 << 62) -> list[tuple[bytes, bytes]]:
+        """Remove and return the first (up to `limit`) pairs in key order with key < `stop`."""
         ...
 
     def scan(
@@ -115,11 +131,41 @@ class LmdbStore:
         except KeyError:
             raise self._unknown(table) from None
 
+    def put_many(self, table: str, items: list[tuple[bytes, bytes]]) -> None:
+        with self._txn.cursor(db=self._db(table)) as cur:
+            cur.putmulti(items)
+
+    def insert(self, table: str, key: bytes, value: bytes) -> bool:
+        try:
+            return bool(self._txn.put(key, value, db=self._dbs[table], overwrite=False))
+        except KeyError:
+            raise self._unknown(table) from None
+
     def delete(self, table: str, key: bytes) -> bool:
         try:
             return bool(self._txn.delete(key, db=self._dbs[table]))
         except KeyError:
             raise self._unknown(table) from None
+
+    def pop(self, table: str, key: bytes) -> bytes | None:
+        try:
+            return self._txn.pop(key, db=self._dbs[table])
+        except KeyError:
+            raise self._unknown(table) from None
+
+    def take(self, table: str, stop: bytes, *, limit: int = 1 << 62) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        with self._txn.cursor(db=self._db(table)) as cur:
+            if not cur.first():
+                return out
+            item, delete, add = cur.item, cur.delete, out.append
+            while len(out) < limit:
+                k, v = item()
+                if not k or k >= stop:  # b"": past the last pair (LMDB keys are never empty)
+                    break
+                add((k, v))
+                delete()  # and move to the next pair
+        return out
 
     def scan(
         self, table: str, stop: bytes | None = None, *, limit: int = 1 << 62
@@ -204,6 +250,16 @@ class MemoryStore:
         self._undo.setdefault((table, key), t.data.get(key))
         self._raw_put(t, key, bytes(value))
 
+    def put_many(self, table: str, items: list[tuple[bytes, bytes]]) -> None:
+        for key, value in items:
+            self.put(table, key, value)
+
+    def insert(self, table: str, key: bytes, value: bytes) -> bool:
+        if key in self._t(table).data:
+            return False
+        self.put(table, key, value)
+        return True
+
     def delete(self, table: str, key: bytes) -> bool:
         t = self._t(table)
         if key not in t.data:
@@ -212,6 +268,18 @@ class MemoryStore:
         self._undo.setdefault((table, key), t.data[key])
         self._raw_delete(t, key)
         return True
+
+    def pop(self, table: str, key: bytes) -> bytes | None:
+        value = self._t(table).data.get(key)
+        if value is not None:
+            self.delete(table, key)
+        return value
+
+    def take(self, table: str, stop: bytes, *, limit: int = 1 << 62) -> list[tuple[bytes, bytes]]:
+        rows = self.scan(table, stop, limit=limit)
+        for k, _ in rows:
+            self.delete(table, k)
+        return rows
 
     def scan(
         self, table: str, stop: bytes | None = None, *, limit: int = 1 << 62
