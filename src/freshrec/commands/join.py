@@ -53,6 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--early-positives", action="store_true",
                         help="emit an example when a positive joins (Monolith) instead of at window close")
     parser.add_argument("--group", default="joiner", help="consumer group on the input logs")
+    parser.add_argument("--commit-consumers-s", type=float, default=1.0,
+                        help="least seconds between commits of the group's positions (lag monitoring)")
     parser.add_argument("--until-idle", action="store_true", help="exit once the inputs are drained")
     parser.add_argument("--stats-every", type=float, default=10.0, help="print stats every S s (0: never)")
 
@@ -84,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
             sampling=SamplingConfig(negative_rate=args.negative_rate, seed=args.seed),
             emit_early_positives=args.early_positives,
             group=args.group,
+            commit_consumers_s=args.commit_consumers_s,
         )
         backend = open_backend(args.log)
         store = LmdbStore(args.store, JOIN_TABLES, map_size=int(args.map_size_gb * (1 << 30)))

@@ -61,7 +61,13 @@ def partition_for(key: bytes | None, partitions: int, counter: int = 0) -> int:
 
 @runtime_checkable
 class Consumer(Protocol):
-    """A reader of one log with a position per partition, committed under a group name."""
+    """A reader of one log with a position per partition, committed under a group name.
+
+    Optional fast path: a consumer may also offer `poll_blocks(max_records, timeout_s)`, whole
+    reads as `freshrec.stream.local_log.RecordBlock`s (bytes + value spans, no object per
+    record; the local log does). The joiner uses it when present (found with getattr) and
+    `poll` otherwise.
+    """
 
     def poll(self, max_records: int = 1000, timeout_s: float = 0.0) -> list[Record]:
         """Up to `max_records` records from the current positions; waits up to `timeout_s` for one."""
@@ -88,7 +94,12 @@ class Consumer(Protocol):
 
 @runtime_checkable
 class Log(Protocol):
-    """An append-only, partitioned log of byte records."""
+    """An append-only, partitioned log of byte records.
+
+    Optional fast path: a log may also offer `append_many(records)` ((key, value) pairs), one
+    call that frames a whole batch (the local log does); writers use it when present and `append`
+    per record otherwise.
+    """
 
     name: str
 
