@@ -261,6 +261,19 @@ class LocalLog:
         fsync_dir(pdir)
         w.base, w.size = w.next_offset, 0
 
+    def _writable(self) -> list[_PartWriter]:
+        """The partition writers (opened on first use); raises when the log is closed or broken.
+        Call with the lock held."""
+        if self._closed:
+            msg = f"log {self.name!r} is closed"
+            raise LogError(msg)
+        if self._broken:
+            msg = f"log {self.name!r} is unusable ({self._broken}); reopen it to recover"
+            raise LogError(msg)
+        if self._writers is None:
+            self._writers = self._open_writer()
+        return self._writers
+
     def append(self, value: bytes, key: bytes | None = None) -> tuple[int, int]:
         """Queue one record; returns its (partition, offset). Durable after `flush()`."""
         try:
@@ -269,15 +282,7 @@ class LocalLog:
             msg = f"log {self.name!r}: {e}"
             raise LogError(msg) from e
         with self._lock:
-            if self._closed:
-                msg = f"log {self.name!r} is closed"
-                raise LogError(msg)
-            if self._broken:
-                msg = f"log {self.name!r} is unusable ({self._broken}); reopen it to recover"
-                raise LogError(msg)
-            ws = self._writers
-            if ws is None:
-                ws = self._writers = self._open_writer()
+            ws = self._writable()
             p = partition_for(key, self._partitions, self._counter)
             self._counter += 1
             w = ws[p]
@@ -302,15 +307,7 @@ class LocalLog:
             raise LogError(msg) from e
         seg_bytes, buf_bytes = self.config.segment_bytes, self.config.buffer_bytes
         with self._lock:
-            if self._closed:
-                msg = f"log {self.name!r} is closed"
-                raise LogError(msg)
-            if self._broken:
-                msg = f"log {self.name!r} is unusable ({self._broken}); reopen it to recover"
-                raise LogError(msg)
-            ws = self._writers
-            if ws is None:
-                ws = self._writers = self._open_writer()
+            ws = self._writable()
             parts = self._partitions
             if parts == 1:  # one partition: the whole batch at once when it fits the active segment
                 w = ws[0]

@@ -20,34 +20,24 @@ from numba.extending import intrinsic
 __all__ = ["count_of", "last_seen_of", "row_of"]
 
 
-@intrinsic
-def _f32_ptr(typingctx, addr):
-    sig = types.CPointer(types.float32)(types.int64)
+def _pointer_cast(name: str, dtype: types.Type) -> object:
+    """An intrinsic turning an int64 address into a `dtype` pointer (for `carray`)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    def cast(typingctx, addr):
+        sig = types.CPointer(dtype)(types.int64)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
 
+        return sig, codegen
 
-@intrinsic
-def _u8_ptr(typingctx, addr):
-    sig = types.CPointer(types.uint8)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-    return sig, codegen
+    cast.__name__ = cast.__qualname__ = name
+    return intrinsic(cast)
 
 
-@intrinsic
-def _i32_ptr(typingctx, addr):
-    sig = types.CPointer(types.int32)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-    return sig, codegen
+_f32_ptr = _pointer_cast("_f32_ptr", types.float32)
+_i32_ptr = _pointer_cast("_i32_ptr", types.int32)
+_u8_ptr = _pointer_cast("_u8_ptr", types.uint8)
 
 
 @njit(inline="always", cache=True)
