@@ -184,13 +184,13 @@ def expired(words, nb, obits, mptrs, bits, before_rel, out_keys, out_rows):
     """Collect live entries whose last_seen < before_rel; returns their count."""
     n = 0
     unb = uint64(nb)
-    kb = np.empty(K.SLOTS, np.int64)
-    kr = np.empty(K.SLOTS, np.int64)
+    kbits = 33 + obits
+    mask = (uint64(1) << uint64(kbits)) - uint64(1)
     for b in range(nb):
-        m = K.collect_bucket(words, b, unb, obits, kb, kr, 0)
-        for j in range(m):
-            if last_seen_of(mptrs, bits, kr[j])[0] < before_rel:
-                out_keys[n] = kb[j]
-                out_rows[n] = kr[j]
+        for s in range(K.SLOTS):
+            r = K.slot_row(words, b, s, kbits)
+            if r >= 0 and last_seen_of(mptrs, bits, r)[0] < before_rel:
+                out_keys[n] = K.key_of(words[b * K.WORDS + s] & mask, b, unb, obits)  # only these
+                out_rows[n] = r
                 n += 1
     return n
