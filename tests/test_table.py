@@ -323,6 +323,24 @@ def test_counts_are_exact_past_the_count_byte_and_saturate_at_int32_max(tmp_path
     t.check_invariants()
 
 
+@given(
+    st.lists(st.tuples(st.integers(-3, 3), st.integers(0, 3)), min_size=1, max_size=60, unique=False),
+    st.integers(1, 70),
+)
+@settings(max_examples=200, deadline=None)
+def test_eviction_victims_equal_a_full_sort(pairs, n):
+    """Capacity eviction picks victims by partition, not a sort; it must pick the same keys as
+    sorting by (last_seen or count, the other, id), ties and int32 extremes included."""
+    from freshrec.table.table import _smallest
+
+    m = len(pairs)
+    first = (np.array([p[0] for p in pairs], np.int64) * (2**31 - 1) // 3).astype(np.int32)  # int32 range
+    second = np.array([p[1] for p in pairs], np.int32)
+    keys = np.random.default_rng(m).permutation(np.arange(-m, m, 2, dtype=np.int64) * (2**60 // m))
+    want = keys[np.lexsort((keys, second, first))[:n]]
+    assert sorted(_smallest(keys, first, second, n).tolist()) == sorted(want.tolist())
+
+
 def test_freed_rows_are_reused():
     t = EmbeddingTable(TableConfig(name="r", dim=2, optimizer=SGD(), ttl_s=1.0, initial_capacity=4))
     t.apply_gradients(np.arange(100), np.zeros((100, 2), np.float32), now=0.0)
