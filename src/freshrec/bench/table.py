@@ -59,8 +59,8 @@ def run(*, n_ids: int, dim: int = 16, seed: int = 0, reserve: bool = True, log=p
         initial_capacity=1024,
         max_load=0.9,
     )
-    zeros = np.zeros((1 << 16, dim), np.float32)
-    ones = np.ones(1 << 16, np.int64)
+    zeros = np.zeros((BATCH, dim), np.float32)
+    ones = np.ones(BATCH, np.int64)
     # warm the kernels on a throwaway table
     warm = EmbeddingTable(cfg)
     warm.apply_gradients(ids[:1000], zeros[:1000], now=0.0, counts=ones[:1000])
@@ -68,8 +68,8 @@ def run(*, n_ids: int, dim: int = 16, seed: int = 0, reserve: bool = True, log=p
 
     def insert_all(table: EmbeddingTable) -> float:
         t = time.perf_counter()
-        for lo in range(0, n_ids, 1 << 16):
-            chunk = ids[lo : lo + (1 << 16)]
+        for lo in range(0, n_ids, BATCH):
+            chunk = ids[lo : lo + BATCH]
             table.apply_gradients(chunk, zeros[: chunk.shape[0]], now=0.0, counts=ones[: chunk.shape[0]])
         return n_ids / (time.perf_counter() - t)
 

@@ -141,27 +141,37 @@ def clear(words, b, s):
 
 
 @njit(inline="always", cache=True)
-def find_in(words, b, tag, kbits):
-    """Row of the key with `tag` in bucket b, or -1."""
+def slot_of(words, b, tag, kbits):
+    """The live slot of bucket b holding `tag`, or -1."""
     base = b * WORDS
     mask = (uint64(1) << uint64(kbits)) - uint64(1)
     for s in range(SLOTS):
-        if words[base + s] & mask == tag:
-            r = slot_row(words, b, s, kbits)
-            if r >= 0:
-                return r
-    return EMPTY
+        if words[base + s] & mask == tag and slot_row(words, b, s, kbits) >= 0:
+            return s
+    return -1
 
 
 @njit(inline="always", cache=True)
-def find_one(words, nb, obits, key):
-    h1, h2 = hashes(key)
-    unb = uint64(nb)
+def find_in(words, b, tag, kbits):
+    """Row of the key with `tag` in bucket b, or -1."""
+    s = slot_of(words, b, tag, kbits)
+    return slot_row(words, b, s, kbits) if s >= 0 else EMPTY
+
+
+@njit(inline="always", cache=True)
+def find_hashed(words, unb, obits, h1, h2):
+    """Row of the key with hashes (h1, h2), or -1."""
     t1, t2 = tags_of(h1, h2, obits)
     r = find_in(words, bucket_of(h1, unb), t1, 33 + obits)
     if r != EMPTY:
         return r
     return find_in(words, bucket_of(h2, unb), t2, 33 + obits)
+
+
+@njit(inline="always", cache=True)
+def find_one(words, nb, obits, key):
+    h1, h2 = hashes(key)
+    return find_hashed(words, uint64(nb), obits, h1, h2)
 
 
 AHEAD = 16  # probes in flight: how far ahead the buckets are prefetched
@@ -193,8 +203,9 @@ def _free_slot(words, b, kbits):
 
 
 @njit(inline="always", cache=True)
-def _place(words, unb, obits, key, row, st, max_kicks):
-    """Place an absent (key, row) into one of its two buckets, displacing residents if both are full.
+def _place(words, unb, obits, key, h1, h2, row, st, max_kicks):
+    """Place an absent (key, row), key hashing to (h1, h2), into one of its two buckets,
+    displacing residents if both are full.
 
     The emptier of the two buckets takes the pair, which keeps loads even and displacement
     chains short. When both are full, a random walk moves residents to their other bucket, for
@@ -203,7 +214,6 @@ def _place(words, unb, obits, key, row, st, max_kicks):
     """
     kbits = 33 + obits
     mask = (uint64(1) << uint64(kbits)) - uint64(1)
-    h1, h2 = hashes(key)
     t1, t2 = tags_of(h1, h2, obits)
     b1, b2 = bucket_of(h1, unb), bucket_of(h2, unb)
     s1, n1 = _free_slot(words, b1, kbits)
@@ -255,7 +265,8 @@ def insert_many(words, nb, obits, keys, rows, max_kicks, rng_state):
     for i in range(n):
         if i + AHEAD < n:
             prefetch_buckets(words, nb, keys[i + AHEAD])
-        ok, hk, hr, st = _place(words, unb, obits, keys[i], rows[i], st, max_kicks)
+        h1, h2 = hashes(keys[i])
+        ok, hk, hr, st = _place(words, unb, obits, keys[i], h1, h2, rows[i], st, max_kicks)
         if not ok:
             rng_state[0] = int64(st)
             return i + 1, hk, hr
@@ -284,7 +295,8 @@ def upsert_many(words, nb, obits, keys, out_rows, is_new, free, n_free, high, li
         if i + AHEAD < n:
             prefetch_buckets(words, nb, keys[i + AHEAD])
         key = keys[i]
-        r = find_one(words, nb, obits, key)
+        h1, h2 = hashes(key)  # once, for the probe and the placement
+        r = find_hashed(words, unb, obits, h1, h2)
         if r != EMPTY:
             out_rows[i] = r
             is_new[i] = False
@@ -296,7 +308,7 @@ def upsert_many(words, nb, obits, keys, out_rows, is_new, free, n_free, high, li
         k += 1
         out_rows[i] = row
         is_new[i] = True
-        ok, hk, hr, st = _place(words, unb, obits, key, row, st, max_kicks)
+        ok, hk, hr, st = _place(words, unb, obits, key, h1, h2, row, st, max_kicks)
         if not ok:
             rng_state[0] = int64(st)
             return i + 1, k, hk, hr
@@ -338,7 +350,8 @@ def rehash_into(words, nb, obits, new_words, new_nb, new_obits, max_kicks, rng_s
             for j in range(m):
                 prefetch_buckets(new_words, new_nb, bk[j])
             for j in range(m):
-                ok, _, _, st = _place(new_words, new_unb, new_obits, bk[j], br[j], st, max_kicks)
+                h1, h2 = hashes(bk[j])
+                ok, _, _, st = _place(new_words, new_unb, new_obits, bk[j], h1, h2, br[j], st, max_kicks)
                 if not ok:
                     rng_state[0] = int64(st)
                     return False
@@ -352,22 +365,15 @@ def delete_many(words, nb, obits, keys, out_rows):
     """Remove keys; out_rows[i] = the row keys[i] held, or -1 when absent."""
     unb = uint64(nb)
     kbits = 33 + obits
-    mask = (uint64(1) << uint64(kbits)) - uint64(1)
     for i in range(keys.shape[0]):
         out_rows[i] = EMPTY
         h1, h2 = hashes(keys[i])
         t1, t2 = tags_of(h1, h2, obits)
         for b, tag in ((bucket_of(h1, unb), t1), (bucket_of(h2, unb), t2)):
-            found = False
-            for s in range(SLOTS):
-                if words[b * WORDS + s] & mask == tag:
-                    r = slot_row(words, b, s, kbits)
-                    if r >= 0:
-                        out_rows[i] = r
-                        clear(words, b, s)
-                        found = True
-                        break
-            if found:
+            s = slot_of(words, b, tag, kbits)
+            if s >= 0:
+                out_rows[i] = slot_row(words, b, s, kbits)
+                clear(words, b, s)
                 break
 
 

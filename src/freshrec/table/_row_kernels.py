@@ -90,7 +90,7 @@ def scatter_meta(mptrs, bits, rows, values):
 
 @njit(nogil=True, cache=True)
 def touch(mptrs, bits, rows, now_rel, counts, reset, spill_rows, spill_vals):
-    """last_seen = now_rel; count += counts (or = counts when reset).
+    """last_seen = now_rel; count += counts (or = counts where reset[i]).
 
     Counts from 255 on leave the byte at 255 and the excess to the caller's overflow map: for
     each such row, spill_rows/spill_vals get (row, value), where value >= 0 means "the excess is
@@ -102,12 +102,12 @@ def touch(mptrs, bits, rows, now_rel, counts, reset, spill_rows, spill_vals):
         last_seen_of(mptrs, bits, r)[0] = now_rel
         c = count_of(mptrs, bits, r)
         add = np.int64(counts[i])
-        if not reset and c[0] == COUNT_BYTE_MAX:
+        if not reset[i] and c[0] == COUNT_BYTE_MAX:
             spill_rows[m] = r
             spill_vals[m] = -add - 1
             m += 1
             continue
-        total = add if reset else np.int64(c[0]) + add
+        total = add if reset[i] else np.int64(c[0]) + add
         if total < COUNT_BYTE_MAX:
             c[0] = total
         else:

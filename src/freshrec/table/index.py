@@ -74,6 +74,12 @@ def offset_bits(nb: int) -> int:
     return max(1, (width - 1).bit_length())
 
 
+def max_row_for(nb: int) -> int:
+    """The largest row number a slot holds in an index of nb buckets (a slot's bits beyond
+    the tag, less the empty mark; more buckets, shorter tags, more row bits)."""
+    return min((1 << (K.SLOT_BITS - 33 - offset_bits(nb))) - 2, 2**31 - 1)
+
+
 class CuckooIndex:
     """Maps distinct int64 ids to int32 rows. See the module docstring for the scheme."""
 
@@ -109,8 +115,8 @@ class CuckooIndex:
 
     @property
     def max_row(self) -> int:
-        """The largest row number a slot can hold at this size (more buckets, more row bits)."""
-        return min((1 << (K.SLOT_BITS - 33 - self.obits)) - 2, 2**31 - 1)
+        """The largest row number a slot can hold at this size."""
+        return max_row_for(self.n_buckets)
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """int32 rows of `keys` (int64), -1 where absent."""
@@ -137,7 +143,7 @@ class CuckooIndex:
         index has entries at full load, so rows handed out densely (as `RowStore` does) always
         fit; only sparse row numbers far above the entry count make the index grow here."""
         nb = self.n_buckets
-        while top > min((1 << (K.SLOT_BITS - 33 - offset_bits(nb))) - 2, 2**31 - 1):
+        while top > max_row_for(nb):
             nb *= 2
         if nb != self.n_buckets:
             self._rehash(nb)

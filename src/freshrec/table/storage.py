@@ -97,35 +97,28 @@ class RowStore:
             self._add_chunk()
         if upto <= self.committed:
             return
-        # commit whole granules of the row array (the meta array follows along)
+        # whole granules of the row chunks; the metadata (5 bytes a row) faults in as written
         step = max(_GRANULE // (max(self.width, 1) * 4), 1)
         upto = min(-(-upto // step) * step, self.capacity)
         lo = self.committed
         while lo < upto:
             c = lo >> self.bits
-            a, b = lo & (self.chunk_rows - 1), min(upto - (c << self.bits), self.chunk_rows)
-            populate(self.chunks[c], a, b)
-            populate(self.meta[c], 4 * a, 4 * b)
-            populate(self.meta[c], 4 * self.chunk_rows + a, 4 * self.chunk_rows + b)
+            b = min(upto - (c << self.bits), self.chunk_rows)
+            populate(self.chunks[c], lo & (self.chunk_rows - 1), b)
             lo = (c << self.bits) + b
         self.committed = upto
 
     def reserve(self, n: int) -> None:
         """Commit memory now for `n` live rows in all (freed rows count as room)."""
-        self._commit(self.high + max(n - self.live - self._n_free, 0))
+        self._commit(max(n, self.high))  # rows [0, high) are live or free: n - high fresh ones
 
     def allocate(self, n: int) -> np.ndarray:
         """n row numbers (int32), freed rows first; their contents are stale until written."""
         take = min(n, self._n_free)
         out = np.empty(n, dtype=np.int32)
-        if take:
-            out[:take] = self._free[self._n_free - take : self._n_free]
-            self._n_free -= take
-        fresh = n - take
-        if fresh:
-            self._commit(self.high + fresh)
-            out[take:] = np.arange(self.high, self.high + fresh, dtype=np.int32)
-            self.high += fresh
+        out[:take] = self._free[self._n_free - take : self._n_free]
+        out[take:] = np.arange(self.high, self.high + n - take, dtype=np.int32)
+        self.claim(n)
         return out
 
     def claim(self, k: int) -> None:
@@ -143,9 +136,13 @@ class RowStore:
         return self._free, self._n_free
 
     # ---- metadata ----------------------------------------------------------------------------
-    def touch(self, rows: np.ndarray, now_rel: int, counts: np.ndarray, *, reset: bool) -> None:
-        """last_seen = now_rel and count += counts (or = counts when reset), for distinct rows."""
+    def touch(
+        self, rows: np.ndarray, now_rel: int, counts: np.ndarray, *, fresh: np.ndarray | bool
+    ) -> None:
+        """last_seen = now_rel and count += counts, for distinct rows; count = counts where
+        `fresh` (a bool per row, or one for all: rows just handed out, whose old count is stale)."""
         n = rows.shape[0]
+        reset = np.full(n, fresh, dtype=np.bool_) if isinstance(fresh, bool) else fresh
         spill_rows = np.empty(n, dtype=np.int64)
         spill_vals = np.empty(n, dtype=np.int64)
         m = R.touch(self.mptrs, self.bits, rows, now_rel, counts, reset, spill_rows, spill_vals)

@@ -256,26 +256,25 @@ class EmbeddingTable:
                 self._rows.claim(taken)
                 if taken:
                     self._init(ids[new], rows[new])
-                    self._rows.touch(rows[new], now_rel, counts[new], reset=True)
-                    self._rows.touch(rows[~new], now_rel, counts[~new], reset=False)
-                else:
-                    self._rows.touch(rows, now_rel, counts, reset=False)
             else:
                 rows = self._index.find(ids)
                 new = rows < 0
                 if new.any():
-                    rows = self._admit(ids, counts, rows, new, now, now_rel)
+                    rows = self._admit(ids, counts, rows, new, now)
                     keep = rows >= 0
                     if not keep.all():
                         ids, grads, counts, rows = ids[keep], grads[keep], counts[keep], rows[keep]
+                        new = new[keep]
                 if ids.shape[0] == 0:
                     return
-                self._rows.touch(rows, now_rel, counts, reset=False)
+            # new rows start their count here; the others add to theirs
+            self._rows.touch(rows, now_rel, counts, fresh=new)
             apply_rows(self._kind, self._hyper, self._rows.ptrs, self._rows.bits, self.dim, rows, grads)
             self._mark_touched(ids)
 
-    def _admit(self, ids, counts, rows, new, now, now_rel):
-        """Give rows to the new ids the filter admits; returns rows with -1 for the refused."""
+    def _admit(self, ids, counts, rows, new, now):
+        """Give rows to the new ids the filter admits (initialized, indexed; their metadata is
+        the caller's to set); returns rows with -1 for the refused."""
         cand = ids[new]
         ccounts = counts[new]
         if self._filter is not None:
@@ -289,7 +288,6 @@ class EmbeddingTable:
             keys = cand[ok]
             fresh = self._rows.allocate(keys.shape[0])
             self._init(keys, fresh)
-            self._rows.touch(fresh, now_rel, np.zeros(keys.shape[0], np.int64), reset=True)
             self._index.insert(keys, fresh)
             pos = np.flatnonzero(new)[ok]
             out[pos] = fresh
@@ -374,13 +372,16 @@ class EmbeddingTable:
                         raise CapacityError(msg)
                 fresh = self._rows.allocate(int(new.sum()))
                 self._init(ids[new], fresh)
-                self._rows.touch(fresh, now_rel or 0, np.zeros(fresh.shape[0], np.int64), reset=True)
                 self._index.insert(ids[new], fresh)
                 rows = rows.copy()
                 rows[new] = fresh
             R.scatter_rows(self._rows.ptrs, self._rows.bits, self.width, rows, 0, emb)
-            if now_rel is not None:
-                self._rows.touch(rows, now_rel, np.zeros(rows.shape[0], np.int64), reset=False)
+            # new rows start at count 0; every row is stamped `now` when given (new ones second 0
+            # without it)
+            if now_rel is None:
+                self._rows.touch(rows[new], 0, np.zeros(int(new.sum()), np.int64), fresh=True)
+            else:
+                self._rows.touch(rows, now_rel, np.zeros(rows.shape[0], np.int64), fresh=new)
             self._mark_touched(ids)
 
     def remove(self, ids: object) -> int:
