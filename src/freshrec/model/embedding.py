@@ -60,11 +60,11 @@ from freshrec.table import EmbeddingTable, TableConfig
 __all__ = [
     "CollisionlessEmbedding",
     "HashedEmbedding",
-    "ids_numpy",
     "SparseOptimizer",
     "apply_gradients_grouped",
     "collision_rate",
     "hash_ids",
+    "ids_numpy",
     "lookup_grouped",
     "unique_inverse",
 ]
@@ -136,12 +136,20 @@ def _check_mode(mode: str) -> None:
         raise ValueError(msg)
 
 
+def _group_call(tables: Sequence[Any], name: str) -> Any:
+    """The class-level grouped call `name` of the tables, when there are several and they share
+    a class that offers one; else None."""
+    if len(tables) < 2 or any(type(t) is not type(tables[0]) for t in tables):
+        return None
+    return getattr(type(tables[0]), name, None)
+
+
 def lookup_grouped(tables: Sequence[Any], ids: Sequence[np.ndarray]) -> list[np.ndarray]:
     """`[t.lookup(x) for t, x in zip(tables, ids)]`, in one grouped call when the tables' class
     offers one (`lookup_group`: remote shard servers answer all tables of a batch in one round
     trip per server, see `freshrec.ps.ray_ps.lookup_many`)."""
-    group = getattr(type(tables[0]), "lookup_group", None) if tables else None
-    if group is not None and len(tables) > 1 and all(type(t) is type(tables[0]) for t in tables):
+    group = _group_call(tables, "lookup_group")
+    if group is not None:
         return group(tables, ids)
     return [t.lookup(x) for t, x in zip(tables, ids, strict=True)]
 
@@ -155,8 +163,8 @@ def apply_gradients_grouped(
     counts: Sequence[np.ndarray],
 ) -> None:
     """`t.apply_gradients(x, g, now=now, counts=c)` per table, grouped as in `lookup_grouped`."""
-    group = getattr(type(tables[0]), "apply_gradients_group", None) if tables else None
-    if group is not None and len(tables) > 1 and all(type(t) is type(tables[0]) for t in tables):
+    group = _group_call(tables, "apply_gradients_group")
+    if group is not None:
         group(tables, ids, grads, now=now, counts=counts)
         return
     for t, x, g, c in zip(tables, ids, grads, counts, strict=True):

@@ -109,7 +109,6 @@ class KafkaBackend:
         )
         self._logs: dict[str, KafkaLog] = {}
         self._lock = threading.Lock()
-        self._closed = False
 
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
@@ -160,7 +159,7 @@ class KafkaBackend:
             msg = f"log {name!r}: partitions must be >= 1, got {partitions}"
             raise LogError(msg)
         with self._lock:
-            if self._closed:
+            if self._admin is None:
                 msg = f"Kafka backend at {self.bootstrap} is closed: cannot open log {name!r}"
                 raise LogError(msg)
             log = self._logs.get(name)
@@ -175,8 +174,7 @@ class KafkaBackend:
         connections when the last reference goes). The backend cannot open logs afterwards."""
         with self._lock:
             logs, self._logs = list(self._logs.values()), {}
-            self._closed = True
-            self._admin = None
+            self._admin = None  # also marks the backend closed
         for log in logs:
             log.close()
 

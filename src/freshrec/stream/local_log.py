@@ -282,19 +282,24 @@ class LocalLog:
             msg = f"log {self.name!r}: {e}"
             raise LogError(msg) from e
         with self._lock:
-            ws = self._writable()
             p = partition_for(key, self._partitions, self._counter)
-            self._counter += 1
-            w = ws[p]
-            if w.size + w.buf_bytes + len(frame) > self.config.segment_bytes and w.size + w.buf_bytes > 0:
-                self._roll(p, w)
-            w.buf.append(frame)
-            w.buf_bytes += len(frame)
-            offset = w.next_offset
-            w.next_offset += 1
-            if w.buf_bytes >= self.config.buffer_bytes:
-                self._write_out(w)
-            return p, offset
+            return p, self._queue(self._writable(), p, frame)
+
+    def _queue(self, ws: list[_PartWriter], p: int, frame: bytes) -> int:
+        """Queue one framed record on partition p (rolling the segment when it would overflow);
+        returns its offset. Call with the lock held."""
+        self._counter += 1
+        w = ws[p]
+        n = len(frame)
+        if w.size + w.buf_bytes + n > self.config.segment_bytes and w.size + w.buf_bytes > 0:
+            self._roll(p, w)
+        w.buf.append(frame)
+        w.buf_bytes += n
+        offset = w.next_offset
+        w.next_offset += 1
+        if w.buf_bytes >= self.config.buffer_bytes:
+            self._write_out(w)
+        return offset
 
     def append_many(self, records: list[tuple[bytes | None, bytes]]) -> None:
         """Queue (key, value) records, in order, as `append` would one by one (under one lock, with
@@ -321,17 +326,7 @@ class LocalLog:
                         self._write_out(w)
                     return
             for (key, _), frame in zip(records, frames, strict=True):
-                p = partition_for(key, parts, self._counter)
-                self._counter += 1
-                w = ws[p]
-                n = len(frame)
-                if w.size + w.buf_bytes + n > seg_bytes and w.size + w.buf_bytes > 0:
-                    self._roll(p, w)
-                w.buf.append(frame)
-                w.buf_bytes += n
-                w.next_offset += 1
-                if w.buf_bytes >= buf_bytes:
-                    self._write_out(w)
+                self._queue(ws, partition_for(key, parts, self._counter), frame)
 
     def flush(self) -> None:
         """Write out and fsync everything appended so far."""
