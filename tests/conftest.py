@@ -5,6 +5,8 @@
   started in the background at collection time and those tests run last, so the start overlaps
   with the other tests. Without Java 17+ and the broker jars, the Kafka tests skip, except under
   CI=true, where they fail: CI must run them.
+- `deterministic_torch`: one torch thread and deterministic algorithms for the test, so that
+  runs compared number for number (recovery, chaos) compute the same floats.
 """
 
 from __future__ import annotations
@@ -55,3 +57,15 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     if broker.error is not None or broker.bootstrap is None:
         pytest.fail(f"could not start the Kafka broker: {broker.error}", pytrace=False)
     yield broker.bootstrap
+
+
+@pytest.fixture
+def deterministic_torch() -> Iterator[None]:
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(n)

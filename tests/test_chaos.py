@@ -28,21 +28,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 
 import chaos_driver as cd
 from freshrec.stream.backends import open_backend
 from freshrec.stream.log import MemoryLog
 
-
-@pytest.fixture(autouse=True)
-def _deterministic_torch():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(False)
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("deterministic_torch")
 
 
 def _trainer():

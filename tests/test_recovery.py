@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from freshrec.checkpoint.format import MANIFEST_NAME
 from freshrec.checkpoint.periodic import PeriodicSnapshotter, SnapshotPolicy, recover
@@ -33,14 +32,7 @@ class Abort(Exception):
     pass
 
 
-@pytest.fixture(autouse=True)
-def _deterministic_torch():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(False)
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("deterministic_torch")
 
 
 def dataset(n: int = N, seed: int = 0) -> Dataset:
