@@ -200,7 +200,8 @@ def test_hand_off_from_a_batch_checkpoint_and_progressive_validation(tmp_path):
     with torch.no_grad():
         want = (res.model(b.sparse, b.dense) + b.offset).numpy()
     seen = []
-    tr.add_hook(lambda t, info: seen.append((info.step, info.examples, t._window.scores[:200].copy())))
+    window = tr.ps.windows["click"]
+    tr.add_hook(lambda t, info: seen.append((info.step, info.examples, window.scores[:200].copy())))
     log = MemoryLog("examples")
     write_examples(log, dataset_to_examples(future))
     m = tr.run(log.consumer("t"))

@@ -76,7 +76,7 @@ def test_training_ps_snapshot_round_trip(tmp_path):
     train(ps, rng, 6, 1000.0)
     path = ps.save(tmp_path / "snap", positions={"examples": [5, 7]})
     ps2, positions = TrainingPS.load(path)
-    assert positions == {"examples": [5, 7]}
+    assert positions == {"examples": [5, 7], "trained": {}}
     assert ps2.step == ps.step == 6 and ps2.data_time == ps.data_time == 1005.0
     for name in ps.spec.names:
         ids = all_ids(ps, name)
@@ -93,7 +93,7 @@ def test_training_ps_snapshot_round_trip(tmp_path):
         np.testing.assert_array_equal(ps2.dense_state()[k], v)
     ids = all_ids(ps, "user_id")
     np.testing.assert_array_equal(ps2.tables["user_id"].lookup(ids), ps.tables["user_id"].lookup(ids))
-    meta, arrays = read_snapshot(path, kind="training-ps")
+    meta, arrays = read_snapshot(path, kind="training")
     assert any(k.startswith("table.user_id.shard2.") for k in arrays)
     assert any(k.startswith("opt.") for k in arrays)
 
@@ -308,7 +308,7 @@ def test_from_model_wraps_a_batch_trained_deepfm():
     sp, d, _ = batch(np.random.default_rng(6))
     model.embeddings["user_id"].table.assign(np.arange(10), np.ones((10, DIM + 1), np.float32), now=0.0)
     ps = TrainingPS.from_model(model)
-    assert ps.hidden == HIDDEN and ps.tables["user_id"] is model.embeddings["user_id"].table
+    assert ps.model.hidden == HIDDEN and ps.tables["user_id"] is model.embeddings["user_id"].table
     model.eval()
     ps.model.eval()
     with torch.no_grad():
@@ -357,7 +357,8 @@ def test_snapshot_state_through_a_snapshot_store(tmp_path):
     ps.tables["item_id"].assign(np.arange(6), np.full((6, width), 1.5, np.float32), now=0.0)
     pub.publish_once(0.0)
     meta, arrays = pub.snapshot_state({"examples": [9]})
-    assert meta["positions"] == {"examples": [9], "params": log.end_offsets(), "params_version": 1}
+    want = {"examples": [9], "params": log.end_offsets(), "params_version": 1, "trained": {}}
+    assert meta["positions"] == want
     store = SnapshotStore(tmp_path / "snaps")
     store.save(ps.step, kind=SNAPSHOT_KIND, meta=meta, arrays=arrays)
     rep = ServingReplica.from_snapshot(store.latest_path())

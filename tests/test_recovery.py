@@ -80,8 +80,8 @@ def params(tr: OnlineTrainer) -> dict[str, np.ndarray]:
         order = np.argsort(arr["ids"])
         for k in ("ids", "rows", "last_seen", "count"):
             out[f"{slot}.{k}"] = arr[k][order]
-    _, arr = tr.trainer_state()
-    out |= {k: v for k, v in arr.items() if k.startswith(("model.", "opt."))}
+    _, arr = tr.ps.state()
+    out |= {k: v for k, v in arr.items() if k.startswith(("dense.", "opt."))}
     return out
 
 
@@ -160,7 +160,7 @@ def test_corrupt_newest_full_snapshot_falls_back_and_still_ends_equal(tmp_path, 
     log = examples_log(dataset())
     run_until_abort(log, tmp_path, policy, 9)
     newest = _latest_full(tmp_path)
-    victim = newest / "table.user_id.rows.bin"
+    victim = newest / "table.user_id.shard0.rows.bin"
     victim.write_bytes(victim.read_bytes()[:-7])  # truncated
     with pytest.raises(CorruptSnapshotError) as e:
         recover(tmp_path, trainer(), fallback=False)
@@ -204,7 +204,7 @@ def test_missing_file_is_named_and_incrementals_are_smaller_than_full(tmp_path):
     assert snap.history[5].kind == "full" and snap.history[5].rows > max(h.rows for h in snap.history[6:])
     assert all(h.rows <= 2 * BATCH for h in snap.history if h.kind == "incremental")
     assert full_rows > 0
-    gone = _latest_full(tmp_path) / "model.bias.bin"
+    gone = _latest_full(tmp_path) / "dense.bias.bin"
     gone.unlink()
     with pytest.raises(CorruptSnapshotError) as e:
         recover(tmp_path, trainer(), fallback=False)
@@ -306,4 +306,5 @@ def test_snapshots_store_the_parameter_log_position_of_an_attached_publisher(tmp
     tr.run(examples_log(dataset()).consumer("t"), max_batches=6)
     info = recover(tmp_path, trainer())
     assert info is not None and info.step == 6
-    assert info.extra["params"] == params_log.end_offsets() and info.extra["params_version"] == pub.version
+    assert info.log_positions["params"] == params_log.end_offsets()
+    assert info.params_version == pub.version

@@ -121,8 +121,10 @@ def test_checkpoint_round_trip_gives_the_same_predictions(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=128, hidden=(8,), dim=4)
     model = train_model(train, test, cfg).model
     save_checkpoint(model, tmp_path / "ckpt", {"note": "test"})
-    assert (tmp_path / "ckpt" / "model" / "manifest.json").is_file()
-    assert (tmp_path / "ckpt" / "tables" / "user_id" / "manifest.json").is_file()
+    manifest = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
+    assert manifest["kind"] == "training" and manifest["meta"]["snapshot"] == "full"
+    assert manifest["meta"]["model"]["path"] == "freshrec.model:DeepFM"
+    assert "table.user_id.shard0.ids" in manifest["arrays"]
     loaded, meta = load_checkpoint(tmp_path / "ckpt")
     assert meta["note"] == "test"
     model.eval()
@@ -173,9 +175,9 @@ def test_dcn_checkpoint_round_trip(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=128, hidden=(8,), dim=4, model="dcn", cross_layers=2)
     result = train_model(train, test, cfg)
     assert type(result.model).__name__ == "DCN" and 0.0 <= result.final.auc <= 1.0
-    save_checkpoint(result.model, tmp_path / "dcn")
-    loaded, meta = load_checkpoint(tmp_path / "dcn")
-    assert meta["model"] == "DCN" and meta["cross_layers"] == 2
+    save_checkpoint(result.ps, tmp_path / "dcn")
+    loaded, _ = load_checkpoint(tmp_path / "dcn")
+    assert type(loaded).__name__ == "DCN" and loaded.cross_layers == 2
     result.model.eval()
     b = next(iter_batches(test, 300))
     with torch.no_grad():

@@ -12,7 +12,9 @@ Modules are imported only when their command runs, so `freshrec --help` is fast.
 Every command also takes `--config FILE.toml`: top-level keys apply to every command that has
 an option of that name, and a section named after the command (`[join]`, `[serve]`,
 `[train.online]`, ...) to that command only; flags on the command line win. Keys are option
-names with `_` or `-` (`sync_interval = 1.0` sets `--sync-interval`). See `freshrec.example.toml`.
+names with `_` or `-` (`sync_interval = 1.0` sets `--sync-interval`). A top-level `[model]` table
+(`path = "mypkg.towers:MyModel"` and a `[model.kwargs]` table) sets `--model` / `--model-kwargs` of
+every command that has them. See `freshrec.example.toml`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -35,6 +38,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("join",): "freshrec.commands.join",
     ("serve",): "freshrec.commands.serve",
     ("replay", "globo"): "freshrec.commands.replay_globo",
+    ("snapshot",): "freshrec.commands.snapshot",
     ("bench", "table"): "freshrec.bench.table",
     ("bench", "filter"): "freshrec.bench.filter",
     ("bench", "train"): "freshrec.bench.train",
@@ -90,14 +94,24 @@ def _apply_config(parser: argparse.ArgumentParser, path: Path, words: tuple[str,
         return f"config {path}: [{'.'.join(words)}] must be a table"
     values = {k.replace("-", "_"): v for k, v in doc.items() if not isinstance(v, dict)}
     values = {k: v for k, v in values.items() if k in dests}  # top level: only what this command has
+    model = doc.get("model")
+    if isinstance(model, dict) and "model" in dests:  # [model] path = "...", [model.kwargs]
+        if "path" in model:
+            values["model"] = model["path"]
+        if "kwargs" in model and "model_kwargs" in dests:
+            values["model_kwargs"] = json.dumps(model["kwargs"])
     for k, v in section.items():
         if isinstance(v, dict):
+            if k.replace("-", "_") == "model_kwargs" and "model_kwargs" in dests:
+                values["model_kwargs"] = json.dumps(v)
             continue
         key = k.replace("-", "_")
         if key not in dests:
             return f"config {path}: [{'.'.join(words)}] has no option {k!r}"
         values[key] = v
     for a in parser._actions:
+        if a.dest in values and isinstance(values[a.dest], list) and a.type is None:
+            values[a.dest] = ",".join(str(x) for x in values[a.dest])  # tasks = ["click", "rating:value"]
         if a.dest in values and callable(a.type) and isinstance(values[a.dest], str):
             values[a.dest] = a.type(values[a.dest])
     parser.set_defaults(**values)

@@ -165,7 +165,7 @@ def _checkpoint(world, work: Path, quick: bool, seed: int) -> Path:
                       seed=seed, table_overrides={"user_id": {"min_count": 1}})
     result = train_model(train, test, cfg)
     print(f"starting model: AUC {result.final.auc:.4f} on the last 10% of 3 h of history", flush=True)
-    return save_checkpoint(result.model, work / "batch-checkpoint")
+    return save_checkpoint(result.ps or result.model, work / "batch-snapshot")
 
 
 def _schedule(world, seconds: float, rate: float, click_delay: float, seed: int) -> list[tuple]:
@@ -197,15 +197,30 @@ def _schedule(world, seconds: float, rate: float, click_delay: float, seed: int)
 def _measure(backend, label: str, ckpt: Path, events: list[tuple], args, state_dir: Path) -> dict:
     import torch
 
+    from freshrec.pipeline import Pipeline, PipelineConfig
     from freshrec.ps.serving import ServingReplica
-    from freshrec.ps.sync import SyncPublisher, SyncSubscriber
-    from freshrec.stream.joiner import JOIN_TABLES, Joiner, JoinerConfig
+    from freshrec.ps.sync import SyncSubscriber
+    from freshrec.stream.joiner import JOIN_TABLES, JoinerConfig
     from freshrec.stream.store import LmdbStore
-    from freshrec.train.online import OnlineConfig, OnlineTrainer
+    from freshrec.train.online import OnlineConfig
 
     torch.set_num_threads(1)
-    features, actions = backend.log("features"), backend.log("actions")
-    examples, dead, params = backend.log("examples"), backend.log("dead-letters"), backend.log("params")
+    jcfg = JoinerConfig(windows={"click": 30.0}, allowed_lateness_s=5.0, emit_early_positives=True,
+                        poll_timeout_s=args.joiner_poll_timeout, batch_records=args.joiner_batch_records)
+    # the roles as the commands build them: one pipeline over the backend under test
+    pipe = Pipeline(
+        PipelineConfig(
+            log="memory://",
+            joiner=jcfg,
+            online=OnlineConfig(batch_size=256, poll_timeout_s=0.05, evict_every=0, dense_lr=1e-3),
+            init=ckpt,
+            sync_interval_s=args.sync_interval,
+            dense_interval_s=10.0,
+        ),
+        backend=backend,
+    )
+    features, actions = pipe.log("features"), pipe.log("actions")
+    params = pipe.log("params")
     stop = threading.Event()
     versions = _Versions()
     train_lock = threading.Lock()
@@ -213,16 +228,13 @@ def _measure(backend, label: str, ckpt: Path, events: list[tuple], args, state_d
     trained: dict[str, tuple[float, int]] = {}  # request_id -> (trained at, required version)
     errors: list[str] = []
 
-    jcfg = JoinerConfig(windows={"click": 30.0}, allowed_lateness_s=5.0, emit_early_positives=True,
-                        poll_timeout_s=args.joiner_poll_timeout, batch_records=args.joiner_batch_records)
     joiner_ready = threading.Event()
 
     def run_joiner() -> None:
         try:
             # an LMDB write transaction belongs to the thread that began it: the store is opened here
             store = LmdbStore(state_dir / "joiner", JOIN_TABLES, map_size=1 << 30, sync=False)
-            j = Joiner(config=jcfg, features=features, actions=actions, examples=examples,
-                       dead_letters=dead, store=store)
+            j = pipe.joiner(store)
             joiner_ready.set()
             try:
                 j.run(should_stop=stop.is_set, idle_sleep_s=0.01)
@@ -233,12 +245,11 @@ def _measure(backend, label: str, ckpt: Path, events: list[tuple], args, state_d
             errors.append(f"joiner: {type(e).__name__}: {e}")
             joiner_ready.set()
 
-    trainer = OnlineTrainer.from_checkpoint(
-        ckpt, OnlineConfig(batch_size=256, poll_timeout_s=0.05, evict_every=0, dense_lr=1e-3))
-    publisher = SyncPublisher(trainer, params, interval_s=args.sync_interval, dense_interval_s=10.0)
+    trainer = pipe.trainer()
+    publisher = pipe.publisher(trainer)
     rep = publisher.publish_once(dense=True)
     versions.expect(rep.version, rep.frames, time.monotonic())
-    replica = ServingReplica(trainer.model.spec, hidden=(64, 32), seed=args.seed)
+    replica = ServingReplica(trainer.ps.spec, model=trainer.ps.model_spec, tasks=trainer.ps.tasks)
     samples: dict[str, dict] = {}
 
     def before_version(v: int) -> None:  # the served score of sampled clicks just before their version
@@ -250,7 +261,7 @@ def _measure(backend, label: str, ckpt: Path, events: list[tuple], args, state_d
     stamped = _StampedReplica(replica, versions, before_version)
     subscriber = SyncSubscriber(stamped, params, group=f"bench-serving-{label}")
     subscriber.catch_up()
-    consumer = examples.consumer("bench-trainer")
+    _, consumer = pipe.examples_consumer(trainer, group="bench-trainer")
 
     def run_trainer() -> None:
         try:

@@ -288,8 +288,9 @@ def _deepfm(args: argparse.Namespace, make_table: Any, *, warmup: int) -> float:
     from torch import nn
 
     from freshrec.bench.train import N_DENSE, synthetic_batches
-    from freshrec.model import DeepFM, FeatureSpec, SlotSpec, SparseOptimizer
+    from freshrec.model import Batch, DeepFM, FeatureSpec, SlotSpec
     from freshrec.model.embedding import CollisionlessEmbedding
+    from freshrec.ps.training import TrainingPS
 
     torch.set_num_threads(1)  # as `freshrec bench train` by default: comparable, and leaves a core to the PS
     n = max(1, args.batches // 5)
@@ -306,26 +307,26 @@ def _deepfm(args: argparse.Namespace, make_table: Any, *, warmup: int) -> float:
         tables.append(make_table(c))
         layers[name] = CollisionlessEmbedding(c, table=tables[-1])
     model = DeepFM(spec, nn.ModuleDict(layers), hidden=(256, 128), seed=args.seed)
-    dense_opt = torch.optim.Adam(model.dense_parameters(), lr=1e-3)
-    sparse_opt = SparseOptimizer(model)
+    ps = TrainingPS.from_model(model)  # the shipped training state and step
     raw = synthetic_batches(
         warmup + n, args.batch_size, max_vocab=args.max_vocab, zipf=args.zipf, seed=args.seed
     )
     data = [
-        ({k: torch.from_numpy(v) for k, v in s.items()}, torch.from_numpy(d), torch.from_numpy(y))
-        for s, d, y in raw
+        Batch(
+            sparse={k: torch.from_numpy(v) for k, v in s.items()},
+            dense=torch.from_numpy(d),
+            targets=torch.from_numpy(y).reshape(-1, 1),
+            offset=None,
+            now=float(i),
+        )
+        for i, (s, d, y) in enumerate(raw)
     ]
-    model.train()
     t0 = 0.0
     try:
-        for i, (sparse, dense, label) in enumerate(data):
+        for i, b in enumerate(data):
             if i == warmup:
                 t0 = time.perf_counter()
-            loss = DeepFM.loss(model(sparse, dense), label)
-            loss.backward()
-            dense_opt.step()
-            dense_opt.zero_grad(set_to_none=True)
-            sparse_opt.step(now=float(i))
+            ps.train_step(b)
         return n * args.batch_size / (time.perf_counter() - t0)
     finally:
         for t in tables:

@@ -69,7 +69,8 @@ def synthetic_batches(n_batches: int, batch_size: int, *, max_vocab: int, zipf: 
 def _run_side(kind: str, batches, args, profile: dict | None = None) -> tuple[float, float, Any]:
     import torch
 
-    from freshrec.model import DeepFM, FeatureSpec, SlotSpec, SparseOptimizer
+    from freshrec.model import Batch, FeatureSpec, ModelSpec, SlotSpec
+    from freshrec.ps.training import TrainingPS
     from freshrec.table import Adagrad, Initializer
 
     spec = FeatureSpec(
@@ -81,51 +82,35 @@ def _run_side(kind: str, batches, args, profile: dict | None = None) -> tuple[fl
         seed=args.seed,
     )
     buckets = {s: args.buckets for s in spec.names} if kind == "hashed" else None
-    model = DeepFM.build(
+    # the shipped training state and step (freshrec.ps.training), as batch and online training use it
+    ps = TrainingPS(
         spec,
-        "hashed" if kind == "hashed" else "collisionless",
+        model=ModelSpec("freshrec.model:DeepFM", {"hidden": [256, 128], "seed": args.seed}),
+        shards=1,
+        embedding="hashed" if kind == "hashed" else "collisionless",
         buckets=buckets,
-        hidden=(256, 128),
-        seed=args.seed,
+        dense_lr=1e-3,
+        hashed_lr=0.05,
     )
-    dense_opt = torch.optim.Adam(model.dense_parameters(), lr=1e-3)
-    hashed = list(model.hashed_parameters())
-    hashed_opt = torch.optim.Adagrad(hashed, lr=0.05) if hashed else None
-    sparse_opt = SparseOptimizer(model)
+    model = ps.model
     tensors = [
-        ({k: torch.from_numpy(v) for k, v in s.items()}, torch.from_numpy(d), torch.from_numpy(y))
-        for s, d, y in batches
+        Batch(
+            sparse={k: torch.from_numpy(v) for k, v in s.items()},
+            dense=torch.from_numpy(d),
+            targets=torch.from_numpy(y).reshape(-1, 1),
+            offset=None,
+            now=float(i),
+        )
+        for i, (s, d, y) in enumerate(batches)
     ]
+    parts: dict[str, float] = {}
     clock = time.perf_counter
-    parts = {"forward": 0.0, "backward": 0.0, "dense step": 0.0, "sparse step": 0.0}
-
-    def step(i: int, sparse, dense, label) -> float:
-        t0 = clock()
-        loss = DeepFM.loss(model(sparse, dense), label)
-        t1 = clock()
-        loss.backward()
-        t2 = clock()
-        dense_opt.step()
-        dense_opt.zero_grad(set_to_none=True)
-        t3 = clock()
-        if hashed_opt is not None:
-            hashed_opt.step()
-            hashed_opt.zero_grad(set_to_none=True)
-        sparse_opt.step(now=float(i))
-        t4 = clock()
-        for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-            parts[k] += dt
-        return float(loss.detach())
-
-    model.train()
     for i in range(args.warmup):
-        step(i, *tensors[i])
-    for k in parts:
-        parts[k] = 0.0
+        ps.train_step(tensors[i])
     t0 = clock()
     last = 0.0
     for i in range(args.warmup, args.warmup + args.batches):
-        last = step(i, *tensors[i])
+        last = ps.train_step(tensors[i], timings=parts).loss
     dt = clock() - t0
     if profile is not None:
         profile.update(parts)

@@ -1,20 +1,23 @@
-"""Periodic snapshots of an online trainer (full + incremental) with log positions, and recovery.
+"""Periodic snapshots of a training PS (full + incremental) with log positions, and recovery.
 
 Layout under `root`::
 
-    root/full/step-000000000040/          full snapshot (kind "online-full"): every table's whole
-                                          state, dense weights + optimizer state, positions, step
-    root/incr/base-000000000040/step-000000000041/   incremental (kind "online-incr"): only the
+    root/full/step-000000000040/          full snapshot (kind "training"): the PS's whole state
+                                          (`freshrec.ps.training`: model spec, features, tasks,
+                                          tables, dense weights, optimizers, progress, positions)
+    root/incr/base-000000000040/step-000000000041/   incremental (kind "training-incremental"): the
                                           rows touched (and ids evicted) since the previous snapshot
-                                          of the chain, plus the whole dense state (it is small)
+                                          of the chain, plus the whole non-row state (it is small)
     root/quarantine/...                   snapshots set aside by `recover` (corrupt, or newer than
                                           the point recovered to), kept for people to inspect
 
-Arrays of a snapshot are flat, prefixed names (`table.<slot>.rows`, `model.dnn.0.weight`,
-`opt.dense.3.exp_avg`, `window.scores`); the meta is JSON: `{"step", "kind", "base_step",
-"prev_step", "tables": {slot: table meta}, "trainer": trainer.trainer_state() meta, "extra": {...}}`
-where `extra` holds what `extra_state()` returned (e.g. the parameter log's position of a sync
-publisher). Every file is checksummed and written atomically (`freshrec.checkpoint.format`).
+This module knows the chain, not the state: it asks the PS (`ps.state(...)`, `ps.load_state`,
+`ps.apply_changes`; an `OnlineTrainer` counts as its `.ps`) for the arrays and meta of one
+snapshot, and every snapshot of every command has the same layout. The meta also holds
+`base_step` / `prev_step` (the chain) and `positions["params"]` / `positions["params_version"]`
+when a sync publisher is attached: the parameter log's end offsets and version that match the
+tables exactly (the publisher publishes from a hook of the same trainer placed before the
+snapshotter, so nothing is between them).
 
 Chains. Every table tracks a change channel "snapshot". A full snapshot drains it and writes whole
 tables; an incremental writes `table.take_changes("snapshot")`, i.e. exactly what changed since the
@@ -34,22 +37,22 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from freshrec.checkpoint.format import snapshot_nbytes, strip_prefix, with_prefix
+from freshrec.checkpoint.format import snapshot_nbytes
 from freshrec.checkpoint.store import SnapshotStore
 from freshrec.errors import ConfigError, CorruptSnapshotError, SnapshotError
 
 __all__ = [
+    "KIND_FULL",
+    "KIND_INCR",
     "PeriodicSnapshotter",
     "RecoveryInfo",
     "SnapshotInfo",
     "SnapshotPolicy",
-    "full_state",
+    "chain_root",
     "load_full",
     "recover",
     "save_full",
@@ -58,8 +61,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHANNEL = "snapshot"
-KIND_FULL = "online-full"
-KIND_INCR = "online-incr"
+KIND_FULL = "training"  # = freshrec.ps.training.SNAPSHOT_KIND
+KIND_INCR = "training-incremental"
+
+
+def _ps(trainer: Any) -> Any:
+    """The training PS of `trainer` (an OnlineTrainer's `.ps`, or a PS itself)."""
+    return getattr(trainer, "ps", trainer)
+
+
+def chain_root(path: str | Path) -> bool:
+    """Whether `path` is a periodic-snapshot root (it has a `full/` store)."""
+    return (Path(path) / "full").is_dir()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +113,11 @@ class RecoveryInfo:
     positions: dict[int, int]
     skipped: list[tuple[str, str]]
     extra: dict[str, Any]
+    log_positions: dict[str, Any] = field(default_factory=dict)  # meta["positions"]: params offsets, version
+
+    @property
+    def params_version(self) -> int:
+        return int(self.log_positions.get("params_version", 0))
 
 
 def _full_store(root: Path, keep: int) -> SnapshotStore:
@@ -122,16 +140,16 @@ def _incr_bases(root: Path) -> list[int]:
 
 
 class PeriodicSnapshotter:
-    """Writes full and incremental snapshots of an `OnlineTrainer` under `root` (see the module doc).
+    """Writes full and incremental snapshots of a training PS (or an `OnlineTrainer`'s) under `root`.
 
     Use as a trainer hook: `trainer.add_hook(snapshotter)`; it snapshots when `trainer.step` is a
     multiple of `policy.every_batches`. `extra_state()` (optional) returns JSON data stored with each
     snapshot (`RecoveryInfo.extra` gives it back). With `publisher` (a `freshrec.ps.sync.SyncPublisher`
-    of this trainer) every snapshot also stores the parameter log's end offsets (`extra["params"]`)
-    and the publisher's version (`extra["params_version"]`, for `SyncPublisher(start_version=...)`
-    after a recovery); they agree exactly with the tables when the publisher publishes from a hook
-    of the same trainer (same thread) placed before the snapshotter, as
-    `freshrec.ps.sync.SyncPublisher.snapshot` does for a training PS.
+    of this trainer) every snapshot also stores the parameter log's end offsets (`positions["params"]`)
+    and the publisher's version (`positions["params_version"]`, for `SyncPublisher(start_version=...)`
+    after a recovery, and for a serving replica started from the snapshot); they agree exactly with
+    the tables when the publisher publishes from a hook of the same trainer (same thread) placed
+    before the snapshotter.
     """
 
     def __init__(
@@ -160,7 +178,7 @@ class PeriodicSnapshotter:
 
     def attach(self, trainer) -> None:
         """Start change tracking on the trainer's tables (done by `snapshot` too)."""
-        for table in trainer.tables.values():
+        for table in _ps(trainer).tables.values():
             table.track(CHANNEL)
 
     def snapshot(self, trainer, *, full: bool | None = None) -> SnapshotInfo:
@@ -181,23 +199,14 @@ class PeriodicSnapshotter:
 
     def _snapshot(self, trainer, full: bool) -> SnapshotInfo:
         t0 = time.perf_counter()
-        tmeta, arrays = trainer.trainer_state()
-        meta: dict[str, Any] = {
-            "step": trainer.step,
-            "trainer": tmeta,
-            "extra": self._extra(),
-            "tables": {},
-        }
-        rows = 0
-        for slot, table in trainer.tables.items():
-            if full:
-                table.take_touched(CHANNEL)  # drain: the next incremental starts from here
-                m, a = table.state()
-            else:
-                m, a = table.take_changes(CHANNEL)
-            rows += int(m["rows"])
-            meta["tables"][slot] = m
-            arrays |= with_prefix(f"table.{slot}", a)
+        ps = _ps(trainer)
+        meta, arrays = ps.state(
+            self._positions(),
+            extra=dict(self.extra_state()) if self.extra_state else None,
+            changes=None if full else CHANNEL,
+            drain=CHANNEL if full else None,
+        )
+        rows = sum(_rows(m) for m in meta["tables"].values())
         if full:
             meta |= {"kind": "full", "base_step": trainer.step, "prev_step": None}
             path = self.full.save(trainer.step, kind=KIND_FULL, meta=meta, arrays=arrays)
@@ -218,8 +227,8 @@ class PeriodicSnapshotter:
         self.history.append(info)
         return info
 
-    def _extra(self) -> dict[str, Any]:
-        out = dict(self.extra_state()) if self.extra_state else {}
+    def _positions(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         pub = self.publisher
         if pub is not None:
             pub.log.flush()
@@ -243,69 +252,31 @@ class PeriodicSnapshotter:
         return info
 
 
-def full_state(trainer, *, extra: Mapping[str, Any] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-    """(meta, arrays) of a full snapshot of `trainer` (kind "online-full"), without touching its
-    change channels: what `save_full` writes and `load_full` reads."""
-    tmeta, arrays = trainer.trainer_state()
-    meta: dict[str, Any] = {
-        "step": trainer.step,
-        "kind": "full",
-        "base_step": trainer.step,
-        "prev_step": None,
-        "trainer": tmeta,
-        "extra": dict(extra or {}),
-        "tables": {},
-    }
-    for slot, table in trainer.tables.items():
-        m, a = table.state()
-        meta["tables"][slot] = m
-        arrays |= with_prefix(f"table.{slot}", a)
-    return meta, arrays
+def _rows(table_meta: Mapping[str, Any]) -> int:
+    if "shards" in table_meta:
+        return sum(int(m.get("rows", 0)) for m in table_meta["shards"])
+    return int(table_meta.get("rows", 0))
 
 
 def save_full(trainer, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write one standalone full snapshot of `trainer` at `path` (atomic, checksummed)."""
+    """Write one standalone full snapshot of `trainer` (its PS) at `path`, without touching its
+    change channels (atomic, checksummed)."""
     from freshrec.checkpoint.format import write_snapshot
 
-    meta, arrays = full_state(trainer, extra=extra)
+    meta, arrays = _ps(trainer).state(extra=extra)
     return write_snapshot(path, kind=KIND_FULL, meta=meta, arrays=arrays)
 
 
 def load_full(trainer, path: str | Path) -> dict[str, Any]:
-    """Restore `trainer` (same architecture) from a `save_full` snapshot; returns its `extra`.
+    """Restore `trainer` (same model) from a full snapshot folder; returns its `extra`.
 
-    Raises CorruptSnapshotError naming the file when the snapshot is damaged.
-    """
+    Raises CorruptSnapshotError naming the file when the snapshot is damaged, SnapshotError when
+    it is of another model."""
     from freshrec.checkpoint.format import read_snapshot
 
     meta, arrays = read_snapshot(path, kind=KIND_FULL)
-    _restore_tables(trainer, meta, arrays, str(path))
-    trainer.load_trainer_state(meta["trainer"], arrays)
+    _ps(trainer).load_state(meta, arrays, source=str(path))
     return dict(meta.get("extra", {}))
-
-
-def _restore_tables(trainer, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source: str) -> None:
-    from freshrec.table import EmbeddingTable
-
-    layers = trainer.model.collisionless
-    if set(meta["tables"]) != set(layers):
-        msg = f"{source}: tables {sorted(meta['tables'])} do not match the model's {sorted(layers)}"
-        raise SnapshotError(msg)
-    for slot, tmeta in meta["tables"].items():
-        table = EmbeddingTable.from_state(tmeta, strip_prefix(f"table.{slot}", arrays), source=source)
-        table.track(CHANNEL)
-        layers[slot].table = table
-
-
-def _apply_incremental(
-    trainer, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source: str
-) -> None:
-    tables = trainer.tables
-    if set(meta["tables"]) != set(tables):
-        msg = f"{source}: tables {sorted(meta['tables'])} do not match the model's {sorted(tables)}"
-        raise SnapshotError(msg)
-    for slot, tmeta in meta["tables"].items():
-        tables[slot].apply_changes(tmeta, strip_prefix(f"table.{slot}", arrays))
 
 
 def _quarantine(root: Path, path: Path) -> None:
@@ -318,19 +289,24 @@ def _quarantine(root: Path, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def recover(root: str | Path, trainer, consumer=None, *, fallback: bool = True) -> RecoveryInfo | None:
-    """Restore `trainer` (same model architecture) from the snapshots under `root`; None when there are none.
+def recover(
+    root: str | Path, trainer, consumer=None, *, fallback: bool = True, quarantine: bool = True
+) -> RecoveryInfo | None:
+    """Restore `trainer` (a training PS or an OnlineTrainer; the same model) from the snapshots under
+    `root`; None when there are none.
 
     Tables are replaced by the snapshot's, dense weights / optimizer state / counters / positions
     loaded; `consumer` (when given) is moved to the restored positions. Snapshots newer than the
     state recovered to (corrupt ones, or incrementals after a corrupt link) are moved to
-    `root/quarantine/` so later saves continue the chain cleanly.
+    `root/quarantine/` so later saves continue the chain cleanly (unless `quarantine` is false:
+    readers such as a serving replica leave the folder as it is).
 
     Raises:
         CorruptSnapshotError: a snapshot is unreadable and `fallback` is false, or no full snapshot
             is readable (the newest one's error).
     """
     root = Path(root)
+    ps = _ps(trainer)
     fulls = _full_store(root, keep=1 << 30)
     steps = fulls.steps()
     if not steps:
@@ -341,7 +317,7 @@ def recover(root: str | Path, trainer, consumer=None, *, fallback: bool = True) 
         try:
             meta, arrays = fulls.load(full_step, kind=KIND_FULL)
             source = str(fulls.path_for(full_step))
-            _restore_tables(trainer, meta, arrays, source)
+            ps.load_state(meta, arrays, source=source)
         except CorruptSnapshotError as e:
             if not fallback:
                 raise
@@ -351,7 +327,7 @@ def recover(root: str | Path, trainer, consumer=None, *, fallback: bool = True) 
             skipped.append((str(e.path), e.reason))
             first_error = first_error or e
             continue
-        last_meta, last_arrays = meta, arrays
+        last_meta = meta
         applied: list[int] = []
         prev = full_step
         incr = _incr_store(root, full_step)
@@ -375,29 +351,32 @@ def recover(root: str | Path, trainer, consumer=None, *, fallback: bool = True) 
                 )
                 skipped.append((str(e.path), e.reason))
                 break
-            _apply_incremental(trainer, imeta, iarrays, str(incr.path_for(istep)))
+            ps.apply_changes(imeta, iarrays, source=str(incr.path_for(istep)))
             applied.append(istep)
             prev = istep
-            last_meta, last_arrays = imeta, iarrays
-        trainer.load_trainer_state(last_meta["trainer"], last_arrays)
-        # set aside everything newer than the state recovered to
-        for s in fulls.steps():
+            last_meta = imeta
+        for table in ps.tables.values():
+            table.track(CHANNEL)
+        # set aside everything newer than the state recovered to (not when only reading, e.g. serving)
+        for s in fulls.steps() if quarantine else ():
             if s > full_step:
                 _quarantine(root, fulls.path_for(s))
-        for base in _incr_bases(root):
+        for base in _incr_bases(root) if quarantine else ():
             store = _incr_store(root, base)
             for s in store.steps():
                 if s > prev:
                     _quarantine(root, store.path_for(s))
         if consumer is not None:
-            trainer.seek(consumer)
+            for p, off in ps.positions.items():
+                consumer.seek(int(p), int(off))
         return RecoveryInfo(
             full_step=full_step,
             incrementals=applied,
-            step=trainer.step,
-            positions=dict(trainer.positions),
+            step=ps.step,
+            positions=dict(ps.positions),
             skipped=skipped,
             extra=dict(last_meta.get("extra", {})),
+            log_positions=dict(last_meta.get("positions", {})),
         )
     assert first_error is not None
     raise first_error

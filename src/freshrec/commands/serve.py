@@ -1,7 +1,9 @@
 """`freshrec serve`: a serving replica behind the HTTP API, following the parameter log.
 
-Starts from a training-PS snapshot (a snapshot directory, or a snapshot store folder whose newest
-snapshot is used), replays the parameter log from the offsets stored in it, keeps following it
+Starts from any snapshot a command wrote (`freshrec train --out DIR`, `freshrec train online
+--snapshots DIR`: its newest full snapshot plus incrementals, or a snapshot store), rebuilds the model
+it records (any model of `freshrec.model.contract`), replays the parameter log from the offsets stored
+in it, keeps following it
 in the background, and answers /v1/rank, /v1/predict, /healthz and /metrics. Ranked candidates
 are logged as feature events to the features log (`--no-features` turns that off).
 """
@@ -21,7 +23,14 @@ EXAMPLE = "freshrec serve --params ./logs --snapshot ./snapshots --host 127.0.0.
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", required=True, help="log backend of the parameter log: folder or URL")
     parser.add_argument("--params-log", default="params", help="parameter log name")
-    parser.add_argument("--snapshot", required=True, help="training-PS snapshot dir, or a snapshot store")
+    parser.add_argument(
+        "--snapshot", required=True, help="a snapshot folder, snapshot store or online snapshots folder"
+    )
+    parser.add_argument(
+        "--rank-weights",
+        default="",
+        help="rank by a blend of task scores, e.g. click=1,watch=0.01 (default: the first task)",
+    )
     parser.add_argument("--features", default=None, help="features log backend (default: --params)")
     parser.add_argument("--features-log", default="features", help="features log name")
     parser.add_argument("--no-features", action="store_true", help="do not log served impressions")
@@ -35,20 +44,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
 
 
-def resolve_snapshot(path: str | Path) -> Path:
-    """A snapshot directory as given, or the newest snapshot of a snapshot-store folder."""
-    from freshrec.checkpoint.format import MANIFEST_NAME
-    from freshrec.checkpoint.store import SnapshotStore
-
-    p = Path(path)
-    if (p / MANIFEST_NAME).is_file():
-        return p
-    if p.is_dir():
-        latest = SnapshotStore(p).latest_path()
-        if latest is not None:
-            return latest
-    msg = f"--snapshot {str(p)!r}: neither a snapshot directory nor a snapshot store with a snapshot"
-    raise ConfigError(msg)
+def parse_weights(text: str) -> dict[str, float] | None:
+    """"click=1,watch=0.01" -> {"click": 1.0, "watch": 0.01}; "" -> None."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, w = part.partition("=")
+        try:
+            out[name.strip()] = float(w)
+        except ValueError:
+            sep = ""
+        if not sep:
+            msg = f"--rank-weights: {part!r} is not task=weight"
+            raise ConfigError(msg)
+    return out or None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -60,8 +70,9 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         torch.set_num_threads(max(1, args.threads))
-        snap = resolve_snapshot(args.snapshot)
-        replica = ServingReplica.from_snapshot(snap, config=ServingConfig(fp16=args.fp16))
+        snap = Path(args.snapshot)
+        config = ServingConfig(fp16=args.fp16, rank_weights=parse_weights(args.rank_weights))
+        replica = ServingReplica.from_snapshot(snap, config=config)
         backend = open_backend(args.params)
         plog = backend.log(args.params_log)
         start = replica.positions.get("params")

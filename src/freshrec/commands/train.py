@@ -1,4 +1,10 @@
-"""`freshrec train`: batch-train DeepFM (or DCN) on a dataset's past, evaluate on its future, checkpoint."""
+"""`freshrec train`: batch-train any model on a dataset's past, evaluate on its future, write a snapshot.
+
+The model is an import path or a short name (`--model deepfm|dcn|din|mypkg.towers:MyModel`) with
+`--model-kwargs` (a JSON object), or `[model] path = "..."` and `[model.kwargs]` in the config file;
+`--tasks click,rating:value` trains one head per task. The snapshot written at `--out` is the one
+layout every command reads: `freshrec train online --init OUT`, `freshrec serve --snapshot OUT`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "batch-train DeepFM or DCN on a dataset's past, evaluate AUC / log loss on its future, checkpoint"
+HELP = (
+    "batch-train a model (DeepFM, DCN, DIN or your own) on a dataset's past, evaluate on its future, snapshot"
+)
 EXAMPLE = "freshrec train --dataset movielens --epochs 5 --out runs/train-movielens"
 
 
@@ -20,7 +28,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--out", default=None, help="checkpoint folder (default: runs/train-<dataset>)")
     parser.add_argument("--embedding", choices=("collisionless", "hashed"), default="collisionless")
-    parser.add_argument("--model", choices=("deepfm", "dcn"), default="deepfm")
+    parser.add_argument(
+        "--model", default="deepfm", help="model: deepfm, dcn, din, or an import path package.module:Class"
+    )
+    parser.add_argument("--model-kwargs", default="", help="keyword arguments of the model, a JSON object")
+    parser.add_argument(
+        "--tasks",
+        default="click",
+        help="tasks: name[=label][:kind[:weight]], comma separated, e.g. click,rating:value",
+    )
     parser.add_argument(
         "--buckets", type=int, default=1 << 20, help="rows per slot of the hashed tables (--embedding hashed)"
     )
@@ -46,6 +62,8 @@ def main(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message="Sparse invariant checks")  # torch Adagrad, sparse grads
     import torch
 
+    from freshrec.errors import FreshrecError
+    from freshrec.model import ModelSpec, parse_tasks
     from freshrec.train.batch import (
         TrainConfig,
         config_dict,
@@ -58,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
         train, test = load_train_test(
             args.dataset, args.data, test_fraction=args.test_fraction, limit=args.limit
         )
-    except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+    except (FileNotFoundError, ValueError, ModuleNotFoundError, FreshrecError) as e:
         print(f"freshrec train: cannot load {args.dataset}: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, args.threads))
@@ -66,29 +84,48 @@ def main(args: argparse.Namespace) -> int:
     buckets = None
     if args.embedding == "hashed":
         buckets = {s: args.buckets for s in (*train.sparse, *getattr(train, "multi", {}))}
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        dim=args.dim,
-        hidden=hidden,
-        dense_lr=args.lr,
-        sparse_lr=args.sparse_lr,
-        embedding=args.embedding,
-        model=args.model,
-        buckets=buckets,
-        seed=args.seed,
-        progress=not args.no_progress and not args.json,
-    )
+    try:
+        mspec = ModelSpec.parse(args.model, args.model_kwargs)
+        config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            dim=args.dim,
+            hidden=hidden,
+            dense_lr=args.lr,
+            sparse_lr=args.sparse_lr,
+            embedding=args.embedding,
+            model=mspec.path,
+            model_kwargs=mspec.kwargs,
+            tasks=parse_tasks(args.tasks),
+            buckets=buckets,
+            seed=args.seed,
+            progress=not args.no_progress and not args.json,
+        )
+        for t in config.tasks:
+            train.target(t.target, binary=t.kind == "binary")
+    except FreshrecError as e:
+        print(f"freshrec train: {e}", file=sys.stderr)
+        return 2
     print(f"train: {train!r}\ntest:  {test!r}\nmodel: {args.model}, embedding: {args.embedding}", flush=True)
     print(f"{'epoch':>5} {'train loss':>10} {'test AUC':>9} {'test logloss':>12} {'ex/s':>9}", flush=True)
 
     def show(m) -> None:
+        more = ""
+        if len(m.tasks) > 1:
+            more = "  " + " ".join(
+                f"{k}:" + ",".join(f"{n}={v:.4f}" for n, v in d.items()) for k, d in m.tasks.items()
+            )
         print(
-            f"{m.epoch:>5} {m.train_loss:>10.4f} {m.auc:>9.4f} {m.log_loss:>12.4f} {m.examples_per_s:>9.0f}",
+            f"{m.epoch:>5} {m.train_loss:>10.4f} {m.auc:>9.4f} {m.log_loss:>12.4f} "
+            f"{m.examples_per_s:>9.0f}{more}",
             flush=True,
         )
 
-    result = train_model(train, test, config, on_epoch=show)
+    try:
+        result = train_model(train, test, config, on_epoch=show)
+    except FreshrecError as e:
+        print(f"freshrec train: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out or f"runs/train-{args.dataset}")
     meta = {
         "dataset": args.dataset,
@@ -96,12 +133,19 @@ def main(args: argparse.Namespace) -> int:
         "test_examples": len(test),
         "config": config_dict(config),
         "epochs": [
-            {"epoch": m.epoch, "train_loss": m.train_loss, "auc": m.auc, "log_loss": m.log_loss}
+            {
+                "epoch": m.epoch,
+                "train_loss": m.train_loss,
+                "auc": m.auc,
+                "log_loss": m.log_loss,
+                "tasks": {k: dict(v) for k, v in m.tasks.items()},
+            }
             for m in result.epochs
         ],
     }
-    save_checkpoint(result.model, out, meta)
-    print(f"checkpoint: {out}")
+    assert result.ps is not None
+    save_checkpoint(result.ps, out, meta)
+    print(f"snapshot: {out}")
     if args.json:
         f = result.final
         print(
@@ -111,8 +155,11 @@ def main(args: argparse.Namespace) -> int:
                     "embedding": args.embedding,
                     "auc": f.auc,
                     "log_loss": f.log_loss,
+                    "tasks": {k: dict(v) for k, v in f.tasks.items()},
+                    "model": result.ps.model_spec.to_dict(),
                     "epochs": meta["epochs"],
                     "checkpoint": str(out),
+                    "snapshot": str(out),
                 }
             )
         )

@@ -1,13 +1,18 @@
 """`freshrec train online`: the online trainer as its own process, with periodic snapshots and recovery.
 
-Reads an examples log (`--log` backend URL, `--topic` log name) in mini-batches, starting from a
-batch checkpoint (`--init`, the hand-off from `freshrec train`) or from scratch (`--slots`). With
+Reads an examples log (`--log` backend URL, `--topic` log name) in mini-batches, starting from any
+snapshot a command wrote (`--init`: the hand-off from `freshrec train`, or another online run's
+snapshots; the model is rebuilt from it) or from scratch (`--slots`, `--multi-slots`, `--model`,
+`--model-kwargs`, `--tasks`: any model of `freshrec.model.contract`). With
 `--snapshots DIR` it snapshots every `--snapshot-every` batches (every `--full-every`-th one full,
 the others incremental) and, when DIR already holds snapshots, first recovers from them and seeks
 the log to the positions they store: kill it at any moment and start it again with the same
 arguments, and it ends with the same parameters as a run never interrupted (tests/test_recovery.py).
 Without snapshots it starts at offset 0 of every partition (`--start committed` uses the group's
 committed positions instead; positions are committed for monitoring either way).
+
+SIGTERM or Ctrl-C stops it cleanly: the batch in hand is finished, the touched rows and the dense
+weights are published once more and a final full snapshot is written (exit code 0).
 
 With `--params URL` it also publishes the touched rows to the parameter log (`--params-log`) after
 every batch (`freshrec.ps.sync.SyncPublisher`, from a hook placed before the snapshotter, so every
@@ -23,7 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from pathlib import Path
 
 HELP = "online training from the examples log, with periodic full/incremental snapshots and recovery"
 EXAMPLE = (
@@ -37,10 +45,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", default="examples", help="examples log name")
     parser.add_argument("--group", default="online-trainer", help="consumer group (for monitoring)")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--init", help="batch checkpoint folder written by `freshrec train`")
+    src.add_argument("--init", help="a snapshot written by `freshrec train` (or by a previous online run)")
     src.add_argument("--slots", help="from scratch: comma-separated single-valued slots")
+    parser.add_argument("--multi-slots", default="", help="from scratch: comma-separated multi-valued slots")
+    parser.add_argument(
+        "--model", default="deepfm", help="from scratch: deepfm, dcn, din or package.module:Class"
+    )
+    parser.add_argument("--model-kwargs", default="", help="from scratch: the model's kwargs, a JSON object")
+    parser.add_argument(
+        "--tasks", default=None, help="from scratch: tasks, e.g. click,watch:value (default: --label)"
+    )
     parser.add_argument("--dense", default="", help="dense feature names, comma separated (in column order)")
-    parser.add_argument("--label", default="click", help="the action whose label is the target")
+    parser.add_argument(
+        "--label", default=None, help="the action the first task learns (default: the task's own, click)"
+    )
     parser.add_argument("--dim", type=int, default=16, help="embedding width (from scratch)")
     parser.add_argument("--hidden", default="256,128", help="DNN widths (from scratch)")
     parser.add_argument("--sparse-lr", type=float, default=0.05, help="Adagrad rate of the tables (scratch)")
@@ -67,7 +85,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params-log", default="params", help="parameter log name")
     parser.add_argument("--dense-every", type=int, default=10, help="publish dense weights every N batches")
     parser.add_argument(
-        "--expect-examples", type=int, default=None,
+        "--expect-examples",
+        type=int,
+        default=None,
         help="train whole batches only, waiting for records, and exit after N examples (single partition)",
     )
 
@@ -75,28 +95,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from freshrec.checkpoint.periodic import PeriodicSnapshotter, SnapshotPolicy
+    from freshrec.checkpoint.periodic import SnapshotPolicy
     from freshrec.errors import FreshrecError
-    from freshrec.model import FeatureSpec, SlotSpec
-    from freshrec.stream.backends import open_backend
+    from freshrec.model import FeatureSpec, ModelSpec, SlotSpec, parse_tasks
+    from freshrec.pipeline import Pipeline, PipelineConfig
     from freshrec.table import Adagrad
-    from freshrec.train.online import OnlineConfig, OnlineTrainer
+    from freshrec.train.online import OnlineConfig
 
     if args.deterministic:
         torch.set_num_threads(1)
         torch.use_deterministic_algorithms(True)
     dense = [d for d in args.dense.split(",") if d.strip()]
-    config = OnlineConfig(
-        batch_size=args.batch_size,
-        dense_lr=args.dense_lr,
-        evict_every=args.evict_every,
-        poll_timeout_s=1.0 if args.follow else 0.0,
-    )
     try:
-        if args.init:
-            trainer = OnlineTrainer.from_checkpoint(args.init, config, dense=dense or None, label=args.label)
-        else:
+        config = OnlineConfig(
+            batch_size=args.batch_size,
+            dense_lr=args.dense_lr,
+            evict_every=args.evict_every,
+            poll_timeout_s=1.0 if args.follow else 0.2,
+        )
+        spec = mspec = tasks = None
+        if not args.init:
             slots = tuple(SlotSpec(name=s.strip()) for s in args.slots.split(",") if s.strip())
+            slots += tuple(
+                SlotSpec(name=s.strip(), multi_valued=True) for s in args.multi_slots.split(",") if s.strip()
+            )
             spec = FeatureSpec(
                 slots=slots,
                 dense_dim=len(dense),
@@ -105,34 +127,36 @@ def main(args: argparse.Namespace) -> int:
                 seed=args.seed,
             )
             hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
-            trainer = OnlineTrainer.from_spec(
-                spec, config, hidden=hidden, seed=args.seed, dense=dense or None, label=args.label
+            mspec = ModelSpec.parse(args.model, args.model_kwargs)
+            if mspec.path == "freshrec.model:DeepFM" and not mspec.kwargs:
+                mspec = ModelSpec(mspec.path, {"hidden": list(hidden), "seed": args.seed})
+            tasks = parse_tasks(args.tasks or args.label or "click")
+        pipe = Pipeline(
+            PipelineConfig(
+                log=args.log,
+                params_url=args.params,
+                examples=args.topic,
+                params=args.params_log,
+                online=config,
+                init=Path(args.init) if args.init else None,
+                model=mspec,
+                features_spec=spec,
+                tasks=tasks,
+                dense_names=tuple(dense) or None,
+                snapshots=Path(args.snapshots) if args.snapshots else None,
+                policy=SnapshotPolicy(
+                    every_batches=args.snapshot_every, full_every=args.full_every, keep=args.keep
+                ),
             )
-        backend = open_backend(args.log)
-        log = backend.log(args.topic)
-        consumer = log.consumer(args.group)
-        snap = None
-        recovered = None
-        publisher = pbackend = None
-        if args.params:
-            from freshrec.ps.sync import SyncPublisher
-
-            pbackend = open_backend(args.params)
-            publisher = SyncPublisher(trainer, pbackend.log(args.params_log))
-            every = max(1, args.dense_every)
-            trainer.add_hook(lambda tr, info: publisher.publish_once(dense=tr.step % every == 0))
-        if args.snapshots:
-            policy = SnapshotPolicy(
-                every_batches=args.snapshot_every, full_every=args.full_every, keep=args.keep
-            )
-            snap = PeriodicSnapshotter(args.snapshots, policy, publisher=publisher)
-            recovered = snap.recover(trainer, consumer, fallback=not args.no_fallback)
-            trainer.add_hook(snap)
-        if publisher is not None and recovered is not None:
-            publisher.version = int(recovered.extra.get("params_version", 0))
-        if recovered is None and args.start == "earliest":
-            for p in range(log.partitions):
-                consumer.seek(p, 0)
+        )
+        trainer = pipe.trainer(fallback=not args.no_fallback)
+        publisher = (
+            pipe.publisher(trainer, every_batch=True, dense_every=args.dense_every) if args.params else None
+        )
+        if publisher is None and pipe.snapshotter is not None:
+            trainer.add_hook(pipe.snapshotter)
+        snap, recovered = pipe.snapshotter, pipe.recovered
+        log, consumer = pipe.examples_consumer(trainer, group=args.group, start=args.start)
         if recovered is not None:
             print(
                 f"recovered step {recovered.step} from full {recovered.full_step} + "
@@ -147,10 +171,15 @@ def main(args: argparse.Namespace) -> int:
                 print(tr.metrics().line(), flush=True)
 
         trainer.add_hook(progress)
+        stop = threading.Event()  # SIGTERM / SIGINT: finish the batch, publish, snapshot, exit 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
         if args.expect_examples is not None:
             metrics = _train_expected(trainer, log, consumer, args.expect_examples, args.batch_size)
         else:
-            metrics = trainer.run(consumer, max_batches=args.max_batches, until_idle=not args.follow)
+            metrics = trainer.run(
+                consumer, max_batches=args.max_batches, until_idle=not args.follow, log=log, stop=stop.is_set
+            )
         if publisher is not None:
             publisher.publish_once(dense=True)
         last_step = snap.history[-1].step if snap is not None and snap.history else None
@@ -160,9 +189,7 @@ def main(args: argparse.Namespace) -> int:
             last = snap.snapshot(trainer, full=True)
             print(f"final snapshot: {last.path} ({last.nbytes} bytes)", flush=True)
         consumer.close()
-        backend.close()
-        if pbackend is not None:
-            pbackend.close()
+        pipe.close()
     except FreshrecError as e:
         print(f"freshrec train online: {e}", file=sys.stderr)
         return 1
@@ -179,6 +206,7 @@ def main(args: argparse.Namespace) -> int:
                     "examples_per_s": metrics.examples_per_s,
                     "auc": metrics.auc,
                     "log_loss": metrics.log_loss,
+                    "tasks": metrics.tasks,
                     "table_rows": metrics.table_rows,
                     "positions": {str(p): o for p, o in trainer.positions.items()},
                     "step": trainer.step,

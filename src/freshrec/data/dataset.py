@@ -6,7 +6,9 @@ A `Dataset` of n examples (a worked example: 3 MovieLens ratings, one multi-valu
     multi       {"genre": Ragged(values=int64 [g1, g2, g3, g1], offsets=int64 (n+1,) = [0, 2, 3, 4])}
                  row 0 has genres [g1, g2], row 1 [g3], row 2 [g1]
     dense       float32 (n, k) (k = 0 when the data has no dense features); names in `dense_names`
-    label       float32 (n,) in {0, 1}
+    label       float32 (n,) in {0, 1}: the binary label named `label_name` (default "click")
+    labels      {"rating": float32 (n,)}: further labels by name, raw values (e.g. a rating, watch
+                seconds), for models with several tasks (`Dataset.target(name)`)
     ts          float64 (n,) seconds (unix time; row numbers when the data has no time: has_time=False)
     sample_rate float32 (n,) the rate r at which negatives of this example's request were kept by
                 sampling, carried by positives too (1.0 when not sampled); the trainer's log-odds
@@ -124,6 +126,8 @@ class Dataset:
     dense_names: tuple[str, ...] = ()
     multi: Mapping[str, Ragged] = field(default_factory=dict)
     has_time: bool = True
+    labels: Mapping[str, np.ndarray] = field(default_factory=dict)
+    label_name: str = "click"
 
     def __post_init__(self) -> None:
         label = np.ascontiguousarray(self.label, dtype=np.float32).reshape(-1)
@@ -163,6 +167,23 @@ class Dataset:
         set_(self, "multi", _ro_mapping(multi))
         set_(self, "dense", dense)
         set_(self, "dense_names", names)
+        labels = {k: col(v, np.float32, f"label {k!r}") for k, v in self.labels.items()}
+        set_(self, "labels", _ro_mapping(labels))
+
+    def target(self, name: str, *, binary: bool) -> np.ndarray:
+        """The values (n,) of label `name` (the binary `label` or one of `labels`), as 0/1 when
+        `binary` (value > 0). ConfigError naming the labels present when there is no such label."""
+        if name in self.labels:
+            v = self.labels[name]
+        elif name == self.label_name:
+            v = self.label
+        else:
+            from freshrec.errors import ConfigError
+
+            have = sorted({self.label_name, *self.labels})
+            msg = f"dataset {self.name!r} has no label {name!r}; its labels are {have}"
+            raise ConfigError(msg)
+        return (v > 0).astype(np.float32) if binary else v
 
     def _check_slot(self, k: str) -> None:
         if not _SLOT_RE.fullmatch(k) or k in RESERVED_KEYS:
@@ -182,6 +203,8 @@ class Dataset:
         dense: np.ndarray | None = None,
         dense_names: tuple[str, ...] = (),
         multi: Mapping[str, Ragged] | None = None,
+        labels: Mapping[str, np.ndarray] | None = None,
+        label_name: str = "click",
     ) -> Dataset:
         """A dataset with defaults: no ts -> row numbers (has_time=False), rates 1.0, no dense columns."""
         n = len(label)
@@ -195,6 +218,8 @@ class Dataset:
             dense_names=dense_names,
             multi=multi or {},
             has_time=ts is not None,
+            labels=labels or {},
+            label_name=label_name,
         )
 
     def __len__(self) -> int:
@@ -230,6 +255,8 @@ class Dataset:
             dense_names=self.dense_names,
             multi={k: r.take(idx) for k, r in self.multi.items()},
             has_time=self.has_time,
+            labels={k: v[idx] for k, v in self.labels.items()},
+            label_name=self.label_name,
         )
 
     def is_time_sorted(self) -> bool:
@@ -300,4 +327,6 @@ def concat(parts: Iterable[Dataset], *, name: str | None = None) -> Dataset:
         dense_names=first.dense_names,
         multi={k: cat_ragged([p.multi[k] for p in parts]) for k in first.multi_slots},
         has_time=all(p.has_time for p in parts),
+        labels={k: np.concatenate([p.labels[k] for p in parts]) for k in first.labels},
+        label_name=first.label_name,
     )

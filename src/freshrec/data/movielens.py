@@ -9,7 +9,8 @@ Formats read (a folder holding one of them, or the file itself):
   `movies.csv` (`movieId,title,genres` with genres joined by `|`).
 - `ratings.dat` (1M, 10M): `user::item::rating::ts`; side files `users.dat`, `movies.dat`.
 
-Label: rating >= 3.5 is a positive (the Monolith paper's choice). Slots: `user_id`, `item_id`
+Label: rating >= 3.5 is a positive "click" (the Monolith paper's choice); the rating itself is the
+value label "rating" (for a second, value task). Slots: `user_id`, `item_id`
 (the raw MovieLens ids). With `side_info=True`, whatever side files are present add `age`
 (years, raw), `gender` (1 = M, 2 = F), `occupation` (`stable_ids` of the name, or the 1M code) and
 the multi-valued `genre` (`stable_ids` of genre names); ids missing from a side file get 0.
@@ -199,4 +200,5 @@ def load_movielens(
         label=(rating >= POSITIVE_RATING).astype(np.float32),
         ts=ts,
         multi=multi,
+        labels={"rating": rating.astype(np.float32)},
     )

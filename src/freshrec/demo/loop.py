@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -103,7 +104,9 @@ def _platform(cfg: DemoConfig) -> SyntheticPlatform:
     )
 
 
-GLOBO_SLOTS = ("user_id", "item_id", "env", "device", "os", "country", "region", "referrer")
+GLOBO_SLOTS = (
+    "user_id", "item_id", "environment", "device_group", "os", "country", "region", "referrer_type"
+)  # fmt: skip
 
 
 class GloboStream:
@@ -157,19 +160,6 @@ class GloboStream:
         return self._pos >= len(self.live)
 
 
-def _frozen_replica(model, spec, hidden, seed):
-    """A serving replica holding a copy of `model` (the frozen baseline scores like serving)."""
-    from freshrec.ps.delta import Delta
-    from freshrec.ps.serving import ServingReplica
-
-    rep = ServingReplica(spec, hidden=hidden, seed=seed)
-    for slot, layer in model.collisionless.items():
-        ids, emb = layer.table.export()
-        rep.apply(Delta(table=slot, version=1, ids=ids, embeddings=emb))
-    rep.load_dense({k: v.detach().numpy() for k, v in model.state_dict().items()}, version=1)
-    return rep
-
-
 def _globo_tick(globo: GloboStream, now: float, client: httpx.Client, frozen_rep, features, actions):
     """Replay the Globo events up to `now`: score the impressions (online over HTTP, frozen in
     process) before logging them, then log impressions and clicks. Returns (online, frozen,
@@ -211,15 +201,14 @@ def _globo_tick(globo: GloboStream, now: float, client: httpx.Client, frozen_rep
 def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[DemoTrace, dict]:
     """Run the loop for `cfg.minutes`; returns the trace and the objects' final stats."""
     from freshrec.data.splits import split_by_time
+    from freshrec.pipeline import Pipeline, PipelineConfig
     from freshrec.ps.serving import ServingReplica
-    from freshrec.ps.sync import SyncPublisher, SyncSubscriber
-    from freshrec.serve.app import create_app
     from freshrec.serve.server import ServerThread
-    from freshrec.stream.joiner import JOIN_TABLES, Joiner, JoinerConfig
+    from freshrec.stream.joiner import JOIN_TABLES, JoinerConfig
     from freshrec.stream.local_log import LocalBackend
     from freshrec.stream.store import LmdbStore
     from freshrec.train.batch import TrainConfig, load_checkpoint, save_checkpoint, train_model
-    from freshrec.train.online import OnlineConfig, OnlineTrainer
+    from freshrec.train.online import OnlineConfig
 
     torch.set_num_threads(1)
     out = Path(cfg.out_dir)
@@ -263,35 +252,40 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
     train, test = split_by_time(history, train_frac=0.9)
     result = train_model(train, test, tcfg)
     log(f"[demo] starting model: AUC {result.final.auc:.4f} on the last 10% of the history")
-    ckpt = save_checkpoint(result.model, work / "batch-checkpoint")
+    assert result.ps is not None
+    ckpt = save_checkpoint(result.ps, work / "batch-snapshot")
     frozen, _ = load_checkpoint(ckpt)
     frozen.eval()
-    frozen_rep = _frozen_replica(frozen, frozen.spec, tcfg.hidden, cfg.seed) if globo is not None else None
+    frozen_rep = ServingReplica.from_snapshot(ckpt) if globo is not None else None
 
-    # 2. the logs, the joiner, the online trainer and the sync publisher
+    # 2. the loop's roles, built by one pipeline over the local log: joiner, trainer, publisher,
+    #    replica, HTTP app
     backend = LocalBackend(work / "logs")
-    features, actions = backend.log("features"), backend.log("actions")
-    examples, dead, params = backend.log("examples"), backend.log("dead-letters"), backend.log("params")
-    joiner_cfg = JoinerConfig(
-        windows={"click": cfg.click_window_s},
-        allowed_lateness_s=5.0,
-        emit_early_positives=True,
-        poll_timeout_s=0.05,
+    pipe = Pipeline(
+        PipelineConfig(
+            log=str(work / "logs"),
+            joiner=JoinerConfig(
+                windows={"click": cfg.click_window_s},
+                allowed_lateness_s=5.0,
+                emit_early_positives=True,
+                poll_timeout_s=0.05,
+            ),
+            online=OnlineConfig(batch_size=256, poll_timeout_s=0.2, evict_every=20, dense_lr=1e-3),
+            init=ckpt,
+            sync_interval_s=cfg.sync_interval_s,
+            dense_interval_s=cfg.dense_interval_s,
+        ),
+        backend=backend,
     )
-    joiner_box: dict[str, Joiner] = {}
+    features, actions = pipe.log("features"), pipe.log("actions")
+    dead = pipe.log("dead-letters")
+    joiner_box: dict[str, Any] = {}
     joiner_ready = threading.Event()
 
     def run_joiner() -> None:
         # An LMDB write transaction belongs to the thread that began it: the store is opened here.
         store = LmdbStore(work / "joiner", JOIN_TABLES, map_size=1 << 30, sync=False)
-        j = Joiner(
-            config=joiner_cfg,
-            features=features,
-            actions=actions,
-            examples=examples,
-            dead_letters=dead,
-            store=store,
-        )
+        j = pipe.joiner(store)
         joiner_box["j"] = j
         joiner_ready.set()
         try:
@@ -300,22 +294,14 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
             j.close()
             store.close()
 
-    trainer = OnlineTrainer.from_checkpoint(
-        ckpt, OnlineConfig(batch_size=256, poll_timeout_s=0.2, evict_every=20, dense_lr=1e-3)
-    )
-    spec = trainer.model.spec
-    publisher = SyncPublisher(
-        trainer, params, interval_s=cfg.sync_interval_s, dense_interval_s=cfg.dense_interval_s
-    )
-    publisher.publish_once(dense=True)  # the starting model goes to serving in full
+    trainer = pipe.trainer()
+    publisher = pipe.publisher(trainer)
     stop = threading.Event()
 
-    # 3. the serving replica, following the parameter log, behind a real HTTP server
-    replica = ServingReplica(spec, hidden=tcfg.hidden, seed=cfg.seed)
-    subscriber = SyncSubscriber(replica, params, group="demo-serving")
-    subscriber.catch_up()
+    # 3. the serving replica (the trainer's state, then the parameter log) behind a real HTTP server
+    replica, subscriber = pipe.replica(publisher=publisher, group="demo-serving")
     clock = SimClock(t_live, cfg.speedup)
-    app = create_app(replica, features_log=features, subscriber=subscriber, clock=clock)
+    app = pipe.app(replica, subscriber, clock=clock)
     server = ServerThread(app).start()
     subscriber.start()
     log(
@@ -323,11 +309,12 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
         f"{cfg.minutes:g} min at {cfg.speedup:g}x data time."
     )
 
-    consumer = examples.consumer("demo-trainer")
+    examples_log, consumer = pipe.examples_consumer(trainer, group="demo-trainer")
     threads = [
         threading.Thread(target=run_joiner, name="joiner"),
         threading.Thread(
-            target=lambda: trainer.run(consumer, until_idle=False, stop=stop.is_set), name="trainer"
+            target=lambda: trainer.run(consumer, until_idle=False, stop=stop.is_set, log=examples_log),
+            name="trainer",
         ),
     ]
     pub_thread, pub_stop = publisher.start()

@@ -279,7 +279,7 @@ def run_online_experiment(
                     ckpt, OnlineConfig(batch_size=config.batch_size, dense_lr=config.dense_lr)
                 )
                 # the serving replica starts as a copy of the batch model (bootstrap), then follows deltas
-                replica = ServingReplica(trainer.model.spec, hidden=config.hidden, seed=seed)
+                replica = ServingReplica(trainer.ps.spec, model=trainer.ps.model_spec, tasks=trainer.ps.tasks)
                 for slot, table in trainer.tables.items():
                     ids, emb = table.export()
                     replica.tables[slot].reserve(ids.shape[0])

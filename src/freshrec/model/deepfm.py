@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from freshrec.errors import ConfigError
+from freshrec.model.contract import DEFAULT_TASKS, Task
 from freshrec.model.embedding import (
     CollisionlessEmbedding,
     HashedEmbedding,
@@ -47,23 +49,39 @@ SparseInput = Mapping[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 
 class SlotModel(nn.Module):
-    """What every model over a `FeatureSpec` shares: its embedding layers, the parameter split, the loss."""
+    """What every model over a `FeatureSpec` shares: its embedding layers, tasks, the parameter split.
+
+    A base class for models that follow `freshrec.model.contract` (not required by it: any module
+    with `spec`, `embeddings` and `tasks` that follows the rules will do)."""
 
     spec: FeatureSpec
     embeddings: nn.ModuleDict
+    tasks: tuple[Task, ...]
+    embedding_extra_columns = 0
 
-    def _set_embeddings(self, spec: FeatureSpec, embeddings: nn.ModuleDict) -> int:
-        """Check and keep the layers; returns the slots' common embedding width."""
+    def _set_embeddings(
+        self, spec: FeatureSpec, embeddings: nn.ModuleDict, tasks: Sequence[Task] | None = None
+    ) -> int:
+        """Check and keep the layers and tasks; returns the slots' common embedding width."""
         dims = {spec.slot_dim(n) for n in spec.names}
         if len(dims) != 1:
             msg = f"{type(self).__name__} needs one embedding width for all slots, got {sorted(dims)}"
-            raise ValueError(msg)
+            raise ConfigError(msg)
         if set(embeddings.keys()) != set(spec.names):
             msg = f"embeddings {sorted(embeddings.keys())} do not match slots {sorted(spec.names)}"
-            raise ValueError(msg)
+            raise ConfigError(msg)
+        tasks = tuple(tasks) if tasks else DEFAULT_TASKS
+        if not all(isinstance(t, Task) for t in tasks):
+            msg = f"{type(self).__name__}: tasks must be freshrec.model.Task objects, got {tasks!r}"
+            raise ConfigError(msg)
         self.spec = spec
         self.embeddings = embeddings
+        self.tasks = tasks
         return dims.pop()
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
 
     def hashed_parameters(self) -> Iterator[nn.Parameter]:
         """Rows of hashed embedding layers (sparse gradients): give them to Adagrad / SparseAdam."""
@@ -108,14 +126,19 @@ class SlotModel(nn.Module):
             return None
         if dense is None:
             msg = f"model expects {self.spec.dense_dim} dense features, got none"
-            raise ValueError(msg)
+            raise ConfigError(msg)
         return dense.to(dtype)
+
+    def _heads(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, T) head outputs as the contract returns them: (B,) for one task."""
+        return out.squeeze(1) if out.shape[1] == 1 else out
 
     @staticmethod
     def loss(
         logit: torch.Tensor, label: torch.Tensor, logit_offset: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Mean BCE with logits of `logit + logit_offset` against 0/1 `label` (offset default none)."""
+        """Mean BCE with logits of `logit + logit_offset` against 0/1 `label` (offset default none);
+        one binary task. Several tasks: `freshrec.model.contract.task_losses`."""
         z = logit if logit_offset is None else logit + logit_offset.to(logit.dtype)
         return F.binary_cross_entropy_with_logits(z, label.to(logit.dtype))
 
@@ -134,29 +157,40 @@ class DeepFM(SlotModel):
     """DeepFM over the slots of `spec`, with embedding layers `embeddings` (slot -> layer, width dim+1).
 
     Use `DeepFM.build(spec, kind=...)` to make the layers; all slots must share one width `spec.dim`.
+    With T tasks the FM part is shared and the DNN's last layer and the bias have T outputs:
+    logits (B, T) ((B,) for one task).
     """
+
+    embedding_extra_columns = 1
 
     def __init__(
         self,
         spec: FeatureSpec,
         embeddings: nn.ModuleDict,
         *,
+        tasks: Sequence[Task] | None = None,
         hidden: Sequence[int] = (256, 128),
         dropout: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.k = self._set_embeddings(spec, embeddings)
-        self.hidden = tuple(hidden)
-        self.dropout = dropout
+        self.k = self._set_embeddings(spec, embeddings, tasks)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.dropout = float(dropout)
+        self.seed = int(seed)
+        t = len(self.tasks)
         with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG state untouched
             torch.manual_seed(seed)
             n_f, d = len(spec.slots), spec.dense_dim
-            self.bias = nn.Parameter(torch.zeros(()))
+            self.bias = nn.Parameter(torch.zeros(()) if t == 1 else torch.zeros(t))
             self.dense_linear = nn.Linear(d, 1, bias=False) if d > 0 else None
             layers, width = _mlp(n_f * self.k + d, hidden, dropout)
-            layers.append(nn.Linear(width, 1))
+            layers.append(nn.Linear(width, t))
             self.dnn = nn.Sequential(*layers)
+
+    def model_kwargs(self) -> dict:
+        """The kwargs that rebuild this model (`freshrec.model.ModelSpec`)."""
+        return {"hidden": list(self.hidden), "dropout": self.dropout, "seed": self.seed}
 
     @classmethod
     def build(
@@ -169,13 +203,14 @@ class DeepFM(SlotModel):
         hidden: Sequence[int] = (256, 128),
         dropout: float = 0.0,
         seed: int = 0,
+        tasks: Sequence[Task] | None = None,
     ) -> DeepFM:
         """A DeepFM with its embedding layers built from `spec` (see `FeatureSpec.build`)."""
         embs = spec.build(kind, buckets=buckets, hash=hash, extra_columns=1)
-        return cls(spec, embs, hidden=hidden, dropout=dropout, seed=seed)
+        return cls(spec, embs, tasks=tasks, hidden=hidden, dropout=dropout, seed=seed)
 
     def forward(self, sparse: SparseInput, dense: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B,) of a batch; see the module docstring for the input layout."""
+        """Logits (B,) of a batch, (B, T) with several tasks; the module docstring has the input layout."""
         X = self.embed(sparse)  # (B, F, k + 1)
         B = X.shape[0]
         w, V = X[..., 0], X[..., 1:]  # (B, F), (B, F, k)
@@ -187,8 +222,8 @@ class DeepFM(SlotModel):
         if d is not None and self.dense_linear is not None:
             first = first + self.dense_linear(d).squeeze(1)
             parts.append(d)  # (B, D)
-        deep = self.dnn(torch.cat(parts, dim=1)).squeeze(1)  # (B,)
-        return self.bias + first + second + deep
+        deep = self.dnn(torch.cat(parts, dim=1))  # (B, T)
+        return self._heads(self.bias + (first + second).unsqueeze(1) + deep)  # (B,) or (B, T)
 
 
 class DCN(SlotModel):
@@ -204,23 +239,34 @@ class DCN(SlotModel):
         spec: FeatureSpec,
         embeddings: nn.ModuleDict,
         *,
+        tasks: Sequence[Task] | None = None,
         cross_layers: int = 3,
         hidden: Sequence[int] = (256, 128),
         dropout: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.k = self._set_embeddings(spec, embeddings)
-        self.hidden = tuple(hidden)
-        self.dropout = dropout
+        self.k = self._set_embeddings(spec, embeddings, tasks)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.dropout = float(dropout)
         self.cross_layers = int(cross_layers)
+        self.seed = int(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             width = len(spec.slots) * self.k + spec.dense_dim
             self.cross = nn.ModuleList(nn.Linear(width, width) for _ in range(self.cross_layers))
             layers, out = _mlp(width, hidden, dropout)
             self.dnn = nn.Sequential(*layers)
-            self.head = nn.Linear(width + out, 1)
+            self.head = nn.Linear(width + out, len(self.tasks))
+
+    def model_kwargs(self) -> dict:
+        """The kwargs that rebuild this model (`freshrec.model.ModelSpec`)."""
+        return {
+            "cross_layers": self.cross_layers,
+            "hidden": list(self.hidden),
+            "dropout": self.dropout,
+            "seed": self.seed,
+        }
 
     @classmethod
     def build(
@@ -234,10 +280,13 @@ class DCN(SlotModel):
         hidden: Sequence[int] = (256, 128),
         dropout: float = 0.0,
         seed: int = 0,
+        tasks: Sequence[Task] | None = None,
     ) -> DCN:
         """A DCN with its embedding layers built from `spec` (see `FeatureSpec.build`)."""
         embs = spec.build(kind, buckets=buckets, hash=hash)
-        return cls(spec, embs, cross_layers=cross_layers, hidden=hidden, dropout=dropout, seed=seed)
+        return cls(
+            spec, embs, tasks=tasks, cross_layers=cross_layers, hidden=hidden, dropout=dropout, seed=seed
+        )
 
     def forward(self, sparse: SparseInput, dense: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B,) of a batch (same inputs as `DeepFM.forward`)."""
@@ -250,4 +299,4 @@ class DCN(SlotModel):
         x = x0
         for layer in self.cross:
             x = x0 * layer(x) + x  # (B, W)
-        return self.head(torch.cat([x, self.dnn(x0)], dim=1)).squeeze(1)  # (B,)
+        return self._heads(self.head(torch.cat([x, self.dnn(x0)], dim=1)))  # (B,) or (B, T)

@@ -1,9 +1,15 @@
 """`ServingReplica`: serving tables (embeddings only) + the dense model, answering while deltas apply.
 
-A replica holds one `EmbeddingTable` per slot configured for serving: SGD (no optimizer state, so a
-row is exactly the `dim` floats the delta carried), no admission filter, no expiry or capacity
-(the training PS decides what exists; deletions arrive in deltas). Its `DeepFM`'s
-`CollisionlessEmbedding` layers read those tables.
+The model is any model of `freshrec.model.contract`, rebuilt from the `ModelSpec`, feature spec and
+tasks the training side recorded (a snapshot's meta, or given). A replica holds one `EmbeddingTable`
+per collisionless slot configured for serving: SGD (no optimizer state, so a row is exactly the
+floats the delta carried), no admission filter, no expiry or capacity (the training PS decides
+what exists; deletions arrive in deltas). The model's `CollisionlessEmbedding` layers read those
+tables; hashed slots (if any) are dense weights and arrive with them.
+
+Outputs. The model gives one output per task (B, T): a binary task's logit is served as a
+probability, a value task's value as it is. `rank` orders candidates by a blend of the tasks'
+scores, `sum_t w_t * score_t` with `ServingConfig.rank_weights` (default: the first task alone).
 
 Applying while answering:
 - `apply(Delta)`: `remove(deleted)` then `assign(ids, embeddings)`; each call takes the table's
@@ -11,7 +17,7 @@ Applying while answering:
   one delta on different tables may be seen one table old; a request never waits on more than one
   table's write).
 - `apply(DenseUpdate)`: the frames of one version are collected; once every dense tensor of the
-  model is there, a NEW DeepFM sharing the same embedding layers is built, loaded and only then put
+  model is there, a NEW model sharing the same embedding layers is built, loaded and only then put
   in place by one reference assignment. A request reads `self._model` once, so it computes with the
   old or the new dense weights, never a mix.
 
@@ -46,11 +52,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from freshrec.checkpoint.format import read_snapshot, strip_prefix
-from freshrec.errors import ConfigError, SnapshotError
-from freshrec.model import CollisionlessEmbedding, DeepFM, FeatureSpec
+from freshrec.errors import ConfigError
+from freshrec.model import CollisionlessEmbedding, FeatureSpec, HashedEmbedding, ModelSpec, Task, build_model
+from freshrec.model.contract import DEFAULT_TASKS, extra_columns_of, outputs_2d
 from freshrec.ps.delta import Delta, DenseUpdate
-from freshrec.ps.training import SNAPSHOT_KIND
+from freshrec.ps.training import TrainingPS
 from freshrec.table import SGD, EmbeddingTable, Initializer, TableConfig
 
 __all__ = ["MISSING_ID", "ServingConfig", "ServingReplica", "serving_table_config"]
@@ -71,12 +77,17 @@ class ServingConfig:
     train_sample_rate: float | None = None
     dense_names: tuple[str, ...] | None = None
     initial_capacity: int = 1024
+    rank_weights: Mapping[str, float] | None = None  # task -> weight of its score; default: first task
 
     def __post_init__(self) -> None:
         r = self.train_sample_rate
         if r is not None and not 0.0 < r <= 1.0:
             msg = f"ServingConfig.train_sample_rate must be in (0, 1], got {r}"
             raise ConfigError(msg)
+        for k, w in (self.rank_weights or {}).items():
+            if not math.isfinite(float(w)):
+                msg = f"ServingConfig.rank_weights[{k!r}] must be finite, got {w}"
+                raise ConfigError(msg)
 
 
 def serving_table_config(cfg: TableConfig, *, initial_capacity: int = 1024) -> TableConfig:
@@ -93,12 +104,14 @@ def serving_table_config(cfg: TableConfig, *, initial_capacity: int = 1024) -> T
 
 
 class ServingReplica:
-    """Serving tables + dense model of a DeepFM over `spec`; see the module docstring.
+    """Serving tables + dense model of any model over `spec`; see the module docstring.
 
     Args:
         spec: the model's slots (as the training PS's).
-        hidden: DNN widths (as the training PS's).
-        seed: initialization of the dense weights until the first DenseUpdate / snapshot.
+        model: the model (`ModelSpec` or import path); default DeepFM with `hidden` and `seed`.
+        tasks: the model's tasks (default: one binary "click").
+        hashed: slot -> hashed layer description (`{"num_buckets", "dim", "hash", "hash_seed"}`) for
+            slots the model embeds with hashed tables (their rows are dense weights).
         config: ServingConfig.
         clock: wall-clock seconds, stamped on each apply (`last_apply_wall`, for metrics).
     """
@@ -107,15 +120,31 @@ class ServingReplica:
         self,
         spec: FeatureSpec,
         *,
+        model: ModelSpec | str | None = None,
+        tasks: Sequence[Task] | None = None,
         hidden: Sequence[int] = (256, 128),
         seed: int = 0,
+        hashed: Mapping[str, Mapping[str, Any]] | None = None,
         config: ServingConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.spec = spec
-        self.hidden = tuple(int(h) for h in hidden)
-        self.seed = int(seed)
+        if isinstance(model, str):
+            model = ModelSpec(model)
+        self.model_spec = model or ModelSpec(
+            "freshrec.model:DeepFM", {"hidden": list(hidden), "seed": int(seed)}
+        )
+        self.tasks = tuple(tasks) if tasks else DEFAULT_TASKS
+        self._hashed = {k: dict(v) for k, v in (hashed or {}).items()}
         self.config = config or ServingConfig()
+        weights = dict(self.config.rank_weights or {self.tasks[0].name: 1.0})
+        unknown = set(weights) - {t.name for t in self.tasks}
+        if unknown:
+            names = [t.name for t in self.tasks]
+            msg = f"rank weights for unknown tasks {sorted(unknown)}; the model's tasks are {names}"
+            raise ConfigError(msg)
+        self.rank_weights = np.array([float(weights.get(t.name, 0.0)) for t in self.tasks], np.float64)
+        self._binary = np.array([t.kind == "binary" for t in self.tasks])
         self.clock = clock
         names = self.config.dense_names
         self.dense_names = (
@@ -124,15 +153,16 @@ class ServingReplica:
         if len(self.dense_names) != spec.dense_dim:
             msg = f"{len(self.dense_names)} dense_names for a model with {spec.dense_dim} dense features"
             raise ConfigError(msg)
+        extra = extra_columns_of(self.model_spec.resolve())
         self.tables: dict[str, EmbeddingTable] = {}
         for n in spec.names:
+            if n in self._hashed:
+                continue
             cfg = serving_table_config(
-                spec.table_config(n, extra_columns=1), initial_capacity=self.config.initial_capacity
+                spec.table_config(n, extra_columns=extra), initial_capacity=self.config.initial_capacity
             )
             self.tables[n] = EmbeddingTable(cfg)
-        self._layers = nn.ModuleDict(
-            {n: CollisionlessEmbedding(t.config, table=t) for n, t in self.tables.items()}
-        )
+        self._layers = {n: CollisionlessEmbedding(t.config, table=t) for n, t in self.tables.items()}
         self._model = self._fresh_model()
         self._dense_keys = frozenset(self._model.state_dict().keys())
         self._pending_dense: dict[int, dict[str, np.ndarray]] = {}
@@ -153,16 +183,26 @@ class ServingReplica:
         self.positions: dict[str, Any] = {}  # parameter-log offsets of the snapshot bootstrapped from
 
     # ---- model ---------------------------------------------------------------------------------
-    def _fresh_model(self) -> DeepFM:
-        m = DeepFM(self.spec, self._layers, hidden=self.hidden, seed=self.seed)
+    def _fresh_model(self) -> nn.Module:
+        layers: dict[str, nn.Module] = dict(self._layers)
+        for n, h in self._hashed.items():
+            layers[n] = HashedEmbedding(
+                int(h["num_buckets"]),
+                int(h["dim"]),
+                hash=h["hash"],
+                hash_seed=int(h["hash_seed"]),
+                init="zeros",
+                name=n,
+            )
+        m = build_model(self.model_spec, self.spec, tasks=self.tasks, layers=layers)
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
         return m
 
     @property
-    def model(self) -> DeepFM:
-        """The DeepFM currently answering (replaced as a whole on each dense update)."""
+    def model(self) -> nn.Module:
+        """The model currently answering (replaced as a whole on each dense update)."""
         return self._model
 
     def load_dense(self, tensors: Mapping[str, np.ndarray], *, version: int | None = None) -> None:
@@ -210,6 +250,37 @@ class ServingReplica:
 
     # ---- bootstrap -----------------------------------------------------------------------------
     @classmethod
+    def from_ps(
+        cls,
+        ps: TrainingPS,
+        *,
+        positions: Mapping[str, Any] | None = None,
+        config: ServingConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> ServingReplica:
+        """A replica serving exactly what `ps` holds: its embeddings (no optimizer state) and dense
+        weights. `positions` (a snapshot's) tells where to follow the parameter log from:
+        `SyncSubscriber(replica, log, start=replica.positions["params"])`."""
+        desc = ps.describe()
+        hashed = {n: lm for n, lm in desc["embeddings"].items() if lm["kind"] == "hashed"}
+        rep = cls(ps.spec, model=ps.model_spec, tasks=ps.tasks, hashed=hashed, config=config, clock=clock)
+        for name, table in rep.tables.items():
+            ids, rows = ps.tables[name].export()
+            rows = np.asarray(rows)[:, : table.dim]
+            if rep.config.fp16:
+                rows = rows.astype(np.float16)
+            table.reserve(ids.shape[0])
+            table.assign(ids, np.ascontiguousarray(rows, np.float32))
+            table.take_touched()  # serving tables track nothing for anyone: drop the marks
+        positions = dict(positions or {})
+        version = int(positions.get("params_version", 0))
+        rep.load_dense(ps.dense_state(), version=version)
+        rep.positions = positions
+        rep.version = version
+        rep.data_ts = ps.data_time
+        return rep
+
+    @classmethod
     def bootstrap(
         cls,
         meta: Mapping[str, Any],
@@ -219,34 +290,10 @@ class ServingReplica:
         clock: Callable[[], float] = time.time,
         source: str = "<state>",
     ) -> ServingReplica:
-        """A replica holding the embeddings and dense weights of a training-PS state
-        (`TrainingPS.state()` / its snapshot); `replica.positions` = the state's positions, so
-        follow the log with `SyncSubscriber(replica, log, start=replica.positions["params"])`."""
-        try:
-            spec = FeatureSpec.from_dict(meta["spec"])
-            rep = cls(spec, hidden=tuple(meta["hidden"]), seed=int(meta["seed"]), config=config, clock=clock)
-            for name, tm in meta["tables"].items():
-                table = rep.tables[name]
-                dim = table.dim
-                for k in range(len(tm["shards"])):
-                    ids = np.asarray(arrays[f"table.{name}.shard{k}.ids"], np.int64)
-                    rows = np.asarray(arrays[f"table.{name}.shard{k}.rows"])[:, :dim]
-                    if rep.config.fp16:
-                        rows = rows.astype(np.float16)
-                    table.reserve(len(table) + ids.shape[0])
-                    table.assign(ids, np.ascontiguousarray(rows, np.float32))
-                table.take_touched()  # serving tables track nothing for anyone: drop the marks
-            positions = dict(meta.get("positions", {}))
-            version = int(positions.get("params_version", 0))
-            rep.load_dense(strip_prefix("dense", arrays), version=version)
-        except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as e:
-            msg = f"{source}: cannot bootstrap a serving replica ({e!r})"
-            raise SnapshotError(msg) from e
-        rep.positions = positions
-        rep.version = version
-        dt = meta.get("data_time")
-        rep.data_ts = None if dt is None else float(dt)
-        return rep
+        """A replica holding the embeddings and dense weights of a full training state
+        (`TrainingPS.state()`, a snapshot's meta and arrays)."""
+        ps = TrainingPS.from_state(meta, arrays, source=source)
+        return cls.from_ps(ps, positions=meta.get("positions", {}), config=config, clock=clock)
 
     @classmethod
     def from_snapshot(
@@ -256,9 +303,11 @@ class ServingReplica:
         config: ServingConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> ServingReplica:
-        """`bootstrap` from a training-PS snapshot dir (`TrainingPS.save` / `SyncPublisher.snapshot`)."""
-        meta, arrays = read_snapshot(path, kind=SNAPSHOT_KIND)
-        return cls.bootstrap(meta, arrays, config=config, clock=clock, source=str(path))
+        """A replica from any snapshot a command wrote: a snapshot folder (`freshrec train --out`,
+        `TrainingPS.save`, `SyncPublisher.snapshot`), a snapshot store, or a periodic-snapshot folder
+        (`freshrec train online --snapshots`: its newest full snapshot plus incrementals)."""
+        ps, positions = TrainingPS.load(path)
+        return cls.from_ps(ps, positions=positions, config=config, clock=clock)
 
     # ---- scoring -------------------------------------------------------------------------------
     def _slot_input(
@@ -322,13 +371,25 @@ class ServingReplica:
                 out[s.name] = self._slot_input(s.name, s.multi_valued, n, ctx, row_sparse)
         return out, self._dense_input(n, dense or {}, row_dense)
 
-    def _probabilities(self, sparse: Mapping[str, Any], dense: torch.Tensor | None) -> np.ndarray:
+    def _scores(self, sparse: Mapping[str, Any], dense: torch.Tensor | None) -> np.ndarray:
+        """(B, T) float32: each task's served score (probability for binary tasks, value else)."""
         model = self._model  # read once: old or new dense weights, never a mix
         with torch.inference_mode():
-            logit = model(sparse, dense).numpy().astype(np.float64)
-        if self._offset:
-            logit = logit + self._offset
-        return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+            out = outputs_2d(model(sparse, dense), len(self.tasks)).numpy().astype(np.float64)
+        b = self._binary
+        z = out[:, b] + self._offset if self._offset else out[:, b]
+        out[:, b] = 1.0 / (1.0 + np.exp(-z))
+        return out.astype(np.float32)
+
+    def _probabilities(self, sparse: Mapping[str, Any], dense: torch.Tensor | None) -> np.ndarray:
+        """(B,) the first task's scores."""
+        return np.ascontiguousarray(self._scores(sparse, dense)[:, 0])
+
+    def blend(self, scores: np.ndarray) -> np.ndarray:
+        """(B,) the rank score of per-task scores (B, T): `sum_t rank_weights[t] * scores[:, t]`."""
+        if scores.shape[1] == 1:
+            return np.ascontiguousarray(scores[:, 0]) * np.float32(self.rank_weights[0])
+        return (scores.astype(np.float64) @ self.rank_weights).astype(np.float32)
 
     def rank(
         self,
@@ -340,10 +401,27 @@ class ServingReplica:
         item_sparse: Sequence[Mapping[str, Sequence[int]]] | None = None,
         item_dense: Sequence[Mapping[str, float]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(item ids, probabilities) of the candidates, best first (ties keep the input order)."""
+        """(item ids, rank scores) of the candidates, best first (ties keep the input order); the
+        rank score is the blend of the tasks' scores (`blend`; one task: its probability)."""
+        items, blended, _ = self.rank_tasks(
+            user_id, item_ids, sparse=sparse, dense=dense, item_sparse=item_sparse, item_dense=item_dense
+        )
+        return items, blended
+
+    def rank_tasks(
+        self,
+        user_id: int,
+        item_ids: Sequence[int] | np.ndarray,
+        *,
+        sparse: Mapping[str, Sequence[int]] | None = None,
+        dense: Mapping[str, float] | None = None,
+        item_sparse: Sequence[Mapping[str, Sequence[int]]] | None = None,
+        item_dense: Sequence[Mapping[str, float]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(item ids, rank scores (B,), per-task scores (B, T)), best first."""
         items = np.asarray(item_ids, dtype=np.int64).reshape(-1)
         if items.shape[0] == 0:
-            return items, np.empty(0, np.float32)
+            return items, np.empty(0, np.float32), np.empty((0, len(self.tasks)), np.float32)
         sp, de = self.inputs(
             np.asarray([user_id], np.int64),
             items,
@@ -352,21 +430,27 @@ class ServingReplica:
             row_sparse=item_sparse,
             row_dense=item_dense,
         )
-        p = self._probabilities(sp, de)
-        order = np.argsort(-p, kind="stable")
-        return items[order], p[order]
+        per_task = self._scores(sp, de)
+        blended = self.blend(per_task)
+        order = np.argsort(-blended, kind="stable")
+        return items[order], blended[order], per_task[order]
 
     def predict(self, examples: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Click probabilities (B,) of examples {"user_id", "item_id", "sparse"?, "dense"?}."""
+        """The first task's scores (B,) (a click probability) of examples {"user_id", "item_id",
+        "sparse"?, "dense"?}; every task's: `predict_tasks`."""
+        return np.ascontiguousarray(self.predict_tasks(examples)[:, 0])
+
+    def predict_tasks(self, examples: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Every task's scores (B, T) of examples (as `predict`)."""
         if not examples:
-            return np.empty(0, np.float32)
+            return np.empty((0, len(self.tasks)), np.float32)
         sp, de = self.inputs(
             [int(e["user_id"]) for e in examples],
             [int(e["item_id"]) for e in examples],
             row_sparse=[e.get("sparse") or {} for e in examples],
             row_dense=[e.get("dense") or {} for e in examples],
         )
-        return self._probabilities(sp, de)
+        return self._scores(sp, de)
 
     # ---- inspection ----------------------------------------------------------------------------
     def table_sizes(self) -> dict[str, int]:

@@ -10,7 +10,8 @@ at a random one); the click itself is an `ActionEvent("click", 1.0)` on the clic
 
 Features of an impression (all from the click's row; slot names are the keys of `sparse`):
 
-    sparse: user, item, env, device, os, country, region, referrer   (one id each)
+    sparse: user_id, item_id, environment, device_group, os, country, region, referrer_type
+            (one id each: the slot names of `freshrec.data.globo.load_globo`)
     dense:  position (0..k, the slot in the served list)
 
 `globo_events` is the generator that online training, the demo and the experiments read;
@@ -42,6 +43,18 @@ _COLUMNS = {
     "click_country": "country",
     "click_region": "region",
     "click_referrer_type": "referrer",
+}
+# slot names of the impressions: the same as `freshrec.data.globo.load_globo`'s, so a model batch
+# trained on the files reads the replayed stream's features under the same names
+SLOT_NAMES = {
+    "user": "user_id",
+    "item": "item_id",
+    "env": "environment",
+    "device": "device_group",
+    "os": "os",
+    "country": "country",
+    "region": "region",
+    "referrer": "referrer_type",
 }
 
 
@@ -143,11 +156,11 @@ def globo_events(
                         break
         pos_clicked = int(row[3 * k] * len(served))
         served[0], served[pos_clicked] = served[pos_clicked], served[0]
-        base = {s: [c[i]] for s, c in cols.items() if s != "item"}
+        base = {SLOT_NAMES[s]: [c[i]] for s, c in cols.items() if s != "item"}
         uid = cols["user"][i]
         for pos, item in enumerate(served):
             sparse = dict(base)
-            sparse["item"] = [item]
+            sparse["item_id"] = [item]
             yield FeatureEvent(f"g{i}:{pos}", uid, item, sparse, {"position": float(pos)}, t)
         pending.append(ActionEvent(f"g{i}:{pos_clicked}", "click", 1.0, t + click_delay_s))
         ring_item[tail % trailing_max] = clicked

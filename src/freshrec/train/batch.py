@@ -1,31 +1,27 @@
-"""Batch training of a DeepFM (or DCN) on a columnar dataset: epochs over the past, evaluation on the future.
+"""Batch training of any model on a columnar dataset: epochs over the past, evaluation on the future.
 
 A dataset here is anything columnar with these attributes (what `freshrec.data` loaders return):
 
     sparse:      dict slot -> int64 (n,)        one id per example and slot
     multi:       dict slot -> Ragged (optional)  bags of ids: values int64, offsets int64 (n + 1,)
     dense:       float32 (n, k)                  k may be 0
-    label:       float32 (n,)                    0/1
+    label:       float32 (n,)                    0/1, the label named `label_name` ("click")
+    labels:      dict name -> float32 (n,)       further labels (optional), e.g. "rating"
     ts:          float64 (n,)                    data time, seconds
     sample_rate: float32 (n,) or None            negatives of the stream were kept at this rate
 
-`train_model(train, test, config)` builds the model from `config` (or takes one), runs
-`config.epochs` epochs over `train` in mini-batches (shuffled each epoch by `config.seed`), and
-after each epoch evaluates AUC and log loss on `test`. One step:
-
-    logit = model(sparse, dense)                                  # (B,)
-    loss = BCE(logit - log(sample_rate), label)                   # the sampling correction
-    loss.backward(); dense_opt.step(); hashed_opt.step(); sparse_opt.step(now=max ts of the batch)
-
-so the model's own logit estimates the true, unsampled log-odds (`freshrec.stream.sampling`).
+`train_model(train, test, config)` builds the model `config.model` names (an import path or a
+short name, with `config.model_kwargs`, over `config.tasks`), wraps it in a `TrainingPS` (the one
+owner of training state) and runs `config.epochs` epochs over `train` in mini-batches (shuffled each
+epoch by `config.seed`) through `TrainingPS.train_step`, the step online training takes too; after
+each epoch it evaluates every task on `test`. Binary tasks train with BCE on `logit - log(r)`, so
+the model's own logit estimates the true, unsampled log-odds (`freshrec.stream.sampling`).
 Evaluation: AUC ranks the model's own logits; log loss is measured against the test set as
-sampled, i.e. on `logit - log(r)`. Both embedding kinds train their rows with Adagrad at
-`config.sparse_lr` (the tables' own optimizer, or `torch.optim.Adagrad` on sparse gradients for the
-hashed layers); the dense part uses Adam at `config.dense_lr`.
+sampled, i.e. on `logit - log(r)`; value tasks report RMSE. Both embedding kinds train their rows
+with Adagrad at `config.sparse_lr`; the dense part uses Adam at `config.dense_lr`.
 
-`save_checkpoint(model, path, meta)` writes `path/model` (a `freshrec.checkpoint.format` snapshot of
-kind "model": every tensor of the state dict by name, the spec and training meta) and one table
-snapshot per collisionless slot at `path/tables/<slot>` (`EmbeddingTable.save`).
+`save_checkpoint(result.ps, path, meta)` writes the one snapshot layout (`freshrec.ps.training`) at
+`path`: what `freshrec train online --init`, `freshrec serve --snapshot` and `load_checkpoint` read.
 """
 
 from __future__ import annotations
@@ -41,16 +37,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from freshrec.model import (
-    DCN,
-    CollisionlessEmbedding,
-    DeepFM,
-    FeatureSpec,
-    HashedEmbedding,
-    SlotModel,
-    SlotSpec,
-    SparseOptimizer,
-)
+from freshrec.errors import ConfigError
+from freshrec.model import Batch, FeatureSpec, ModelSpec, SlotModel, SlotSpec, Task, outputs_2d, parse_tasks
+from freshrec.model import build_model as build_contract_model
+from freshrec.model.contract import DEFAULT_TASKS
+from freshrec.ps.training import TrainingPS
 from freshrec.table import Adagrad, Initializer
 from freshrec.train.metrics import auc, log_loss_from_logits
 
@@ -64,7 +55,9 @@ __all__ = [
     "build_model",
     "config_dict",
     "evaluate",
+    "evaluate_tasks",
     "iter_batches",
+    "model_spec_for",
     "load_checkpoint",
     "load_train_test",
     "metrics_table",
@@ -93,13 +86,20 @@ class ColumnarData(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Hyper-parameters of one batch training run (both embedding kinds read the same ones)."""
+    """Hyper-parameters of one batch training run (both embedding kinds read the same ones).
+
+    model: an import path ("mypkg.towers:MyModel") or a short name ("deepfm", "dcn", "din");
+    model_kwargs: its keyword arguments. For the shipped models `hidden`, `cross_layers` (DCN) and
+    `seed` fill in the kwargs not given. tasks: the model's tasks (default: one binary "click").
+    """
 
     epochs: int = 5
     batch_size: int = 1024
     eval_batch_size: int = 16384
     dim: int = 16
-    model: Literal["deepfm", "dcn"] = "deepfm"
+    model: str = "deepfm"
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    tasks: tuple[Task, ...] = DEFAULT_TASKS
     hidden: tuple[int, ...] = (256, 128)
     cross_layers: int = 3  # DCN only
     dense_lr: float = 1e-3
@@ -117,15 +117,30 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             msg = f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
-            raise ValueError(msg)
+            raise ConfigError(msg)
         if self.embedding == "hashed" and not self.buckets:
             msg = "embedding='hashed' needs buckets per slot"
-            raise ValueError(msg)
+            raise ConfigError(msg)
+        if isinstance(self.tasks, str):
+            object.__setattr__(self, "tasks", parse_tasks(self.tasks))
+
+
+def model_spec_for(config: TrainConfig) -> ModelSpec:
+    """The `ModelSpec` a config names; the shipped models take hidden / cross_layers / seed from it."""
+    spec = ModelSpec(config.model, dict(config.model_kwargs))
+    kwargs = dict(spec.kwargs)
+    if spec.path in ("freshrec.model:DeepFM", "freshrec.model:DCN", "freshrec.model:DIN"):
+        kwargs.setdefault("hidden", list(config.hidden))
+        kwargs.setdefault("seed", config.seed)
+        if spec.path == "freshrec.model:DCN":
+            kwargs.setdefault("cross_layers", config.cross_layers)
+    return ModelSpec(spec.path, kwargs)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EpochMetrics:
-    """What one epoch gave: mean training loss, AUC and log loss on the test set, throughput."""
+    """What one epoch gave: mean training loss, the first task's AUC and log loss on the test set,
+    every task's test metrics (`tasks`: name -> {"auc", "log_loss"} or {"rmse"}), throughput."""
 
     epoch: int
     train_loss: float
@@ -133,6 +148,7 @@ class EpochMetrics:
     log_loss: float
     examples: int
     seconds: float
+    tasks: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def examples_per_s(self) -> float:
@@ -144,6 +160,7 @@ class TrainResult:
     model: SlotModel
     epochs: list[EpochMetrics]
     config: TrainConfig
+    ps: TrainingPS | None = None
 
     @property
     def final(self) -> EpochMetrics:
@@ -168,15 +185,6 @@ def spec_for(data: ColumnarData, config: TrainConfig) -> FeatureSpec:
     )
 
 
-@dataclass(frozen=True)
-class Batch:
-    sparse: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]  # multi: (values, offsets (B,))
-    dense: torch.Tensor | None
-    label: torch.Tensor
-    offset: torch.Tensor | None  # -log(sample_rate), added to the logit in the loss
-    now: float
-
-
 def _sample_rate(data: Any) -> np.ndarray | None:
     r = getattr(data, "sample_rate", None)
     if r is None:
@@ -187,20 +195,38 @@ def _sample_rate(data: Any) -> np.ndarray | None:
     return r if np.any(r < 1.0) else None
 
 
+def _targets(data: Any, tasks: Sequence[Task]) -> np.ndarray:
+    """(n, T) float32: each task's target column (module docstring of freshrec.model.contract)."""
+    cols = []
+    for t in tasks:
+        if hasattr(data, "target"):
+            cols.append(np.asarray(data.target(t.target, binary=t.kind == "binary"), np.float32))
+        elif t is tasks[0]:
+            cols.append(np.asarray(data.label, np.float32))
+        else:
+            msg = f"the data has no label {t.target!r} for task {t.name!r}"
+            raise ConfigError(msg)
+    return np.stack(cols, axis=1) if cols else np.zeros((len(data.label), 0), np.float32)
+
+
 def iter_batches(
     data: ColumnarData,
     batch_size: int,
     *,
+    tasks: Sequence[Task] | None = None,
     shuffle: bool = False,
     seed: int = 0,
     correction: bool = True,
 ) -> Iterator[Batch]:
-    """Mini-batches of `data` as tensors (zero-copy slices when not shuffled)."""
+    """Mini-batches of `data` as tensors (zero-copy slices when not shuffled), with the targets of
+    `tasks` (default: the binary label as one "click" task)."""
+    tasks = tuple(tasks) if tasks else DEFAULT_TASKS
     n = len(data.label)
     order = np.random.default_rng(seed).permutation(n) if shuffle else None
     dense = np.asarray(data.dense, dtype=np.float32)
     has_dense = dense.ndim == 2 and dense.shape[1] > 0
     rate = _sample_rate(data) if correction else None
+    targets = _targets(data, tasks)  # (n, T)
     ts = np.asarray(data.ts, dtype=np.float64)
     multi = getattr(data, "multi", {})
     for a in range(0, n, batch_size):
@@ -214,58 +240,65 @@ def iter_batches(
         for s, ragged in multi.items():
             part = ragged.take(sel)
             sparse[s] = (torch.from_numpy(part.values), torch.from_numpy(part.offsets[:-1]))
+        r = None if rate is None else rate[sel]
         yield Batch(
             sparse=sparse,
             dense=torch.from_numpy(np.ascontiguousarray(dense[sel])) if has_dense else None,
-            label=torch.from_numpy(np.ascontiguousarray(data.label[sel], dtype=np.float32)),
-            offset=None if rate is None else torch.from_numpy(-np.log(rate[sel])),
+            targets=torch.from_numpy(np.ascontiguousarray(targets[sel])),
+            offset=None if r is None else torch.from_numpy(-np.log(r)),
             now=float(ts[sel].max()) if ts.size else 0.0,
+            weight=None if r is None else torch.from_numpy(1.0 / r),
         )
 
 
-def evaluate(model: SlotModel, data: ColumnarData, *, batch_size: int = 16384) -> tuple[float, float]:
-    """(AUC, log loss) of `model` on `data`.
+def evaluate_tasks(
+    model: SlotModel, data: ColumnarData, *, batch_size: int = 16384
+) -> dict[str, dict[str, float]]:
+    """Every task's test metrics: binary tasks {"auc", "log_loss"}, value tasks {"rmse"}.
 
     AUC ranks the model's own logits (what serving ranks by; with sampling correction in training
     they estimate the full stream's log-odds). Log loss compares the data's labels as sampled with
     the logit shifted to the data's sampling, `logit - log(sample_rate)`. Runs in eval mode under
     no_grad: tables are read, never written (unknown ids read zeros).
     """
+    tasks = tuple(getattr(model, "tasks", DEFAULT_TASKS))
     was_training = model.training
     model.eval()
-    raw, shifted, labels = [], [], []
+    raw, shifted, targets = [], [], []
     with torch.no_grad():
-        for b in iter_batches(data, batch_size, correction=True):
-            z = model(b.sparse, b.dense)  # (B,)
+        for b in iter_batches(data, batch_size, tasks=tasks, correction=True):
+            z = outputs_2d(model(b.sparse, b.dense), len(tasks))  # (B, T)
             raw.append(z.numpy())
-            shifted.append((z if b.offset is None else z + b.offset).numpy())
-            labels.append(b.label.numpy())
+            shifted.append((z if b.offset is None else z + b.offset.unsqueeze(1)).numpy())
+            targets.append(b.targets.numpy())
     model.train(was_training)
+    out: dict[str, dict[str, float]] = {}
     if not raw:
-        return float("nan"), float("nan")
-    y = np.concatenate(labels)
-    return auc(y, np.concatenate(raw)), log_loss_from_logits(y, np.concatenate(shifted))
+        return {t.name: {"auc": math.nan, "log_loss": math.nan} for t in tasks}
+    Z, S, Y = np.concatenate(raw), np.concatenate(shifted), np.concatenate(targets)
+    for i, t in enumerate(tasks):
+        if t.kind == "binary":
+            out[t.name] = {"auc": auc(Y[:, i], Z[:, i]), "log_loss": log_loss_from_logits(Y[:, i], S[:, i])}
+        else:
+            out[t.name] = {"rmse": float(np.sqrt(np.mean((Z[:, i] - Y[:, i]) ** 2)))}
+    return out
+
+
+def evaluate(model: SlotModel, data: ColumnarData, *, batch_size: int = 16384) -> tuple[float, float]:
+    """(AUC, log loss) of the model's first task on `data` (see `evaluate_tasks`)."""
+    m = next(iter(evaluate_tasks(model, data, batch_size=batch_size).values()))
+    return m.get("auc", math.nan), m.get("log_loss", math.nan)
 
 
 def build_model(spec: FeatureSpec, config: TrainConfig) -> SlotModel:
     """The model `config.model` names, with embedding layers of kind `config.embedding`."""
-    if config.model == "dcn":
-        return DCN.build(
-            spec,
-            config.embedding,
-            buckets=config.buckets,
-            hash=config.hash,
-            cross_layers=config.cross_layers,
-            hidden=config.hidden,
-            seed=config.seed,
-        )
-    return DeepFM.build(
+    return build_contract_model(  # type: ignore[return-value]
+        model_spec_for(config),
         spec,
-        config.embedding,
+        tasks=config.tasks,
+        embedding=config.embedding,
         buckets=config.buckets,
         hash=config.hash,
-        hidden=config.hidden,
-        seed=config.seed,
     )
 
 
@@ -275,28 +308,29 @@ def train_model(
     config: TrainConfig,
     *,
     model: SlotModel | None = None,
+    ps: TrainingPS | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> TrainResult:
-    """Train `model` (default: a new `config.model`) on `train`, evaluating on `test` after each epoch.
+    """Train `ps` (default: a TrainingPS over `model`, default a new `config.model`) on `train`,
+    evaluating every task on `test` after each epoch.
 
-    Returns the model and one `EpochMetrics` per epoch (AUC / log loss NaN without a test set).
+    Returns the model, the PS and one `EpochMetrics` per epoch (NaN metrics without a test set).
     """
-    if model is None:
-        model = build_model(spec_for(train, config), config)
-    dense_opt = torch.optim.Adam(model.dense_parameters(), lr=config.dense_lr)
-    hashed = list(model.hashed_parameters())
-    hashed_opt = torch.optim.Adagrad(hashed, lr=config.sparse_lr) if hashed else None
-    sparse_opt = SparseOptimizer(model)
+    if ps is None:
+        if model is None:
+            model = build_model(spec_for(train, config), config)
+        ps = TrainingPS.from_model(model, dense_lr=config.dense_lr, hashed_lr=config.sparse_lr)
+    model = ps.model
     torch.manual_seed(config.seed)
     history: list[EpochMetrics] = []
     n = len(train.label)
     for epoch in range(1, config.epochs + 1):
-        model.train()
         t0 = time.perf_counter()
         total, seen = 0.0, 0
         batches = iter_batches(
             train,
             config.batch_size,
+            tasks=ps.tasks,
             shuffle=config.shuffle,
             seed=config.seed * 1000 + epoch,
             correction=config.sampling_correction,
@@ -310,109 +344,57 @@ def train_model(
             leave=False,
         )
         for b in bar:
-            loss = model.loss(model(b.sparse, b.dense), b.label, b.offset)
-            loss.backward()
-            dense_opt.step()
-            if hashed_opt is not None:
-                hashed_opt.step()
-                hashed_opt.zero_grad(set_to_none=True)
-            sparse_opt.step(now=b.now)
-            dense_opt.zero_grad(set_to_none=True)
-            bs = b.label.shape[0]
-            total += float(loss.detach()) * bs
+            res = ps.train_step(b)
+            bs = len(b)
+            total += res.loss * bs
             seen += bs
         seconds = time.perf_counter() - t0
+        per_task: dict[str, dict[str, float]] = {}
         a, ll = math.nan, math.nan
         if test is not None:
-            a, ll = evaluate(model, test, batch_size=config.eval_batch_size)
+            per_task = evaluate_tasks(model, test, batch_size=config.eval_batch_size)
+            first = per_task[ps.tasks[0].name]
+            a, ll = first.get("auc", math.nan), first.get("log_loss", math.nan)
         m = EpochMetrics(
-            epoch=epoch, train_loss=total / max(seen, 1), auc=a, log_loss=ll, examples=seen, seconds=seconds
+            epoch=epoch,
+            train_loss=total / max(seen, 1),
+            auc=a,
+            log_loss=ll,
+            examples=seen,
+            seconds=seconds,
+            tasks=per_task,
         )
         history.append(m)
         if on_epoch is not None:
             on_epoch(m)
-    return TrainResult(model=model, epochs=history, config=config)
+    return TrainResult(model=model, epochs=history, config=config, ps=ps)
 
 
-def _layers_meta(model: SlotModel) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for slot, layer in model.embeddings.items():
-        if isinstance(layer, HashedEmbedding):
-            out[slot] = {
-                "kind": "hashed",
-                "num_buckets": layer.num_buckets,
-                "dim": layer.dim,
-                "hash": layer.hash,
-                "hash_seed": layer.hash_seed,
-            }
-        elif isinstance(layer, CollisionlessEmbedding):
-            out[slot] = {"kind": "collisionless", "table": f"tables/{slot}", "config": layer.config.to_dict()}
-    return out
-
-
-def save_checkpoint(model: SlotModel, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write a model checkpoint folder; `load_checkpoint(path)` rebuilds the same model.
-
-    Layout: `path/model` is a snapshot (`freshrec.checkpoint.format`, kind "model") holding every
-    tensor of the state dict under its name (hashed tables included) and, as meta, the spec, the
-    DNN widths, each slot's layer (collisionless: its table config; hashed: buckets and hash) and
-    the caller's `meta`; `path/tables/<slot>` is the `EmbeddingTable.save` snapshot of each
-    collisionless slot.
-    """
-    from freshrec.checkpoint.format import write_snapshot
-
-    path = Path(path)
-    arrays = {name: t.detach().cpu().numpy() for name, t in model.state_dict().items()}
-    full_meta = {
-        "model": type(model).__name__,
-        "spec": model.spec.to_dict(),
-        "hidden": list(getattr(model, "hidden", ())),
-        "dropout": float(getattr(model, "dropout", 0.0)),
-        "cross_layers": int(getattr(model, "cross_layers", 0)),
-        "layers": _layers_meta(model),
-        **dict(meta or {}),
-    }
-    for slot, emb in model.collisionless.items():
-        emb.table.save(path / "tables" / slot)
-    write_snapshot(path / "model", kind="model", meta=full_meta, arrays=arrays)
-    return path
+def save_checkpoint(
+    model: SlotModel | TrainingPS, path: str | Path, meta: Mapping[str, Any] | None = None
+) -> Path:
+    """Write a training snapshot folder at `path` (the one layout, `freshrec.ps.training`) of a
+    training PS (with its optimizer state) or of a bare model (fresh optimizers); `meta` is stored as
+    the snapshot's `extra`. `load_checkpoint`, `TrainingPS.load`, `freshrec train online --init`
+    and `freshrec serve --snapshot` read it."""
+    ps = model if isinstance(model, TrainingPS) else TrainingPS.from_model(model)
+    return ps.save(path, extra=dict(meta or {}))
 
 
 def load_checkpoint(path: str | Path) -> tuple[SlotModel, dict[str, Any]]:
-    """(model, meta) from a folder written by `save_checkpoint`; the model is in eval mode.
+    """(model, extra meta) of a snapshot written by `save_checkpoint` (or any training snapshot);
+    the model is in eval mode.
 
-    Raises `freshrec.errors.CorruptSnapshotError` (from the snapshot reader) on a damaged file.
-    """
-    from freshrec.checkpoint.format import read_snapshot
-    from freshrec.table import EmbeddingTable, TableConfig
+    Raises `freshrec.errors.CorruptSnapshotError` naming the file on a damaged snapshot, and
+    `SnapshotError` on another layout (with how to convert it)."""
+    ps, _ = TrainingPS.load(path)
+    from freshrec.checkpoint.format import read_manifest
+    from freshrec.ps.training import resolve_snapshot
 
-    path = Path(path)
-    meta, arrays = read_snapshot(path / "model", kind="model")
-    spec = FeatureSpec.from_dict(meta["spec"])
-    layers: dict[str, torch.nn.Module] = {}
-    for slot, lm in meta["layers"].items():
-        if lm["kind"] == "hashed":
-            layers[slot] = HashedEmbedding(
-                lm["num_buckets"],
-                lm["dim"],
-                hash=lm["hash"],
-                hash_seed=lm["hash_seed"],
-                init="zeros",
-                name=slot,
-            )
-        else:
-            table = EmbeddingTable.load(path / lm["table"])
-            layers[slot] = CollisionlessEmbedding(TableConfig.from_dict(lm["config"]), table=table)
-    embs = torch.nn.ModuleDict(layers)
-    hidden, dropout = tuple(meta["hidden"]), float(meta.get("dropout", 0.0))
-    model: SlotModel
-    if meta["model"] == "DCN":
-        model = DCN(spec, embs, cross_layers=meta["cross_layers"], hidden=hidden, dropout=dropout)
-    else:
-        model = DeepFM(spec, embs, hidden=hidden, dropout=dropout)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-    model.eval()
-    return model, meta
+    _, p = resolve_snapshot(path)
+    meta = dict(read_manifest(p)["meta"].get("extra", {}))
+    ps.model.eval()
+    return ps.model, meta
 
 
 def metrics_table(history: Sequence[EpochMetrics]) -> str:
@@ -429,6 +411,8 @@ def config_dict(config: TrainConfig) -> dict[str, Any]:
     d = asdict(config)
     d["buckets"] = dict(config.buckets) if config.buckets else None
     d["table_overrides"] = {k: dict(v) for k, v in config.table_overrides.items()}
+    d["model_kwargs"] = dict(config.model_kwargs)
+    d["tasks"] = [t.to_dict() for t in config.tasks]
     return d
 
 
@@ -439,7 +423,7 @@ def time_split(data: Any, test_fraction: float) -> tuple[Any, Any]:
     """(past, future): the first 1 - test_fraction of rows in time order, and the rest."""
     if not 0.0 < test_fraction < 1.0:
         msg = f"test_fraction must be in (0, 1), got {test_fraction}"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     data = data.sorted_by_time()
     cut = int(round(len(data) * (1.0 - test_fraction)))
     return data.take(slice(0, cut)), data.take(slice(cut, len(data)))
@@ -478,4 +462,4 @@ def load_train_test(
         p = Path(path) if path else dataset_path("globo")
         return time_split(load_globo(p, limit=limit), test_fraction)
     msg = f"unknown dataset {dataset!r}; expected one of {DATASETS}"
-    raise ValueError(msg)
+    raise ConfigError(msg)

@@ -7,7 +7,9 @@ An `ExampleSchema` names what the model reads from an example:
                  any other example.sparse[slot][0] (the convention of `freshrec.ps.serving`)
     multi_slots  bags of ids: example.sparse[slot] is the bag (may be empty)
     dense        dense feature names, in column order (a missing name reads 0.0)
-    label        the action whose label is the target; labels[label] > 0 -> 1.0, else 0.0
+    label        the action whose label is the binary target; labels[label] > 0 -> 1.0, else 0.0
+    labels       further actions kept as raw values (a value task's watch seconds, a second binary
+                 task's label), 0.0 when the example lacks them (`Dataset.labels`)
 
 `examples_to_dataset(examples, schema)` builds a `freshrec.data.Dataset` with exactly those columns
 (ts, sample_rate carried over), so online training feeds it to the same
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from freshrec.data.dataset import Dataset, Ragged
-from freshrec.errors import EventError
+from freshrec.errors import ConfigError, EventError
 from freshrec.stream.events import Example, decode_examples, encode_example
 from freshrec.stream.log import Record
 
@@ -54,12 +56,31 @@ class ExampleSchema:
     multi_slots: tuple[str, ...] = ()
     dense: tuple[str, ...] = ()
     label: str = "click"
+    labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [*self.slots, *self.multi_slots]
         if len(set(names)) != len(names) or not names:
             msg = f"ExampleSchema: slot names must be distinct and non-empty, got {names}"
-            raise ValueError(msg)
+            raise ConfigError(msg)
+        object.__setattr__(self, "labels", tuple(x for x in dict.fromkeys(self.labels) if x != self.label))
+
+    @classmethod
+    def for_tasks(
+        cls, spec, tasks, *, dense: Sequence[str] | None = None, label: str | None = None
+    ) -> ExampleSchema:
+        """The schema of a `FeatureSpec` and the labels its tasks read (the first task's label is
+        the binary `label`; `label` renames it)."""
+        targets = [t.target for t in tasks]
+        first = label or targets[0]
+        base = cls.for_spec(spec, dense=dense, label=first)
+        return cls(
+            slots=base.slots,
+            multi_slots=base.multi_slots,
+            dense=base.dense,
+            label=first,
+            labels=tuple(targets[1:]),
+        )
 
     @classmethod
     def for_dataset(cls, ds: Dataset, *, label: str = "click") -> ExampleSchema:
@@ -72,7 +93,7 @@ class ExampleSchema:
         names = tuple(dense) if dense is not None else tuple(f"dense_{i}" for i in range(spec.dense_dim))
         if len(names) != spec.dense_dim:
             msg = f"ExampleSchema.for_spec: {len(names)} dense names for dense_dim {spec.dense_dim}"
-            raise ValueError(msg)
+            raise ConfigError(msg)
         return cls(
             slots=tuple(s.name for s in spec.slots if not s.multi_valued),
             multi_slots=tuple(s.name for s in spec.slots if s.multi_valued),
@@ -86,6 +107,7 @@ class ExampleSchema:
             "multi_slots": list(self.multi_slots),
             "dense": list(self.dense),
             "label": self.label,
+            "labels": list(self.labels),
         }
 
     @classmethod
@@ -95,6 +117,7 @@ class ExampleSchema:
             multi_slots=tuple(d.get("multi_slots", ())),
             dense=tuple(d.get("dense", ())),
             label=d.get("label", "click"),
+            labels=tuple(d.get("labels", ())),
         )
 
 
@@ -129,6 +152,7 @@ def examples_to_dataset(
     label = np.fromiter(
         (1.0 if e.labels.get(schema.label, 0.0) > 0 else 0.0 for e in examples), np.float32, n
     )
+    labels = {k: np.fromiter((e.labels.get(k, 0.0) for e in examples), np.float32, n) for k in schema.labels}
     return Dataset.build(
         name,
         sparse=sparse,
@@ -138,6 +162,8 @@ def examples_to_dataset(
         dense=dense,
         dense_names=tuple(schema.dense),
         multi=multi,
+        labels=labels,
+        label_name=schema.label,
     )
 
 

@@ -1,20 +1,19 @@
-"""Online training: consume the examples log in mini-batches with the same model code as batch training.
+"""Online training: consume the examples log in mini-batches through the one training step.
 
-`OnlineTrainer` holds a DeepFM (collisionless tables, or hashed ones), a `SparseOptimizer` for the
-tables, `torch.optim.Adam` for the dense part (and Adagrad for hashed rows) — exactly the optimizers
-and the step of `freshrec.train.batch.train_model`. It starts from a batch checkpoint (the hand-off:
-`OnlineTrainer.from_checkpoint(path)` loads the tables and dense weights `freshrec train` wrote) or
-from scratch (`from_spec`). One step on a mini-batch of examples:
+`OnlineTrainer` is the online loop around a `freshrec.ps.training.TrainingPS`, the one owner of the
+training state (model, tables, dense weights, both optimizers, progress, positions), so batch
+training, online training and the PS shards train exactly alike. It starts from a snapshot (the
+hand-off: `OnlineTrainer.from_checkpoint(path)` reads any snapshot `freshrec train` or a previous
+online run wrote) or from scratch (`from_spec`, any model of `freshrec.model.contract`). One step on
+a mini-batch of examples:
 
     ds = examples_to_dataset(examples, schema)                 # freshrec.train.examples
-    b = next(iter_batches(ds, len(ds), correction=...))        # the batch trainer's tensors
-    logit = model(b.sparse, b.dense)                            # (B,) predictions BEFORE this step
-    loss = BCE(logit + b.offset, label); loss.backward()        # offset = -log(sample_rate)
-    dense_opt.step(); sparse_opt.step(now=b.now)                # now = the batch's max example ts
+    b = next(iter_batches(ds, len(ds), tasks=ps.tasks))        # the batch trainer's tensors
+    ps.train_step(b)                                           # outputs BEFORE the update, recorded
 
-Progressive validation: the logits of that forward pass were made before the model saw the batch, so
-their running AUC (over the last `auc_window` examples) and cumulative log loss measure the model on
-unseen data, for free.
+Progressive validation: the outputs of that forward pass were made before the model saw the batch,
+so every task's running metric over the last `auc_window` examples (AUC for binary tasks, RMSE for
+value tasks) and the cumulative loss measure the model on unseen data, for free.
 
 After each batch, in order: expiry (`table.evict_expired(data_time)` every `evict_every` batches),
 then the hooks (`add_hook(fn)`, called `fn(trainer, info)`: the sync publisher, the periodic
@@ -28,6 +27,9 @@ after the snapshot is trained exactly once more, and none before it twice. The l
 positions are never read for that. A batch is whatever `poll` returns from the stored positions, so
 with a single-partition examples log a replay rebuilds the very same batches (with several
 partitions the records are the same but `poll`'s partition turns may group them differently).
+
+Drained means the consumer's positions reached the log's end offsets (`run(..., log=log)`), never an
+empty poll: the first poll of a Kafka consumer is often empty.
 """
 
 from __future__ import annotations
@@ -35,19 +37,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from freshrec.checkpoint.torch_state import optimizer_from_arrays, optimizer_to_arrays
-from freshrec.model import DeepFM, FeatureSpec, SlotModel, SparseOptimizer
+from freshrec.errors import ConfigError, LogError
+from freshrec.model import FeatureSpec, ModelSpec, Task
+from freshrec.ps.training import TrainingPS
 from freshrec.train.batch import Batch, iter_batches
 from freshrec.train.examples import ExampleSchema, decode_records, examples_to_dataset
 from freshrec.train.metrics import auc
-from freshrec.train.step import train_step
 
 __all__ = [
     "BatchInfo",
@@ -85,7 +86,7 @@ class OnlineConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.auc_window < 1 or self.evict_every < 0 or self.commit_every < 0:
             msg = f"OnlineConfig: batch_size, auc_window >= 1 and evict_every, commit_every >= 0: {self}"
-            raise ValueError(msg)
+            raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,10 @@ class BatchInfo:
 
 @dataclass(frozen=True)
 class OnlineMetrics:
-    """Progress so far: totals, throughput, progressive-validation AUC / log loss, table sizes."""
+    """Progress so far: totals, throughput, progressive-validation metrics, table sizes.
+
+    auc / log_loss: the first task's (binary); tasks: every task's metric, name -> {"auc"} for
+    binary tasks or {"rmse"} for value tasks, over the last `auc_window` examples."""
 
     batches: int
     examples: int
@@ -112,69 +116,60 @@ class OnlineMetrics:
     log_loss: float
     data_time: float | None
     table_rows: dict[str, int]
+    tasks: dict[str, dict[str, float]] = field(default_factory=dict)
+    examples_here: int = 0  # trained by this trainer object (examples also counts what its snapshot had)
 
     @property
     def examples_per_s(self) -> float:
-        return self.examples / self.seconds if self.seconds > 0 else float("nan")
+        return self.examples_here / self.seconds if self.seconds > 0 else float("nan")
 
     def line(self) -> str:
         rows = " ".join(f"{k}={v}" for k, v in self.table_rows.items())
+        per = ""
+        if len(self.tasks) > 1:
+            per = " " + " ".join(
+                f"{k}:" + ",".join(f"{m}={v:.4f}" for m, v in d.items()) for k, d in self.tasks.items()
+            )
         return (
             f"step {self.batches} examples {self.examples} ({self.examples_per_s:,.0f}/s) "
-            f"pv-AUC {self.auc:.4f} logloss {self.log_loss:.4f} rows: {rows}"
+            f"pv-AUC {self.auc:.4f} logloss {self.log_loss:.4f}{per} rows: {rows}"
         )
 
 
-# ---------------------------------------------------------------------------------------------------
-# torch optimizer state <-> plain arrays + JSON (no pickle)
-
-
-class _Window:
-    """The last `size` (score, label) pairs, for a running AUC."""
-
-    def __init__(self, size: int) -> None:
-        self.scores = np.zeros(size, np.float64)
-        self.labels = np.zeros(size, np.float32)
-        self.n = 0  # total pushed
-
-    def push(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        size = self.scores.shape[0]
-        for a in range(0, scores.shape[0], size):
-            s, y = scores[a : a + size], labels[a : a + size]
-            idx = (self.n + np.arange(s.shape[0])) % size
-            self.scores[idx], self.labels[idx] = s, y
-            self.n += s.shape[0]
-
-    def auc(self) -> float:
-        k = min(self.n, self.scores.shape[0])
-        return auc(self.labels[:k], self.scores[:k]) if k else float("nan")
+def _check_schema(schema: ExampleSchema, tasks: Sequence[Task]) -> None:
+    have = {schema.label, *schema.labels}
+    missing = [t.target for t in tasks if t.target not in have]
+    if missing:
+        msg = f"the example schema reads labels {sorted(have)}; tasks need {missing} too"
+        raise ConfigError(msg)
 
 
 class OnlineTrainer:
-    """Trains a DeepFM from a stream of examples; see the module docstring for the step and protocol."""
+    """Trains a `TrainingPS` from a stream of examples; see the module docstring for the step and protocol.
+
+    Args:
+        model: a TrainingPS, or a model (wrapped in a TrainingPS with fresh optimizers).
+        config: OnlineConfig.
+        schema: what the model reads from an example (default: the PS's slots, dense_0.., and the
+            labels of its tasks).
+    """
 
     def __init__(
-        self, model: SlotModel, config: OnlineConfig, *, schema: ExampleSchema | None = None
+        self, model: Any, config: OnlineConfig, *, schema: ExampleSchema | None = None
     ) -> None:
-        self.model = model
+        self.ps = (
+            model
+            if isinstance(model, TrainingPS)
+            else TrainingPS.from_model(
+                model, dense_lr=config.dense_lr, hashed_lr=config.hashed_lr, window=config.auc_window
+            )
+        )
         self.config = config
-        self.schema = schema or ExampleSchema.for_spec(model.spec)
-        model.train()
-        self.dense_opt = torch.optim.Adam(model.dense_parameters(), lr=config.dense_lr)
-        hashed = list(model.hashed_parameters())
-        self.hashed_opt = torch.optim.Adagrad(hashed, lr=config.hashed_lr) if hashed else None
-        self.sparse_opt = SparseOptimizer(model)
+        self.schema = schema or ExampleSchema.for_tasks(self.ps.spec, self.ps.tasks)
+        _check_schema(self.schema, self.ps.tasks)
         self.hooks: list[Hook] = []
-        self.dense_lock = threading.Lock()  # dense weights change / are copied only under it
-        # progress (all restored from snapshots)
-        self.step = 0
-        self.examples = 0
-        self.bad_records = 0
-        self.data_time: float | None = None  # the latest `now` trained on
-        self.positions: dict[int, int] = {}
-        self.loss_sum = 0.0
-        self._window = _Window(config.auc_window)
         self._seconds = 0.0
+        self._examples_here = 0
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -184,16 +179,16 @@ class OnlineTrainer:
         config: OnlineConfig,
         *,
         dense: Sequence[str] | None = None,
-        label: str = "click",
+        label: str | None = None,
     ) -> OnlineTrainer:
-        """The hand-off: tables and dense weights of a `freshrec train` checkpoint folder.
+        """The hand-off: the whole training state of any snapshot a command wrote (a `freshrec train`
+        snapshot folder, or an online run's snapshots: its newest state), model rebuilt from it.
 
-        The dense optimizer starts fresh (batch checkpoints do not hold its state).
-        """
-        from freshrec.train.batch import load_checkpoint
-
-        model, _meta = load_checkpoint(path)
-        return cls(model, config, schema=ExampleSchema.for_spec(model.spec, dense=dense, label=label))
+        `label` renames the first task's label (default: the tasks' own)."""
+        ps, _ = TrainingPS.load(path)
+        tasks = list(ps.tasks)
+        schema = ExampleSchema.for_tasks(ps.spec, tasks, dense=dense, label=label)
+        return cls(ps, config, schema=schema)
 
     @classmethod
     def from_spec(
@@ -201,51 +196,80 @@ class OnlineTrainer:
         spec: FeatureSpec,
         config: OnlineConfig,
         *,
+        model: ModelSpec | str | None = None,
+        tasks: Sequence[Task] | None = None,
         hidden: Sequence[int] = (256, 128),
         seed: int = 0,
         dense: Sequence[str] | None = None,
-        label: str = "click",
+        label: str | None = None,
+        shards: int = 1,
     ) -> OnlineTrainer:
-        """From scratch: a fresh collisionless DeepFM over `spec`."""
-        model = DeepFM.build(spec, "collisionless", hidden=tuple(hidden), seed=seed)
-        return cls(model, config, schema=ExampleSchema.for_spec(spec, dense=dense, label=label))
+        """From scratch: a fresh model over `spec` (default a DeepFM with `hidden`, `seed`)."""
+        if tasks is None and label is not None:
+            tasks = (Task(name=label),)
+        ps = TrainingPS(
+            spec,
+            model=model,
+            tasks=tasks,
+            shards=shards,
+            hidden=hidden,
+            seed=seed,
+            dense_lr=config.dense_lr,
+            hashed_lr=config.hashed_lr,
+            window=config.auc_window,
+        )
+        return cls(ps, config, schema=ExampleSchema.for_tasks(spec, ps.tasks, dense=dense))
 
     def add_hook(self, fn: Hook) -> None:
         """Call `fn(trainer, info)` after every batch (after expiry, before the commit)."""
         self.hooks.append(fn)
 
-    # -- training ----------------------------------------------------------------------------------
+    # -- the training state (owned by the PS) ------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        return self.ps.model
+
     @property
     def tables(self) -> dict:
-        """slot -> EmbeddingTable of every collisionless layer."""
-        return {slot: emb.table for slot, emb in self.model.collisionless.items()}
+        """slot -> table of every collisionless layer."""
+        return self.ps.tables
 
+    @property
+    def step(self) -> int:
+        return self.ps.step
+
+    @property
+    def examples(self) -> int:
+        return self.ps.examples
+
+    @property
+    def data_time(self) -> float | None:
+        return self.ps.data_time
+
+    @property
+    def positions(self) -> dict[int, int]:
+        return self.ps.positions
+
+    @positions.setter
+    def positions(self, value: Mapping[int, int]) -> None:
+        self.ps.positions = {int(p): int(o) for p, o in value.items()}
+
+    @property
+    def dense_lock(self) -> threading.Lock:
+        return self.ps.dense_lock
+
+    def dense_state(self) -> dict[str, np.ndarray]:
+        """A copy of the dense weights (what a `SyncPublisher` publishes)."""
+        return self.ps.dense_state()
+
+    def state(self, positions: Mapping[str, Any] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+        """The whole training state in the one snapshot layout (`TrainingPS.state`)."""
+        return self.ps.state(positions)
+
+    # -- training ----------------------------------------------------------------------------------
     def train_step(self, b: Batch) -> float:
-        """One optimizer step on a batch (`freshrec.train.batch.Batch`); returns its mean loss.
-
-        Records the batch's pre-update predictions for progressive validation.
-        """
-        logit, loss = train_step(
-            self.model,
-            b.sparse,
-            b.dense,
-            b.label,
-            now=b.now,
-            offset=b.offset,
-            dense_opt=self.dense_opt,
-            dense_lock=self.dense_lock,
-            sparse_opt=self.sparse_opt,
-            hashed_opt=self.hashed_opt,
-        )
-        with torch.no_grad():
-            z = logit if b.offset is None else logit + b.offset
-        self._window.push(z.numpy().astype(np.float64), b.label.numpy())
-        n = int(b.label.shape[0])
-        value = float(loss)
-        self.loss_sum += value * n
-        self.examples += n
-        self.data_time = float(b.now) if self.data_time is None else max(self.data_time, float(b.now))
-        return value
+        """One optimizer step on a batch; returns its mean loss (pre-update outputs are recorded)."""
+        return self.ps.train_step(b).loss
 
     def _after_batch(self, info: BatchInfo) -> None:
         every = self.config.evict_every
@@ -261,16 +285,18 @@ class OnlineTrainer:
         Returns the `BatchInfo` (None when `examples` is empty: positions still advance).
         """
         if positions is not None:
-            self.positions = {int(p): int(o) for p, o in positions.items()}
-        self.bad_records += bad
+            self.positions = positions
+        self.ps.bad_records += bad
         if not examples:
             return None
         t0 = time.perf_counter()
         ds: Any = examples_to_dataset(examples, self.schema)
-        b = next(iter_batches(ds, len(ds), correction=self.config.sampling_correction))
+        b = next(
+            iter_batches(ds, len(ds), tasks=self.ps.tasks, correction=self.config.sampling_correction)
+        )
         loss = self.train_step(b)
-        self.step += 1
         self._seconds += time.perf_counter() - t0
+        self._examples_here += len(b)
         info = BatchInfo(self.step, len(examples), loss, float(b.now), dict(self.positions), bad)
         self._after_batch(info)
         return info
@@ -280,13 +306,16 @@ class OnlineTrainer:
         experiments that stream a file. Positions are left as they are."""
         out = []
         for b in iter_batches(
-            ds, batch_size or self.config.batch_size, correction=self.config.sampling_correction
+            ds,
+            batch_size or self.config.batch_size,
+            tasks=self.ps.tasks,
+            correction=self.config.sampling_correction,
         ):
             t0 = time.perf_counter()
             loss = self.train_step(b)
-            self.step += 1
             self._seconds += time.perf_counter() - t0
-            info = BatchInfo(self.step, int(b.label.shape[0]), loss, float(b.now), dict(self.positions), 0)
+            self._examples_here += len(b)
+            info = BatchInfo(self.step, len(b), loss, float(b.now), dict(self.positions), 0)
             self._after_batch(info)
             out.append(info)
         return out
@@ -309,6 +338,12 @@ class OnlineTrainer:
         for p, off in self.positions.items():
             consumer.seek(int(p), int(off))
 
+    @staticmethod
+    def drained(consumer, log) -> bool:
+        """Whether `consumer` has read `log` to its end offsets (an empty poll alone proves nothing)."""
+        pos = consumer.position()
+        return all(int(pos.get(p, 0)) >= int(end) for p, end in enumerate(log.end_offsets()))
+
     def run(
         self,
         consumer,
@@ -316,21 +351,37 @@ class OnlineTrainer:
         max_batches: int | None = None,
         until_idle: bool = True,
         stop: Callable[[], bool] | None = None,
+        log=None,
+        idle_timeout_s: float = 30.0,
     ) -> OnlineMetrics:
         """Train batch after batch from `consumer` (already at the trainer's positions: see `seek`).
 
-        Stops after `max_batches`, when a poll finds nothing and `until_idle`, or when `stop()` is
-        true. Exceptions from hooks propagate (the last snapshot is the recovery point).
+        Stops after `max_batches`, when `stop()` is true, or, with `until_idle`, once the log is
+        drained: with `log` given, when the consumer's positions reached its end offsets (polls
+        that come back empty before that are retried for up to `idle_timeout_s` of no progress);
+        without it, at the first empty poll. Exceptions from hooks propagate (the last snapshot is
+        the recovery point).
         """
         done = 0
+        idle_since: float | None = None
         while max_batches is None or done < max_batches:
             if stop is not None and stop():
                 break
             examples, bad, positions = self.poll_batch(consumer)
             if not examples and not bad:
                 if until_idle:
-                    break
+                    if log is None or self.drained(consumer, log):
+                        break
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since > idle_timeout_s:
+                        msg = (
+                            f"the examples log has records past position {consumer.position()} "
+                            f"(end offsets {log.end_offsets()}) but none arrived for {idle_timeout_s:g} s"
+                        )
+                        raise LogError(msg)
+                    time.sleep(0.05)
                 continue
+            idle_since = None
             info = self.train_examples(examples, positions=positions, bad=bad)
             if info is None:
                 continue
@@ -343,107 +394,30 @@ class OnlineTrainer:
         return self.metrics()
 
     # -- metrics -----------------------------------------------------------------------------------
+    def task_metrics(self) -> dict[str, dict[str, float]]:
+        """Every task's progressive-validation metric over the window (module docstring)."""
+        out: dict[str, dict[str, float]] = {}
+        for t in self.ps.tasks:
+            scores, labels = self.ps.windows[t.name].filled()
+            if t.kind == "binary":
+                out[t.name] = {"auc": auc(labels, scores) if scores.size else float("nan")}
+            else:
+                rmse = float(np.sqrt(np.mean((scores - labels) ** 2))) if scores.size else float("nan")
+                out[t.name] = {"rmse": rmse}
+        return out
+
     def metrics(self) -> OnlineMetrics:
+        per = self.task_metrics()
+        first = per[self.ps.tasks[0].name]
         return OnlineMetrics(
             batches=self.step,
             examples=self.examples,
-            bad_records=self.bad_records,
+            bad_records=self.ps.bad_records,
             seconds=self._seconds,
-            auc=self._window.auc(),
-            log_loss=self.loss_sum / self.examples if self.examples else float("nan"),
+            auc=first.get("auc", float("nan")),
+            log_loss=self.ps.loss_sum / self.examples if self.examples else float("nan"),
             data_time=self.data_time,
             table_rows={slot: len(t) for slot, t in self.tables.items()},
+            tasks=per,
+            examples_here=self._examples_here,
         )
-
-    # -- state (tables are snapshotted by freshrec.checkpoint.periodic) -----------------------------
-    def dense_state(self) -> dict[str, np.ndarray]:
-        """A copy of the dense weights (state-dict name -> array), taken under `dense_lock`: what a
-        `freshrec.ps.sync.SyncPublisher` publishes (the trainer quacks like a training PS)."""
-        with self.dense_lock:
-            return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
-
-    def trainer_state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """(meta, arrays) of everything but the tables: dense weights (hashed rows included),
-        optimizer states, progress counters, log positions, the progressive-validation window."""
-        arrays = {f"model.{k}": v for k, v in self.dense_state().items()}
-        dmeta, darr = optimizer_to_arrays(self.dense_opt, "opt.dense")
-        arrays |= darr
-        meta: dict[str, Any] = {
-            "step": self.step,
-            "examples": self.examples,
-            "bad_records": self.bad_records,
-            "data_time": self.data_time,
-            "positions": {str(p): o for p, o in self.positions.items()},
-            "loss_sum": self.loss_sum,
-            "window_n": self._window.n,
-            "opt_dense": dmeta,
-            "config": asdict(self.config),
-            "schema": self.schema.to_dict(),
-        }
-        if self.hashed_opt is not None:
-            hmeta, harr = optimizer_to_arrays(self.hashed_opt, "opt.hashed")
-            meta["opt_hashed"] = hmeta
-            arrays |= harr
-        arrays["rng.torch"] = torch.get_rng_state().numpy().copy()  # dropout, if the model has any
-        arrays["window.scores"] = self._window.scores.copy()
-        arrays["window.labels"] = self._window.labels.copy()
-        return meta, arrays
-
-    def state(self, positions: Mapping[str, Any] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-        """The trainer as a TRAINING-PS state (`freshrec.ps.training.TrainingPS.state` layout, one shard
-        per table), so `SyncPublisher.snapshot_state` / `snapshot` of this trainer give a snapshot that
-        `ServingReplica.from_snapshot` and `TrainingPS.from_state` read. DeepFM with collisionless
-        tables only (raises ConfigError otherwise). For recovery of the trainer itself use
-        `freshrec.checkpoint.periodic` (it also keeps the progress counters and change channels)."""
-        from torch import nn
-
-        from freshrec.errors import ConfigError
-        from freshrec.ps.training import training_ps_state
-
-        if not isinstance(self.model, DeepFM) or len(self.tables) != len(self.model.spec.slots):
-            msg = "OnlineTrainer.state: only a DeepFM with collisionless tables maps to a training-PS state"
-            raise ConfigError(msg)
-        hidden = [m.out_features for m in self.model.dnn if isinstance(m, nn.Linear)][:-1]
-        opt_meta, opt_arrays = optimizer_to_arrays(self.dense_opt, "opt")
-        return training_ps_state(
-            spec=self.model.spec,
-            hidden=hidden,
-            seed=0,
-            dense_lr=self.config.dense_lr,
-            shards=1,
-            step=self.step,
-            data_time=self.data_time,
-            positions=positions,
-            tables=self.tables,
-            dense=self.dense_state(),
-            opt_meta=opt_meta,
-            opt_arrays=opt_arrays,
-        )
-
-    def load_trainer_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-        """Inverse of `trainer_state` (the model must have the same architecture)."""
-        sd = {
-            k[len("model.") :]: torch.from_numpy(np.array(v))
-            for k, v in arrays.items()
-            if k.startswith("model.")
-        }
-        with self.dense_lock:
-            self.model.load_state_dict(sd)
-        optimizer_from_arrays(self.dense_opt, meta["opt_dense"], arrays, "opt.dense")
-        if self.hashed_opt is not None and "opt_hashed" in meta:
-            optimizer_from_arrays(self.hashed_opt, meta["opt_hashed"], arrays, "opt.hashed")
-        self.step = int(meta["step"])
-        self.examples = int(meta["examples"])
-        self.bad_records = int(meta.get("bad_records", 0))
-        dt = meta.get("data_time")
-        self.data_time = None if dt is None else float(dt)
-        self.positions = {int(p): int(o) for p, o in meta["positions"].items()}
-        self.loss_sum = float(meta.get("loss_sum", 0.0))
-        if "window.scores" in arrays and arrays["window.scores"].shape == self._window.scores.shape:
-            self._window.scores[:] = arrays["window.scores"]
-            self._window.labels[:] = arrays["window.labels"]
-            self._window.n = int(meta.get("window_n", 0))
-        if "rng.torch" in arrays:
-            torch.set_rng_state(torch.from_numpy(np.array(arrays["rng.torch"])))
-        self.model.train()
-        self.sparse_opt.zero_grad()

@@ -1,0 +1,232 @@
+"""Any model, several tasks, one snapshot: batch -> snapshot -> online -> sync -> serve, per model.
+
+Every shipped model (DeepFM, DCN, DIN with a multi-valued history slot) and a model defined here
+goes through the same loop in process (memory logs): batch training writes the one snapshot layout,
+the online trainer starts from it, the publisher syncs touched rows and dense weights, a replica
+follows the parameter log; after a final sync the served scores equal the trainer's, per task.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from freshrec.checkpoint.format import write_snapshot
+from freshrec.data.dataset import Dataset, Ragged
+from freshrec.errors import ConfigError, SnapshotError
+from freshrec.model import (
+    Batch,
+    DeepFM,
+    FeatureSpec,
+    ModelSpec,
+    SlotModel,
+    SlotSpec,
+    Task,
+    build_model,
+    check_model,
+    parse_tasks,
+)
+from freshrec.ps import ServingConfig, ServingReplica, SyncPublisher, SyncSubscriber, TrainingPS
+from freshrec.stream.log import MemoryBackend
+from freshrec.table import Adagrad
+from freshrec.train.batch import TrainConfig, iter_batches, load_checkpoint, save_checkpoint, train_model
+from freshrec.train.examples import dataset_to_examples, write_examples
+from freshrec.train.online import OnlineConfig, OnlineTrainer
+
+
+class PooledTower(SlotModel):
+    """A model written against the contract alone: concatenated slot embeddings -> MLP -> T outputs."""
+
+    def __init__(self, spec, embeddings, *, tasks=None, width=8, seed=0):
+        super().__init__()
+        k = self._set_embeddings(spec, embeddings, tasks)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.mlp = nn.Sequential(
+                nn.Linear(len(spec.slots) * k + spec.dense_dim, width),
+                nn.ReLU(),
+                nn.Linear(width, len(self.tasks)),
+            )
+
+    def forward(self, sparse, dense=None):
+        E = self.embed(sparse)  # (B, F, k)
+        x = E.reshape(E.shape[0], -1)
+        if dense is not None:
+            x = torch.cat([x, dense], dim=1)
+        return self.mlp(x)  # (B, T)
+
+
+def data(n: int = 1500, seed: int = 0) -> Dataset:
+    """Clicks and a watch-time value that depend on (user, item) and on the user's history bag."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, 120, n)
+    it = rng.integers(0, 50, n)
+    lens = rng.integers(0, 4, n)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    hist = rng.integers(0, 50, int(offsets[-1]))
+    y = (((u + it) % 3 == 0) ^ (rng.random(n) < 0.1)).astype(np.float32)
+    watch = (y * rng.uniform(5, 20, n) + rng.normal(0, 0.5, n)).astype(np.float32)
+    return Dataset.build(
+        "contract",
+        sparse={"user_id": u, "item_id": it},
+        multi={"history": Ragged(hist, offsets)},
+        label=y,
+        labels={"watch": watch},
+        ts=np.sort(rng.uniform(1e9, 1e9 + 3600, n)),
+    )
+
+
+MODELS = [
+    ("deepfm", {"hidden": [16]}),
+    ("dcn", {"hidden": [16], "cross_layers": 1}),
+    ("din", {"history": "history", "query": "item_id", "hidden": [16]}),
+    ("test_model_contract:PooledTower", {"width": 8}),
+]
+
+
+@pytest.mark.parametrize("tasks", ["click", "click,watch:value:0.1"])
+@pytest.mark.parametrize(("path", "kwargs"), MODELS, ids=[m[0].split(":")[-1] for m in MODELS])
+def test_batch_snapshot_online_sync_serve_equals_trainer(tmp_path, path, kwargs, tasks, deterministic_torch):
+    past, future = data(1500, 0), data(600, 1)
+    cfg = TrainConfig(
+        epochs=1, batch_size=256, dim=4, model=path, model_kwargs=kwargs, tasks=parse_tasks(tasks)
+    )
+    result = train_model(past, future, cfg)
+    assert set(result.final.tasks) == {t.name for t in cfg.tasks}
+    snap = save_checkpoint(result.ps, tmp_path / "batch")
+    manifest = json.loads((snap / "manifest.json").read_text())
+    assert manifest["meta"]["model"]["path"] == ModelSpec(path).path
+    assert [t["name"] for t in manifest["meta"]["tasks"]] == [t.name for t in cfg.tasks]
+
+    trainer = OnlineTrainer.from_checkpoint(snap, OnlineConfig(batch_size=200))
+    assert type(trainer.model).__name__ == type(result.model).__name__
+    assert trainer.ps.tasks == cfg.tasks and trainer.step == result.ps.step
+    backend = MemoryBackend()
+    examples, params = backend.log("examples"), backend.log("params")
+    pub = SyncPublisher(trainer, params)
+    replica = ServingReplica.from_snapshot(snap)  # serving starts from the batch snapshot too
+    sub = SyncSubscriber(replica, params, group="serving", start=[0])
+    write_examples(examples, dataset_to_examples(future, label="click"))
+    rows = []
+    for e in dataset_to_examples(future, label="click"):
+        rows.append({"user_id": e.user_id, "item_id": e.item_id, "sparse": {"history": e.sparse["history"]}})
+    served_before = replica.predict_tasks(rows[:50])
+    trainer.add_hook(lambda tr, info: pub.publish_once())
+    consumer = examples.consumer("t")
+    consumer.seek(0, 0)
+    m = trainer.run(consumer, log=examples)
+    assert m.examples_here == len(future) and set(m.tasks) == {t.name for t in cfg.tasks}
+    pub.publish_once(dense=True)  # the final sync
+    sub.catch_up()
+    trained_view = ServingReplica.from_ps(trainer.ps)
+    got, want = replica.predict_tasks(rows[:50]), trained_view.predict_tasks(rows[:50])
+    assert got.shape == (50, len(cfg.tasks))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert np.abs(got - served_before).max() > 1e-4  # online training changed what is served
+    # and the trainer's own model agrees with the served first-task probability
+    trainer.model.eval()
+    b = next(iter_batches(future, 50, tasks=trainer.ps.tasks))
+    with torch.no_grad():
+        out = trainer.model(b.sparse, b.dense)
+    z = (out if out.dim() == 1 else out[:, 0]).numpy()
+    assert_close(
+        torch.from_numpy(1 / (1 + np.exp(-z))).float(), torch.from_numpy(got[:, 0]), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_rank_orders_by_the_configured_blend_of_task_scores(deterministic_torch):
+    past = data(800, 0)
+    cfg = TrainConfig(epochs=1, batch_size=256, dim=4, hidden=(8,), tasks=parse_tasks("click,watch:value"))
+    ps = train_model(past, None, cfg).ps
+    assert ps is not None
+    weights = {"click": 1.0, "watch": 0.05}
+    rep = ServingReplica.from_ps(ps, config=ServingConfig(rank_weights=weights))
+    items, blended, per_task = rep.rank_tasks(7, list(range(40)), sparse={"history": [1, 2]})
+    want = per_task[:, 0] * 1.0 + per_task[:, 1] * 0.05
+    np.testing.assert_allclose(blended, want, rtol=1e-5)
+    assert np.all(np.diff(blended) <= 1e-7)  # best first
+    assert np.all((per_task[:, 0] > 0) & (per_task[:, 0] < 1))  # click: a probability
+    with pytest.raises(ConfigError, match="unknown tasks"):
+        ServingReplica.from_ps(ps, config=ServingConfig(rank_weights={"like": 1.0}))
+
+
+def test_check_model_and_build_model_refuse_what_breaks_the_contract():
+    spec = FeatureSpec(slots=(SlotSpec(name="user_id"), SlotSpec(name="item_id")), dim=4)
+
+    class WrongWidth(PooledTower):
+        def forward(self, sparse, dense=None):
+            return super().forward(sparse, dense)[:, :1].repeat(1, 3)  # 3 outputs for 2 tasks
+
+    two = (Task(name="click"), Task(name="watch", kind="value"))
+    m = WrongWidth(spec, spec.build(), tasks=two)
+    b = Batch(
+        sparse={"user_id": torch.tensor([1, 2]), "item_id": torch.tensor([3, 4])},
+        dense=None,
+        targets=torch.zeros(2, 2),
+        offset=None,
+        now=0.0,
+    )
+    with pytest.raises(ConfigError, match=r"expected \(B, 2\)"):
+        check_model(m, b)
+    check_model(build_model(ModelSpec("test_model_contract:PooledTower"), spec, tasks=two), b)
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        build_model(ModelSpec("no_such_module:Model"), spec)
+    with pytest.raises(ConfigError, match="cannot be built with kwargs"):
+        build_model(ModelSpec("deepfm", {"no_such_kwarg": 1}), spec)
+    with pytest.raises(ConfigError, match="has no label 'rating'"):
+        train_model(
+            data(100), None, TrainConfig(epochs=1, dim=4, hidden=(4,), tasks=parse_tasks("rating:value"))
+        )
+
+
+def test_resuming_a_snapshot_of_another_model_is_refused(tmp_path):
+    spec = FeatureSpec(
+        slots=(SlotSpec(name="user_id"), SlotSpec(name="item_id")), dim=4, optimizer=Adagrad(lr=0.1)
+    )
+    a = TrainingPS(spec, model=ModelSpec("deepfm", {"hidden": [8]}), shards=1)
+    a.save(tmp_path / "a")
+    b = TrainingPS(spec, model=ModelSpec("dcn", {"hidden": [8]}), shards=1)
+    from freshrec.checkpoint.format import read_snapshot
+
+    meta, arrays = read_snapshot(tmp_path / "a")
+    with pytest.raises(SnapshotError, match="model"):
+        b.load_state(meta, arrays, source=str(tmp_path / "a"))
+
+
+def test_a_0_1_batch_checkpoint_is_refused_with_how_to_upgrade_and_upgrades(tmp_path):
+    """Writes the 0.1 layout (DIR/model + DIR/tables/<slot>) by hand, as that version did."""
+    spec = FeatureSpec(slots=(SlotSpec(name="user_id"), SlotSpec(name="item_id")), dim=4)
+    model = DeepFM.build(spec, hidden=(8,), seed=2)
+    old = tmp_path / "old"
+    ps = TrainingPS.from_model(model)
+    ps.train_step(
+        {"user_id": torch.tensor([1, 2, 3]), "item_id": torch.tensor([4, 5, 6])},
+        None,
+        torch.tensor([1.0, 0.0, 1.0]),
+        now=10.0,
+    )
+    layers = {}
+    for slot, layer in model.collisionless.items():
+        layer.table.save(old / "tables" / slot)
+        layers[slot] = {"kind": "collisionless", "table": f"tables/{slot}", "config": layer.config.to_dict()}
+    meta = {"model": "DeepFM", "spec": spec.to_dict(), "hidden": [8], "dropout": 0.0, "cross_layers": 0,
+            "layers": layers}  # fmt: skip
+    arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    write_snapshot(old / "model", kind="model", meta=meta, arrays=arrays)
+    with pytest.raises(SnapshotError, match="freshrec snapshot upgrade"):
+        ServingReplica.from_snapshot(old)
+    from freshrec.ps.upgrade import upgrade_snapshot
+
+    kind, new = upgrade_snapshot(old, tmp_path / "new")
+    assert kind == "model"
+    loaded, _ = load_checkpoint(new)
+    req = {"user_id": torch.tensor([1, 2, 9]), "item_id": torch.tensor([4, 5, 6])}
+    model.eval()
+    with torch.no_grad():
+        assert_close(loaded(req), model(req))
