@@ -230,3 +230,46 @@ def test_a_0_1_batch_checkpoint_is_refused_with_how_to_upgrade_and_upgrades(tmp_
     model.eval()
     with torch.no_grad():
         assert_close(loaded(req), model(req))
+
+
+def test_models_experiment_short_form_reports_every_task_online_and_frozen(tmp_path):
+    """`freshrec experiment models --quick` as a process: every model and task, both sides, a plot."""
+    import os
+    import subprocess
+    import sys
+
+    from freshrec.data.paths import dataset_path
+
+    ml = dataset_path("movielens-100k")
+    if not (ml / "u.data").is_file():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(
+                f"MovieLens 100K not found at {ml}: under CI the shared data must be there", pytrace=False
+            )
+        pytest.skip(f"MovieLens 100K not found at {ml} (set FRESHREC_DATA)")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "freshrec.cli",
+            "experiment",
+            "models",
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [r["model"] for r in res["runs"]] == ["deepfm click", "deepfm click+rating", "din click+rating"]
+    for r in res["runs"]:
+        for side in ("online", "frozen"):
+            assert 0.5 < r[side]["click"]["auc"] < 1.0, r
+            if "rating" in r["tasks"]:
+                assert 0.0 < r[side]["rating"]["rmse"] < 4.0, r
+    assert res["runs"][2]["path"] == "freshrec.model:DIN"
+    assert (tmp_path / "models.png").stat().st_size > 10_000

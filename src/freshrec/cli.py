@@ -50,6 +50,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("experiment", "collision"): "freshrec.experiments.collision",
     ("experiment", "online"): "freshrec.experiments.online",
     ("experiment", "reliability"): "freshrec.experiments.reliability",
+    ("experiment", "models"): "freshrec.experiments.models",
 }
 
 

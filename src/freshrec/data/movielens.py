@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 
 from freshrec.data.dataset import Dataset, Ragged, stable_ids
 
-__all__ = ["POSITIVE_RATING", "load_movielens"]
+__all__ = ["POSITIVE_RATING", "load_movielens", "user_history"]
 
 POSITIVE_RATING = 3.5
 _RATING_FILES = ("u.data", "ratings.csv", "ratings.dat")
@@ -164,8 +164,30 @@ def _genre_slot(folder: Path, item: np.ndarray) -> Ragged | None:
     return padded.take(rows)
 
 
+def user_history(user: np.ndarray, item: np.ndarray, positive: np.ndarray, k: int) -> Ragged:
+    """For rows in time order: the last `k` items each row's user rated positively BEFORE that row
+    (most recent last), as a multi-valued column; never a row's own or a later rating."""
+    recent: dict[int, list[int]] = {}
+    values: list[int] = []
+    offsets = np.zeros(len(user) + 1, np.int64)
+    for i, (u, it, pos) in enumerate(zip(user.tolist(), item.tolist(), positive.tolist(), strict=True)):
+        h = recent.setdefault(u, [])
+        values.extend(h)
+        offsets[i + 1] = len(values)
+        if pos:
+            h.append(it)
+            if len(h) > k:
+                del h[0]
+    return Ragged(np.asarray(values, np.int64), offsets)
+
+
 def load_movielens(
-    path: str | Path, *, side_info: bool = False, limit: int | None = None, name: str | None = None
+    path: str | Path,
+    *,
+    side_info: bool = False,
+    limit: int | None = None,
+    name: str | None = None,
+    history: int = 0,
 ) -> Dataset:
     """Load MovieLens ratings from a folder or a ratings file; rows sorted by time (stable).
 
@@ -175,6 +197,8 @@ def load_movielens(
             present in the ratings file's folder (see the module docstring).
         limit: keep only the first `limit` ratings in time order.
         name: the dataset name (default: the folder's name, prefixed `movielens-` unless it is).
+        history: with k > 0, the multi-valued slot `history`: the user's last k positively rated
+            items before each rating (`user_history`), for sequence models such as DIN.
 
     Returns:
         A `Dataset` with slots `user_id`, `item_id` (+ side slots), label = rating >= 3.5,
@@ -193,6 +217,8 @@ def load_movielens(
         genre = _genre_slot(ratings.parent, item)
         if genre is not None:
             multi["genre"] = genre
+    if history > 0:
+        multi["history"] = user_history(user, item, rating >= POSITIVE_RATING, history)
     folder = ratings.parent.name
     return Dataset.build(
         name or (folder if folder.startswith("movielens") else f"movielens-{folder}"),
