@@ -7,9 +7,11 @@ Layout of a log `name` under a backend root:
     root/name/p<i>/<base>.seg        segments of partition i; <base> = offset of its first record,
                                      20 digits; a segment rolls at `LocalLogConfig.segment_bytes`
     root/name/consumers/<group>.json committed positions {"group": g, "positions": {"0": 12, ...}}
+    root/name/p<i>/<first>-<end>.quarantine   bytes a repair moved aside (offsets first..end-1), + .json
 
 A segment is a run of CRC-framed records (format in `freshrec.stream.local_segments`).
-Each partition's offsets are dense from 0; a sparse in-memory index per segment (built by
+Each partition's offsets are dense from 0, except for the holes a repair leaves (the offsets of
+quarantined records; readers step over them); a sparse in-memory index per segment (built by
 scanning on first use, then extended) makes `seek` and opening cheap.
 
 Contract:
@@ -20,9 +22,16 @@ Contract:
   `flush()` writes and fsyncs, so after it returns a kill -9 (or power loss) of the writer loses
   none of those records. Readers in other processes see a record once it is written out (at
   the latest after `flush()`).
-- A writer killed mid-append can leave a torn tail (a partial record, or bad CRC); readers
-  never return it, and the next writer truncates it when it takes the lock.
-- Corruption inside a sealed segment (one that a later segment follows) raises `LogError`.
+- Nothing is cut that could be a record (the rules: `freshrec.stream.local_segments`). A writer
+  killed mid-append leaves a torn tail (an incomplete last record); readers never return it and
+  the next writer cuts it when it takes the lock. A complete but unreadable last record is moved
+  aside into a quarantine file by that writer, not deleted.
+- Bad bytes with valid records after them in the active segment, and any bad bytes in a sealed
+  segment (one that a later segment follows), raise `CorruptLogError` (file, byte offset,
+  reason) from `poll`, `poll_blocks`, `seek`, `end_offsets` and from the first `append` (which
+  cuts nothing then). Readers never stop at corruption without a word. `check()` reports every
+  segment; `repair()` (`freshrec log repair`) moves each bad span aside and keeps every valid
+  record at its offset.
 """
 
 from __future__ import annotations
@@ -47,19 +56,29 @@ from urllib.parse import quote
 
 import numpy as np
 
-from freshrec.errors import LogError, OffsetOutOfRange
+from freshrec.errors import CorruptLogError, LogError, OffsetOutOfRange
 from freshrec.stream.local_segments import (
     HEADER_BYTES,
     STATUS_END,
     STATUS_LIMIT,
+    Moved,
+    SegmentCheck,
     SegmentIndex,
+    check_segment,
+    classify_tail,
+    corrupt_error,
     encode,
     encode_many,
     fsync_dir,
     fsync_or_error,
+    interrupted_repair,
+    quarantine_ranges,
+    quarantine_tail,
+    repair_partition,
     scan,
     segment_bases,
     segment_path,
+    step_over_holes,
     write_json_atomic,
 )
 from freshrec.stream.log import Record, partition_for
@@ -180,10 +199,63 @@ class LocalLog:
         """Number of partitions; an existing log keeps the count it was created with."""
         return self._partitions
 
+    def _tail_error(self, p: int, base: int, fd: int, start: int) -> CorruptLogError | None:
+        """The error for what follows the valid records (ending at byte `start`) of the active
+        segment `base` of partition `p`, open as `fd`, when it is corruption; None when it is
+        nothing, a torn or unreadable tail, or changed while it was read. A verdict of corrupt
+        is taken only when a second look agrees (a new writer may cut a torn tail and append
+        between two reads)."""
+        tail = None
+        for _ in range(2):
+            tail = classify_tail(fd, start, os.fstat(fd).st_size)
+            if tail.kind != "corrupt":
+                return None
+        assert tail is not None
+        path = segment_path(self.path / f"p{p}", base)
+        return CorruptLogError(str(path), start, tail.reason, log=self.name)
+
+    def check(self) -> dict[int, list[SegmentCheck]]:
+        """Per partition, every segment walked whole, every checksum verified (`check_segment`).
+        Reads only; with a writer at work the active segment's end may show as a torn tail."""
+        out: dict[int, list[SegmentCheck]] = {}
+        try:
+            for p in range(self._partitions):
+                pdir = self.path / f"p{p}"
+                bases, holes = segment_bases(pdir), quarantine_ranges(pdir)
+                out[p] = [check_segment(pdir, b, bases[i + 1] if i + 1 < len(bases) else None, holes)
+                          for i, b in enumerate(bases)]
+        except OSError as e:
+            msg = f"log {self.name!r}: cannot read {self.path}: {e}"
+            raise LogError(msg) from e
+        return out
+
+    def repair(self) -> list[Moved]:
+        """Move every bad span of every partition aside into a quarantine file, keeping every
+        valid record at its offset (`freshrec.stream.local_segments.repair_partition`); returns
+        what was moved. Takes the writer lock (raises `LogError` while a writer holds it); stop
+        the log's readers first (one reading a segment as it is split may raise)."""
+        with self._lock:
+            if self._writers is not None:
+                msg = f"log {self.name!r}: this object has appended; repair from a fresh one"
+                raise LogError(msg)
+            fd = self._take_writer_lock()
+            try:
+                moved: list[Moved] = []
+                for p in range(self._partitions):
+                    moved += repair_partition(self.path / f"p{p}")
+                return moved
+            except OSError as e:
+                msg = f"log {self.name!r}: repair of {self.path} failed: {e}"
+                raise LogError(msg) from e
+            finally:
+                os.close(fd)  # releases the flock
+                with self._index_lock:
+                    self._index.clear()
+
     # -- writing ------------------------------------------------------------------------------
 
-    def _open_writer(self) -> list[_PartWriter]:
-        """Take the writer lock, truncate torn tails, and set up each partition's active segment."""
+    def _take_writer_lock(self) -> int:
+        """Take the writer lock (raises LogError naming the holder's pid); returns its fd."""
         lock_path = self.path / "writer.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -196,32 +268,62 @@ class LocalLog:
                        "one writer at a time")
                 raise LogError(msg) from e
             raise
-        writers: list[_PartWriter] = []
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            msg = f"log {self.name!r}: cannot write {lock_path}: {e}"
+            raise LogError(msg) from e
+        return fd
+
+    def _open_writer(self) -> list[_PartWriter]:
+        """Take the writer lock, cut torn tails (or raise CorruptLogError, cutting nothing), and
+        set up each partition's active segment."""
+        fd = self._take_writer_lock()
+        writers: list[_PartWriter] = []
+        try:
             for p in range(self._partitions):
                 pdir = self.path / f"p{p}"
+                if interrupted_repair(pdir):
+                    msg = (f"log {self.name!r}: a repair of {pdir} was interrupted; "
+                           "`freshrec log repair` finishes it")
+                    raise LogError(msg)
                 bases = segment_bases(pdir)
                 base = bases[-1] if bases else 0
                 sfd = os.open(segment_path(pdir, base), os.O_RDWR | os.O_CREAT, 0o644)
                 writers.append(_PartWriter(fd=sfd, base=base, size=0, next_offset=base, buf=[]))
                 idx = self._segment_index(p, base, sfd)
-                if os.fstat(sfd).st_size != idx.end:  # torn tail from a writer killed mid-append
-                    os.ftruncate(sfd, idx.end)
-                    os.fsync(sfd)
+                size = os.fstat(sfd).st_size
+                if size != idx.end:
+                    self._cut_tail(p, base, sfd, idx)
                 if not bases:
                     fsync_dir(pdir)
                 writers[-1].size, writers[-1].next_offset = idx.end, base + idx.n
             fsync_dir(self.path)  # the partition and consumer folders' entries are durable too
-        except OSError as e:
+        except BaseException as e:
             for w in writers:
                 os.close(w.fd)
             os.close(fd)
-            msg = f"log {self.name!r}: cannot open {self.path} for writing: {e}"
-            raise LogError(msg) from e
+            if isinstance(e, OSError):
+                msg = f"log {self.name!r}: cannot open {self.path} for writing: {e}"
+                raise LogError(msg) from e
+            raise
         self._lock_fd = fd
         return writers
+
+    def _cut_tail(self, p: int, base: int, fd: int, idx: SegmentIndex) -> None:
+        """Cut what follows the valid records of the active segment when it is a torn tail, or
+        an unreadable one after moving its bytes aside; raise CorruptLogError otherwise."""
+        pdir = self.path / f"p{p}"
+        tail = classify_tail(fd, idx.end, os.fstat(fd).st_size)
+        assert tail.kind not in ("none", "valid"), "the index runs to the end of the valid records"
+        if tail.kind in ("corrupt", "undecided"):
+            raise CorruptLogError(str(segment_path(pdir, base)), idx.end, tail.reason, log=self.name)
+        if tail.kind == "unreadable":
+            quarantine_tail(pdir, fd, base, tail, base + idx.n)
+        os.ftruncate(fd, idx.end)
+        os.fsync(fd)
 
     def _write_out(self, w: _PartWriter) -> None:
         if not w.buf:
@@ -372,7 +474,12 @@ class LocalLog:
         except FileNotFoundError:
             return 0
         try:
-            return bases[-1] + self._segment_index(p, bases[-1], fd).n
+            idx = self._segment_index(p, bases[-1], fd)
+            if os.fstat(fd).st_size > idx.end:
+                err = self._tail_error(p, bases[-1], fd, idx.end)
+                if err is not None:
+                    raise err
+            return bases[-1] + idx.n
         finally:
             os.close(fd)
 
@@ -444,6 +551,7 @@ class _PartReader:
     base: int = 0  # first offset of the open segment
     pos: int = 0  # byte position of `offset` in the open segment
     avg: float = 128.0  # bytes per record seen so far (sizes the reads)
+    checked: tuple[int, int] = (-1, -1)  # (pos, file size) whose bytes after pos were last classified
 
 
 class LocalConsumer:
@@ -530,12 +638,27 @@ class LocalConsumer:
             return
         base = bases[bisect.bisect_right(bases, r.offset) - 1] if r.offset >= bases[0] else bases[0]
         if r.offset < base:
+            if step_over_holes(quarantine_ranges(pdir), r.offset) >= base:  # quarantined offsets
+                r.offset = base
+                return self._locate(p, r)
             msg = f"log {self._log.name!r} partition {p}: offset {r.offset} is before the first segment"
             raise OffsetOutOfRange(msg)
         fd = os.open(segment_path(pdir, base), os.O_RDONLY)
         idx = self._log._segment_index(p, base, fd, r.offset - base)
         if idx.n < r.offset - base:
-            os.close(fd)
+            try:
+                after = step_over_holes(quarantine_ranges(pdir), r.offset)
+                if after != r.offset:  # a quarantined offset: start at the first one after it
+                    r.offset = after
+                    return self._locate(p, r)
+                size = os.fstat(fd).st_size
+                if size > idx.end and base != bases[-1]:
+                    raise corrupt_error(self._log.name, segment_path(pdir, base), fd, idx.end, size)
+                err = self._log._tail_error(p, base, fd, idx.end) if size > idx.end else None
+                if err is not None:
+                    raise err
+            finally:
+                os.close(fd)
             msg = f"log {self._log.name!r} partition {p}: offset {r.offset} beyond the end ({base + idx.n})"
             raise OffsetOutOfRange(msg)
         end = idx.position(fd, r.offset - base)
@@ -565,7 +688,13 @@ class LocalConsumer:
             k = len(self._order)
             for i in range(k):
                 p = self._order[(self._turn + i) % k]
-                got += self._read(p, self._parts[p], max_records - got, out, blocks)
+                try:
+                    got += self._read(p, self._parts[p], max_records - got, out, blocks)
+                except CorruptLogError:
+                    if out:  # hand over what was read before it; this partition stays at the bad
+                        self._turn = (self._turn + i) % k  # record and goes first in the next
+                        return out  # poll, which raises again
+                    raise
                 if got >= max_records:
                     break
             self._turn = (self._turn + 1) % max(k, 1)
@@ -629,18 +758,28 @@ class LocalConsumer:
             if not sealed:
                 later = [b for b in segment_bases(pdir) if b > r.base]
                 if not later:
-                    return got  # active segment: an incomplete or torn tail is waited on, never returned
+                    # active segment: an incomplete or torn tail is waited on, never returned;
+                    # bytes after it that hold a valid record are corruption (once per file size)
+                    if len(data) > end:
+                        seen = (r.pos, os.fstat(fd).st_size)
+                        if r.checked != seen:
+                            err = self._log._tail_error(p, r.base, fd, r.pos)
+                            if err is not None:
+                                raise err  # not noted as checked: every poll raises it again
+                            r.checked = seen
+                    return got
                 sealed = True  # the writer wrote all of this segment before creating the next one:
                 size = 0  # look once more, then move on
                 continue
-            if os.fstat(fd).st_size != r.pos:
-                path = segment_path(pdir, r.base)
-                msg = f"log {self._log.name!r}: corrupt record at byte {r.pos} of sealed segment {path}"
-                raise LogError(msg)
+            file_size = os.fstat(fd).st_size
+            if file_size != r.pos:
+                raise corrupt_error(self._log.name, segment_path(pdir, r.base), fd, r.pos, file_size)
             if later[0] != r.offset:
-                msg = (f"log {self._log.name!r} partition {p}: segment {r.base} ends at offset {r.offset} "
-                       f"but the next segment starts at {later[0]}")
-                raise LogError(msg)
+                if step_over_holes(quarantine_ranges(pdir), r.offset) != later[0]:
+                    msg = (f"log {self._log.name!r} partition {p}: segment {r.base} ends at offset "
+                           f"{r.offset} but the next segment starts at {later[0]}")
+                    raise LogError(msg)
+                r.offset = later[0]  # the offsets between are quarantined (`LocalLog.repair`)
             self._close_segment(r)
             fd = r.fd = os.open(segment_path(pdir, later[0]), os.O_RDONLY)
             r.base, r.pos, size, sealed = later[0], 0, 0, False
