@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -274,3 +276,44 @@ def test_an_interrupted_repair_is_finished_by_the_next(tmp_path, monkeypatch):
     assert [(o, v) for o, _, v in _drain(log, "g")] == [(i, v) for i, (_, v) in enumerate(recs) if i != lost]
     assert len(list(seg.parent.glob("*.quarantine"))) == 1 and not list(seg.parent.glob(".*.tmp"))
     log.close()
+
+
+def _freshrec(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "freshrec.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_log_check_and_repair_as_processes(tmp_path):
+    _write(tmp_path, seed=5, partitions=2)
+    b = LocalBackend(tmp_path)
+    b.log("y").append_many([(None, b"%d" % i) for i in range(50)])
+    b.close()
+    url = f"local://{tmp_path}"
+    segs = sorted(tmp_path.glob("*/p*/*.seg"))
+    ok = _freshrec("log", "check", "--log", url)
+    assert ok.returncode == 0, ok.stderr
+    size = sum(f.stat().st_size for f in segs)
+    assert ok.stdout.splitlines()[-1] == \
+        f"log check {tmp_path}: 2 logs, {len(segs)} segments, {N + 50:,} records, {size:,} bytes: clean"
+
+    seg = _segments(tmp_path, 1)[1]
+    start, end = _frames(seg)[4]
+    _flip(seg, random.Random(5), start, end)
+    bad = _freshrec("log", "check", "--log", url, "--topic", "x")
+    assert bad.returncode == 1, bad.stderr
+    lines = bad.stdout.splitlines()
+    (line,) = [ln for ln in lines if "CORRUPT at byte" in ln]
+    want = f"log 'x' p1 {seg}: CORRUPT at byte {start}: {end - start} bytes to byte {end} ("
+    assert line.startswith(want), line
+    assert "CORRUPT: 1 problem(s)" in lines[-1] and "freshrec log repair" in lines[-1]
+
+    fixed = _freshrec("log", "repair", "--log", url, "--topic", "x")
+    assert fixed.returncode == 0, fixed.stderr
+    assert f"{seg}: moved bytes {start}..{end} ({end - start} bytes, offset " in fixed.stdout
+    again = _freshrec("log", "check", "--log", url)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1].endswith("clean"), again.stdout
+    assert f"{N + 50 - 1:,} records" in again.stdout.splitlines()[-1]
+
+    missing = _freshrec("log", "check", "--log", f"local://{tmp_path}/nope")
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.splitlines() == [f"freshrec log check: --log '{tmp_path}/nope': no such folder"]

@@ -1,0 +1,143 @@
+"""`freshrec log check | repair`: verify the local log's files, and move corruption aside.
+
+`check` walks every segment of every log (or of `--topic`), verifies every checksum and prints
+one line per segment (records, bytes, and any bad span with its file, byte range and offsets),
+one per quarantined file, and a summary line last. Exit code 0: clean (a torn tail, which the
+next writer cuts, is clean); 1: corrupt; 2: it could not run.
+
+`repair` takes each log's writer lock (stop the writer first; stop its readers too) and moves
+every bad span into a quarantine file next to its segment - nothing is deleted - keeping every
+valid record readable, in order, at its offset (the span's offsets become a hole that readers
+step over; see `freshrec.stream.local_segments`). It prints one line per moved span: the file,
+the byte range, the offsets it held and the quarantine file. Exit code 0 when the logs are
+clean afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from freshrec.errors import ConfigError, FreshrecError
+
+HELP = "check the local log's files (every checksum) or repair them (bad spans moved aside, offsets kept)"
+EXAMPLE = "freshrec log check --log local:///var/lib/freshrec/logs --topic examples"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{check,repair}")
+    for name, text in [
+        ("check", "report every log/partition/segment: records, bytes, corruption (exit 1 if any)"),
+        ("repair", "move each bad span into a quarantine file next to its segment; keep every valid record"),
+    ]:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--log", required=True, help="local log root: local:///path or a folder")
+        p.add_argument("--topic", default=None, help="only this log (default: every log under the root)")
+
+
+def log_root(url: str) -> Path:
+    """The folder a local-log URL names (local:///path, file:///path or a plain path); it must exist."""
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("local", "file") or parts.netloc not in ("", "localhost"):
+            msg = f"--log {url!r}: only the local log has files to check; expected local:///path"
+            raise ConfigError(msg)
+        url = unquote(parts.path)
+    root = Path(url)
+    if not root.is_dir():
+        msg = f"--log {url!r}: no such folder"
+        raise ConfigError(msg)
+    return root
+
+
+def log_names(root: Path, topic: str | None) -> list[str]:
+    """The logs under `root` (folders with a meta.json), or just `topic` (which must be one)."""
+    if topic is not None:
+        if not (root / topic / "meta.json").is_file():
+            msg = f"--topic {topic!r}: no log of that name under {root}"
+            raise ConfigError(msg)
+        return [topic]
+    return sorted(d.name for d in root.iterdir() if (d / "meta.json").is_file())
+
+
+def _offsets(first: int, count: int) -> str:
+    if count == 0:
+        return "no offset"
+    return f"offset {first}" if count == 1 else f"offsets {first}..{first + count - 1}"
+
+
+def _check(root: Path, names: list[str]) -> int:
+    from freshrec.stream.local_log import LocalLog
+
+    logs = segments = records = size = bad = 0
+    for name in names:
+        log = LocalLog(root, name)
+        logs += 1
+        for p, checks in log.check().items():
+            for chk in checks:
+                at = f"log {name!r} p{p} {chk.path}"
+                segments += 1
+                records += chk.records
+                size += chk.size
+                state = "ok"
+                if chk.spans:
+                    state = f"CORRUPT: {len(chk.spans)} bad span(s)"
+                if chk.problem:
+                    state = f"CORRUPT: {chk.problem}"
+                if chk.tail is not None:
+                    what = "torn tail (an incomplete last record: the next writer cuts it)" \
+                        if chk.tail.kind == "torn" else f"{chk.tail.kind} last record"
+                    state = f"{what}, {chk.tail.size - chk.tail.start} bytes at byte {chk.tail.start}"
+                bad += len(chk.spans) + bool(chk.problem) + (chk.tail is not None and chk.tail.kind != "torn")
+                active = "" if chk.sealed else " (active)"
+                print(f"{at}{active}: {chk.records:,} records, {chk.size:,} bytes, {state}")
+                for s in chk.spans:
+                    held = _offsets(s.first, s.count) + ("" if s.exact else ", estimated")
+                    print(f"{at}: CORRUPT at byte {s.start}: {s.end - s.start} bytes to byte {s.end} "
+                          f"({held}): {s.reason}")
+                if chk.tail is not None and chk.tail.kind != "torn":
+                    print(f"{at}: CORRUPT at byte {chk.tail.start}: {chk.tail.reason}")
+            for q in sorted((log.path / f"p{p}").glob("*.quarantine")):
+                print(f"log {name!r} p{p} {q}: quarantined, {q.stat().st_size:,} bytes (see {q.name}.json)")
+        log.close()
+    verdict = "clean" if not bad else (f"CORRUPT: {bad} problem(s); `freshrec log repair --log {root}` "
+                                       "moves the bad spans aside")
+    print(f"log check {root}: {logs} logs, {segments} segments, {records:,} records, {size:,} bytes: "
+          f"{verdict}")
+    return 1 if bad else 0
+
+
+def _repair(root: Path, names: list[str]) -> int:
+    from freshrec.stream.local_log import LocalLog
+
+    total = 0
+    for name in names:
+        log = LocalLog(root, name)
+        try:
+            moved = log.repair()
+            for m in moved:
+                s = m.span
+                print(f"log {name!r} {m.segment}: moved bytes {s.start}..{s.end} ({s.end - s.start} bytes, "
+                      f"{_offsets(s.first, s.count)}) to {m.quarantine}: {s.reason}")
+            total += len(moved)
+            left = [c for checks in log.check().values() for c in checks if not c.ok]
+        finally:
+            log.close()
+        if left:
+            print(f"freshrec log repair: log {name!r} still has problems, e.g. {left[0].path}: "
+                  f"{left[0].problem or 'bad spans'}", file=sys.stderr)
+            return 1
+    print(f"log repair {root}: {len(names)} logs, {total} span(s) moved aside: clean")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        root = log_root(args.log)
+        names = log_names(root, args.topic)
+        return _check(root, names) if args.action == "check" else _repair(root, names)
+    except (FreshrecError, OSError) as e:
+        print(f"freshrec log {args.action}: {e}", file=sys.stderr)
+        return 2
