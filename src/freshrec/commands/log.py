@@ -1,4 +1,4 @@
-"""`freshrec log check | repair`: verify the local log's files, and move corruption aside.
+"""`freshrec log check | repair | du`: verify the local log's files, move corruption aside, show disk use.
 
 `check` walks every segment of every log (or of `--topic`), verifies every checksum and prints
 one line per segment (records, bytes, and any bad span with its file, byte range and offsets),
@@ -11,6 +11,10 @@ valid record readable, in order, at its offset (the span's offsets become a hole
 step over; see `freshrec.stream.local_segments`). It prints one line per moved span: the file,
 the byte range, the offsets it held and the quarantine file. Exit code 0 when the logs are
 clean afterwards.
+
+`du` prints each log's disk use, its retention policy (`LocalLog.retain`), and per partition
+what holds the bytes: the active segment, the sealed segments at or after the lowest committed
+position of the registered groups (naming the group), and what retention may delete.
 """
 
 from __future__ import annotations
@@ -22,15 +26,16 @@ from urllib.parse import unquote, urlsplit
 
 from freshrec.errors import ConfigError, FreshrecError
 
-HELP = "check the local log's files (every checksum) or repair them (bad spans moved aside, offsets kept)"
+HELP = "local log files: check (every checksum), repair (bad spans moved aside, offsets kept), du (disk use)"
 EXAMPLE = "freshrec log check --log local:///var/lib/freshrec/logs --topic examples"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{check,repair}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{check,repair,du}")
     for name, text in [
         ("check", "report every log/partition/segment: records, bytes, corruption (exit 1 if any)"),
         ("repair", "move each bad span into a quarantine file next to its segment; keep every valid record"),
+        ("du", "each log's disk use and what holds it (the active segment, retention's consumer groups)"),
     ]:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--log", required=True, help="local log root: local:///path or a folder")
@@ -133,10 +138,70 @@ def _repair(root: Path, names: list[str]) -> int:
     return 0
 
 
+def _groups(log_path: Path) -> dict[str, dict[int, int]]:
+    """Every consumer group with committed positions in a log: name -> {partition: position}."""
+    import json
+
+    out = {}
+    for f in sorted((log_path / "consumers").glob("*.json")):
+        try:
+            doc = json.loads(f.read_text())
+            out[str(doc["group"])] = {int(p): int(o) for p, o in doc.get("positions", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _du(root: Path, names: list[str]) -> int:
+    from freshrec.stream.local_log import LocalLog
+
+    total = 0
+    for name in names:
+        log = LocalLog(root, name)
+        segs = log.segments()
+        policy = log.retention()
+        holds = log.holds(policy.groups) if policy else {}
+        quarantined = sum(q.stat().st_size for q in log.path.glob("p*/*.quarantine"))
+        size = sum(g.size for g in segs)
+        total += size + quarantined
+        if policy is None:
+            rule = "no retention registered: everything is kept"
+        else:
+            limits = [f"at most {policy.max_bytes:,} bytes" if policy.max_bytes is not None else "",
+                      f"at most {policy.max_age_s:,.0f} s old" if policy.max_age_s is not None else ""]
+            who = ", ".join(repr(g) for g in policy.groups) or "no group"
+            rule = f"retention: {', '.join(x for x in limits if x) or 'no limit'}, held for {who}"
+        print(f"log {name!r} {log.path}: {log.partitions} partitions, {len(segs)} segments, {size:,} bytes, "
+              f"{quarantined:,} bytes quarantined; {rule}")
+        for p in range(log.partitions):
+            mine = [g for g in segs if g.partition == p]
+            if not mine:
+                print(f"log {name!r} p{p}: empty")
+                continue
+            active = sum(g.size for g in mine if g.end is None)
+            hold = holds.get(p)
+            held = sum(g.size for g in mine if g.end is not None and hold is not None and g.end > hold[0])
+            free = sum(g.size for g in mine if g.end is not None) - held
+            by = f", {held:,} bytes held by group {hold[1]!r} (committed {hold[0]:,})" if hold else ""
+            can = f", {free:,} bytes retention may delete" if policy else ""
+            print(f"log {name!r} p{p}: {len(mine)} segments, {sum(g.size for g in mine):,} bytes from offset "
+                  f"{mine[0].base:,}; {active:,} bytes active{by}{can}")
+        registered = set(policy.groups) if policy else set()
+        for g, pos in _groups(log.path).items():
+            at = " ".join(f"p{p}={o:,}" for p, o in sorted(pos.items()))
+            note = "registered for retention" if g in registered else "not registered: not waited for"
+            print(f"log {name!r} group {g!r}: {at} ({note})")
+        log.close()
+    print(f"log du {root}: {len(names)} logs, {total:,} bytes")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         root = log_root(args.log)
         names = log_names(root, args.topic)
+        if args.action == "du":
+            return _du(root, names)
         return _check(root, names) if args.action == "check" else _repair(root, names)
     except (FreshrecError, OSError) as e:
         print(f"freshrec log {args.action}: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ Layout of a log `name` under a backend root:
                                      20 digits; a segment rolls at `LocalLogConfig.segment_bytes`
     root/name/consumers/<group>.json committed positions {"group": g, "positions": {"0": 12, ...}}
     root/name/p<i>/<first>-<end>.quarantine   bytes a repair moved aside (offsets first..end-1), + .json
+    root/name/retention.json         the retention policy, when one is registered (`LocalLog.retain`)
 
 A segment is a run of CRC-framed records (format in `freshrec.stream.local_segments`).
 Each partition's offsets are dense from 0, except for the holes a repair leaves (the offsets of
@@ -32,6 +33,10 @@ Contract:
   cuts nothing then). Readers never stop at corruption without a word. `check()` reports every
   segment; `repair()` (`freshrec log repair`) moves each bad span aside and keeps every valid
   record at its offset.
+- Retention (`retain`, off unless registered) deletes only whole sealed segments, oldest first,
+  by size and age, and never one holding a record at or after the lowest committed position of
+  a group registered for it. A reader of an unregistered group may find its records gone
+  (`OffsetOutOfRange`); a snapshot that must replay from an offset commits it under a group.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import numpy as np
@@ -83,7 +89,16 @@ from freshrec.stream.local_segments import (
 )
 from freshrec.stream.log import Record, partition_for
 
-__all__ = ["LocalBackend", "LocalConsumer", "LocalLog", "LocalLogConfig", "RecordBlock"]
+__all__ = [
+    "LocalBackend",
+    "LocalConsumer",
+    "LocalLog",
+    "LocalLogConfig",
+    "RecordBlock",
+    "Retention",
+    "SegmentInfo",
+    "plan_retention",
+]
 
 FORMAT_VERSION = 1
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +135,87 @@ def _check_name(kind: str, name: str) -> None:
     if not ok or any(not (c.isascii() and (c.isalnum() or c in "._-")) for c in name):
         msg = f"{kind} name {name!r} must be 1-200 characters of [A-Za-z0-9._-], not starting with . or -"
         raise LogError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retention:
+    """What a local log may delete (`LocalLog.retain`): whole sealed segments, oldest first.
+
+    groups: the consumer groups registered for retention. No segment holding a record at or
+        after the lowest committed position of any of them is deleted (a group that never
+        committed is at 0 and holds everything); an empty tuple: no consumer holds the log.
+    max_bytes: delete while the log's segments (all partitions) take more than this many bytes.
+    max_age_s: delete sealed segments last written more than this many seconds ago.
+    The active segment of a partition is never deleted; nor is a quarantine file.
+    """
+
+    groups: tuple[str, ...]
+    max_bytes: int | None = None
+    max_age_s: float | None = None
+
+    def validate(self) -> None:
+        if self.max_bytes is not None and self.max_bytes < 0:
+            msg = f"retention max_bytes must be >= 0, got {self.max_bytes}"
+            raise LogError(msg)
+        if self.max_age_s is not None and not self.max_age_s >= 0:
+            msg = f"retention max_age_s must be >= 0, got {self.max_age_s}"
+            raise LogError(msg)
+
+
+class SegmentInfo(NamedTuple):
+    """A segment on disk: partition, first offset (`base`), the next segment's base (`end`;
+    None for the active one), bytes, and the time it was last written (s since the epoch)."""
+
+    partition: int
+    base: int
+    end: int | None
+    size: int
+    mtime: float
+
+
+def plan_retention(segments: Sequence[SegmentInfo], holds: Mapping[int, int], policy: Retention,
+                   now: float) -> list[SegmentInfo]:
+    """The segments `policy` deletes (pure): per partition, only a run from its oldest segment,
+    only sealed ones (`end` not None) whose records all lie below `holds[partition]` (the lowest
+    committed position of the registered groups; absent: no hold). First those older than
+    `max_age_s`, then, oldest first across partitions, while the log takes more than `max_bytes`.
+
+    Example: p0 segments at 0, 100, 200 (active), 1 MB each, hold 150, max_bytes 1 MB: only
+    segment 0 goes (segment 100 holds offsets 100..199, some >= 150).
+    """
+    parts: dict[int, list[SegmentInfo]] = {}
+    for seg in sorted(segments, key=lambda g: (g.partition, g.base)):
+        parts.setdefault(seg.partition, []).append(seg)
+    front = dict.fromkeys(parts, 0)
+    total = sum(g.size for g in segments)
+    out: list[SegmentInfo] = []
+
+    def deletable(p: int) -> SegmentInfo | None:
+        segs, i = parts[p], front[p]
+        if i >= len(segs):
+            return None
+        seg = segs[i]
+        hold = holds.get(p)
+        ok = seg.end is not None and (hold is None or seg.end <= hold)
+        return seg if ok else None
+
+    def take(seg: SegmentInfo) -> None:
+        nonlocal total
+        out.append(seg)
+        front[seg.partition] += 1
+        total -= seg.size
+
+    if policy.max_age_s is not None:
+        for p in parts:
+            while (seg := deletable(p)) is not None and now - seg.mtime > policy.max_age_s:
+                take(seg)
+    if policy.max_bytes is not None:
+        while total > policy.max_bytes:
+            fronts = [g for g in map(deletable, parts) if g is not None]
+            if not fronts:
+                break
+            take(min(fronts, key=lambda g: (g.mtime, g.partition)))
+    return out
 
 
 @dataclass(slots=True)
@@ -252,6 +348,91 @@ class LocalLog:
                 with self._index_lock:
                     self._index.clear()
 
+    # -- retention ----------------------------------------------------------------------------
+
+    def retain(self, *, groups: Sequence[str], max_bytes: int | None = None,
+               max_age_s: float | None = None, now: float | None = None) -> Retention:
+        """Register a retention policy (`Retention`) for this log, durably (`retention.json`,
+        replacing any earlier one), and apply it once (at `now`, see `apply_retention`). The
+        writer applies it again after each segment roll; `apply_retention` on demand."""
+        policy = Retention(groups=tuple(groups), max_bytes=max_bytes, max_age_s=max_age_s)
+        policy.validate()
+        for g in policy.groups:
+            _group_file(self, g)  # the group name is valid
+        try:
+            write_json_atomic(self.path / "retention.json", {
+                "groups": list(policy.groups), "max_bytes": max_bytes, "max_age_s": max_age_s})
+        except OSError as e:
+            msg = f"log {self.name!r}: cannot write {self.path / 'retention.json'}: {e}"
+            raise LogError(msg) from e
+        self.apply_retention(now)
+        return policy
+
+    def retention(self) -> Retention | None:
+        """The registered retention policy, or None."""
+        f = self.path / "retention.json"
+        try:
+            doc = json.loads(f.read_text())
+            return Retention(groups=tuple(doc["groups"]), max_bytes=doc.get("max_bytes"),
+                             max_age_s=doc.get("max_age_s"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            msg = f"log {self.name!r}: cannot read {f}: {e}"
+            raise LogError(msg) from e
+
+    def holds(self, groups: Sequence[str]) -> dict[int, tuple[int, str]]:
+        """Per partition, the lowest committed position of `groups` and the group at it (a
+        group that never committed a partition is at 0 there); {} for no groups."""
+        out: dict[int, tuple[int, str]] = {}
+        for g in groups:
+            committed = _read_positions(_group_file(self, g), g)
+            for p in range(self._partitions):
+                pos = committed.get(p, 0)
+                if p not in out or pos < out[p][0]:
+                    out[p] = (pos, g)
+        return out
+
+    def segments(self) -> list[SegmentInfo]:
+        """Every segment on disk, per partition in offset order."""
+        out = []
+        for p in range(self._partitions):
+            pdir = self.path / f"p{p}"
+            bases = segment_bases(pdir)
+            for i, b in enumerate(bases):
+                try:
+                    st = os.stat(segment_path(pdir, b))
+                except FileNotFoundError:
+                    continue  # deleted since the listing
+                out.append(SegmentInfo(p, b, bases[i + 1] if i + 1 < len(bases) else None, st.st_size,
+                                       st.st_mtime))
+        return out
+
+    def apply_retention(self, now: float | None = None) -> list[Path]:
+        """Delete the segments the registered policy allows (`plan_retention`, holds read now);
+        returns their paths. `now`: seconds since the epoch (default: the wall clock, which is
+        what file times are in)."""
+        policy = self.retention()
+        if policy is None:
+            return []
+        holds = {p: pos for p, (pos, _) in self.holds(policy.groups).items()}
+        plan = plan_retention(self.segments(), holds, policy, time.time() if now is None else now)
+        gone: list[Path] = []
+        try:
+            for seg in plan:
+                path = segment_path(self.path / f"p{seg.partition}", seg.base)
+                with contextlib.suppress(FileNotFoundError):  # another process deleted it first
+                    path.unlink()
+                gone.append(path)
+                with self._index_lock:
+                    self._index.pop((seg.partition, seg.base), None)
+            for p in sorted({seg.partition for seg in plan}):
+                fsync_dir(self.path / f"p{p}")
+        except OSError as e:
+            msg = f"log {self.name!r}: retention could not delete in {self.path}: {e}"
+            raise LogError(msg) from e
+        return gone
+
     # -- writing ------------------------------------------------------------------------------
 
     def _take_writer_lock(self) -> int:
@@ -362,6 +543,9 @@ class LocalLog:
         w.fd = os.open(segment_path(pdir, w.next_offset), os.O_RDWR | os.O_CREAT, 0o644)
         fsync_dir(pdir)
         w.base, w.size = w.next_offset, 0
+        if (self.path / "retention.json").exists():
+            with contextlib.suppress(LogError):  # not deleting loses nothing; the next roll retries
+                self.apply_retention()
 
     def _writable(self) -> list[_PartWriter]:
         """The partition writers (opened on first use); raises when the log is closed or broken.
@@ -528,6 +712,18 @@ def _group_file(log: LocalLog, group: str) -> Path:
     return log.path / "consumers" / f"{safe}.json"
 
 
+def _read_positions(file: Path, group: str) -> dict[int, int]:
+    """The positions committed in a group's file ({} when it has none)."""
+    try:
+        doc = json.loads(file.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        msg = f"consumer group {group!r}: cannot read {file}: {e}"
+        raise LogError(msg) from e
+    return {int(p): int(o) for p, o in doc.get("positions", {}).items()}
+
+
 @dataclass(frozen=True, slots=True)
 class RecordBlock:
     """Consecutive records of one partition, as read: record i has offset `offset + i` and value
@@ -574,14 +770,7 @@ class LocalConsumer:
     # -- positions ----------------------------------------------------------------------------
 
     def _read_committed(self) -> dict[int, int]:
-        try:
-            doc = json.loads(self._file.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as e:
-            msg = f"consumer group {self.group!r}: cannot read {self._file}: {e}"
-            raise LogError(msg) from e
-        return {int(p): int(o) for p, o in doc.get("positions", {}).items()}
+        return _read_positions(self._file, self.group)
 
     def commit(self, positions: Mapping[int, int] | None = None) -> None:
         """Durably store `positions` (default: the current ones) for the group; other partitions'
