@@ -278,6 +278,20 @@ def test_an_interrupted_repair_is_finished_by_the_next(tmp_path, monkeypatch):
     log.close()
 
 
+def test_a_missing_segment_is_reported_and_not_papered_over(tmp_path):
+    _write(tmp_path, seed=7)
+    segs = _segments(tmp_path)
+    segs[2].unlink()  # offsets int(segs[2].stem).. are gone, and no quarantine file says why
+    log = LocalBackend(tmp_path, config=CFG).log("x")
+    with pytest.raises(LogError, match="next segment starts at"):
+        _drain(log, "g")
+    (bad,) = [c for c in log.check()[0] if not c.ok]
+    assert bad.path == segs[1] and "next segment starts at offset" in bad.problem
+    with pytest.raises(LogError, match="cannot repair"):
+        log.repair()
+    log.close()
+
+
 def _freshrec(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "freshrec.cli", *args], capture_output=True, text=True,
                           timeout=120)

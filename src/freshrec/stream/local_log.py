@@ -184,8 +184,8 @@ def plan_retention(segments: Sequence[SegmentInfo], holds: Mapping[int, int], po
     segment 0 goes (segment 100 holds offsets 100..199, some >= 150).
     """
     parts: dict[int, list[SegmentInfo]] = {}
-    for seg in sorted(segments, key=lambda g: (g.partition, g.base)):
-        parts.setdefault(seg.partition, []).append(seg)
+    for info in sorted(segments, key=lambda g: (g.partition, g.base)):
+        parts.setdefault(info.partition, []).append(info)
     front = dict.fromkeys(parts, 0)
     total = sum(g.size for g in segments)
     out: list[SegmentInfo] = []

@@ -455,12 +455,12 @@ def _span_records(fd: int, start: int, end: int) -> int:
 
 
 class Run(NamedTuple):
-    """Consecutive valid records of a segment: bytes [start, end), offsets first..first+count-1."""
+    """Consecutive valid records of a segment: bytes [start, end), offsets first..first+records-1."""
 
     start: int
     end: int
     first: int
-    count: int
+    records: int
 
 
 @dataclass(frozen=True, slots=True)
