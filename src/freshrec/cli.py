@@ -36,6 +36,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("train",): "freshrec.commands.train",
     ("train", "online"): "freshrec.commands.train_online",
     ("join",): "freshrec.commands.join",
+    ("log",): "freshrec.commands.log",
     ("serve",): "freshrec.commands.serve",
     ("replay", "globo"): "freshrec.commands.replay_globo",
     ("snapshot",): "freshrec.commands.snapshot",

@@ -5,7 +5,10 @@
     ├── SnapshotError          a snapshot cannot be written or read
     │   └── CorruptSnapshotError   a snapshot file is missing, truncated or fails its checksum
     ├── LogError               the log seam (local log, Kafka) failed
-    │   └── OffsetOutOfRange       a read asked for an offset the log does not hold
+    │   ├── OffsetOutOfRange       a read asked for an offset the log does not hold
+    │   └── CorruptLogError        a log file holds bytes that are no valid record where records must be
+    ├── StoreError             the joiner's store (LMDB) failed: disk full, permission, map full, I/O, ...
+    │   └── CorruptStoreError      a stored value fails its checksum
     ├── EventError             an event could not be decoded or validated (goes to the dead-letter log)
     └── CapacityError          a table cannot take more rows under its memory cap and eviction is off
 
@@ -17,12 +20,15 @@ from __future__ import annotations
 __all__ = [
     "CapacityError",
     "ConfigError",
+    "CorruptLogError",
     "CorruptSnapshotError",
+    "CorruptStoreError",
     "EventError",
     "FreshrecError",
     "LogError",
     "OffsetOutOfRange",
     "SnapshotError",
+    "StoreError",
 ]
 
 
@@ -58,6 +64,55 @@ class LogError(FreshrecError):
 
 class OffsetOutOfRange(LogError):
     """A read asked for an offset the log does not hold."""
+
+
+class CorruptLogError(LogError):
+    """A log file holds bytes that are not a valid record where valid records must be: inside a
+    sealed segment, or followed by valid records in the active one (a torn last record is not
+    corruption). Nothing is cut; `freshrec log repair` moves the bad bytes aside.
+
+    Attributes:
+        path: the segment file at fault.
+        offset: the byte in `path` where the bad bytes start.
+        reason: what is wrong with them (checksum mismatch, impossible length, ...).
+    """
+
+    def __init__(self, path: str, offset: int, reason: str, *, log: str | None = None) -> None:
+        self.path = str(path)
+        self.offset = int(offset)
+        self.reason = reason
+        self.log = log
+        where = f"log {log!r}: " if log else ""
+        super().__init__(f"{where}corrupt data at byte {self.offset} of {self.path}: {reason} "
+                         "(`freshrec log check` reports it, `freshrec log repair` moves it aside)")
+
+
+class StoreError(FreshrecError):
+    """The joiner's store failed.
+
+    Attributes:
+        path: the store's folder.
+        kind: "disk full", "map full", "permission", "corrupt", "I/O error" or "other".
+    """
+
+    def __init__(self, path: str, kind: str, detail: str) -> None:
+        self.path = str(path)
+        self.kind = kind
+        super().__init__(f"joiner store {self.path}: {kind}: {detail}")
+
+
+class CorruptStoreError(StoreError):
+    """A value in the joiner's store fails its checksum (or is too short to carry one).
+
+    Attributes:
+        table: the table holding it.
+        key: its key.
+    """
+
+    def __init__(self, path: str, table: str, key: bytes, detail: str) -> None:
+        self.table = table
+        self.key = bytes(key)
+        super().__init__(path, "corrupt", f"table {table!r} key {self.key[:64]!r}: {detail}")
 
 
 class EventError(FreshrecError, ValueError):

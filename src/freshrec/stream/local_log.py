@@ -7,9 +7,12 @@ Layout of a log `name` under a backend root:
     root/name/p<i>/<base>.seg        segments of partition i; <base> = offset of its first record,
                                      20 digits; a segment rolls at `LocalLogConfig.segment_bytes`
     root/name/consumers/<group>.json committed positions {"group": g, "positions": {"0": 12, ...}}
+    root/name/p<i>/<first>-<end>.quarantine   bytes a repair moved aside (offsets first..end-1), + .json
+    root/name/retention.json         the retention policy, when one is registered (`LocalLog.retain`)
 
 A segment is a run of CRC-framed records (format in `freshrec.stream.local_segments`).
-Each partition's offsets are dense from 0; a sparse in-memory index per segment (built by
+Each partition's offsets are dense from 0, except for the holes a repair leaves (the offsets of
+quarantined records; readers step over them); a sparse in-memory index per segment (built by
 scanning on first use, then extended) makes `seek` and opening cheap.
 
 Contract:
@@ -20,9 +23,20 @@ Contract:
   `flush()` writes and fsyncs, so after it returns a kill -9 (or power loss) of the writer loses
   none of those records. Readers in other processes see a record once it is written out (at
   the latest after `flush()`).
-- A writer killed mid-append can leave a torn tail (a partial record, or bad CRC); readers
-  never return it, and the next writer truncates it when it takes the lock.
-- Corruption inside a sealed segment (one that a later segment follows) raises `LogError`.
+- Nothing is cut that could be a record (the rules: `freshrec.stream.local_segments`). A writer
+  killed mid-append leaves a torn tail (an incomplete last record); readers never return it and
+  the next writer cuts it when it takes the lock. A complete but unreadable last record is moved
+  aside into a quarantine file by that writer, not deleted.
+- Bad bytes with valid records after them in the active segment, and any bad bytes in a sealed
+  segment (one that a later segment follows), raise `CorruptLogError` (file, byte offset,
+  reason) from `poll`, `poll_blocks`, `seek`, `end_offsets` and from the first `append` (which
+  cuts nothing then). Readers never stop at corruption without a word. `check()` reports every
+  segment; `repair()` (`freshrec log repair`) moves each bad span aside and keeps every valid
+  record at its offset.
+- Retention (`retain`, off unless registered) deletes only whole sealed segments, oldest first,
+  by size and age, and never one holding a record at or after the lowest committed position of
+  a group registered for it. A reader of an unregistered group may find its records gone
+  (`OffsetOutOfRange`); a snapshot that must replay from an offset commits it under a group.
 """
 
 from __future__ import annotations
@@ -43,28 +57,48 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import numpy as np
 
-from freshrec.errors import LogError, OffsetOutOfRange
+from freshrec.errors import CorruptLogError, LogError, OffsetOutOfRange
 from freshrec.stream.local_segments import (
     HEADER_BYTES,
     STATUS_END,
     STATUS_LIMIT,
+    Moved,
+    SegmentCheck,
     SegmentIndex,
+    check_segment,
+    classify_tail,
+    corrupt_error,
     encode,
     encode_many,
     fsync_dir,
     fsync_or_error,
+    interrupted_repair,
+    quarantine_ranges,
+    quarantine_tail,
+    repair_partition,
     scan,
     segment_bases,
     segment_path,
+    step_over_holes,
     write_json_atomic,
 )
 from freshrec.stream.log import Record, partition_for
 
-__all__ = ["LocalBackend", "LocalConsumer", "LocalLog", "LocalLogConfig", "RecordBlock"]
+__all__ = [
+    "LocalBackend",
+    "LocalConsumer",
+    "LocalLog",
+    "LocalLogConfig",
+    "RecordBlock",
+    "Retention",
+    "SegmentInfo",
+    "plan_retention",
+]
 
 FORMAT_VERSION = 1
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +135,87 @@ def _check_name(kind: str, name: str) -> None:
     if not ok or any(not (c.isascii() and (c.isalnum() or c in "._-")) for c in name):
         msg = f"{kind} name {name!r} must be 1-200 characters of [A-Za-z0-9._-], not starting with . or -"
         raise LogError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retention:
+    """What a local log may delete (`LocalLog.retain`): whole sealed segments, oldest first.
+
+    groups: the consumer groups registered for retention. No segment holding a record at or
+        after the lowest committed position of any of them is deleted (a group that never
+        committed is at 0 and holds everything); an empty tuple: no consumer holds the log.
+    max_bytes: delete while the log's segments (all partitions) take more than this many bytes.
+    max_age_s: delete sealed segments last written more than this many seconds ago.
+    The active segment of a partition is never deleted; nor is a quarantine file.
+    """
+
+    groups: tuple[str, ...]
+    max_bytes: int | None = None
+    max_age_s: float | None = None
+
+    def validate(self) -> None:
+        if self.max_bytes is not None and self.max_bytes < 0:
+            msg = f"retention max_bytes must be >= 0, got {self.max_bytes}"
+            raise LogError(msg)
+        if self.max_age_s is not None and not self.max_age_s >= 0:
+            msg = f"retention max_age_s must be >= 0, got {self.max_age_s}"
+            raise LogError(msg)
+
+
+class SegmentInfo(NamedTuple):
+    """A segment on disk: partition, first offset (`base`), the next segment's base (`end`;
+    None for the active one), bytes, and the time it was last written (s since the epoch)."""
+
+    partition: int
+    base: int
+    end: int | None
+    size: int
+    mtime: float
+
+
+def plan_retention(segments: Sequence[SegmentInfo], holds: Mapping[int, int], policy: Retention,
+                   now: float) -> list[SegmentInfo]:
+    """The segments `policy` deletes (pure): per partition, only a run from its oldest segment,
+    only sealed ones (`end` not None) whose records all lie below `holds[partition]` (the lowest
+    committed position of the registered groups; absent: no hold). First those older than
+    `max_age_s`, then, oldest first across partitions, while the log takes more than `max_bytes`.
+
+    Example: p0 segments at 0, 100, 200 (active), 1 MB each, hold 150, max_bytes 1 MB: only
+    segment 0 goes (segment 100 holds offsets 100..199, some >= 150).
+    """
+    parts: dict[int, list[SegmentInfo]] = {}
+    for info in sorted(segments, key=lambda g: (g.partition, g.base)):
+        parts.setdefault(info.partition, []).append(info)
+    front = dict.fromkeys(parts, 0)
+    total = sum(g.size for g in segments)
+    out: list[SegmentInfo] = []
+
+    def deletable(p: int) -> SegmentInfo | None:
+        segs, i = parts[p], front[p]
+        if i >= len(segs):
+            return None
+        seg = segs[i]
+        hold = holds.get(p)
+        ok = seg.end is not None and (hold is None or seg.end <= hold)
+        return seg if ok else None
+
+    def take(seg: SegmentInfo) -> None:
+        nonlocal total
+        out.append(seg)
+        front[seg.partition] += 1
+        total -= seg.size
+
+    if policy.max_age_s is not None:
+        for p in parts:
+            while (seg := deletable(p)) is not None and now - seg.mtime > policy.max_age_s:
+                take(seg)
+    if policy.max_bytes is not None:
+        while total > policy.max_bytes:
+            fronts = [g for g in map(deletable, parts) if g is not None]
+            if not fronts:
+                break
+            take(min(fronts, key=lambda g: (g.mtime, g.partition)))
+    return out
 
 
 @dataclass(slots=True)
@@ -180,10 +295,148 @@ class LocalLog:
         """Number of partitions; an existing log keeps the count it was created with."""
         return self._partitions
 
+    def _tail_error(self, p: int, base: int, fd: int, start: int) -> CorruptLogError | None:
+        """The error for what follows the valid records (ending at byte `start`) of the active
+        segment `base` of partition `p`, open as `fd`, when it is corruption; None when it is
+        nothing, a torn or unreadable tail, or changed while it was read. A verdict of corrupt
+        is taken only when a second look agrees (a new writer may cut a torn tail and append
+        between two reads)."""
+        tail = None
+        for _ in range(2):
+            tail = classify_tail(fd, start, os.fstat(fd).st_size)
+            if tail.kind != "corrupt":
+                return None
+        assert tail is not None
+        path = segment_path(self.path / f"p{p}", base)
+        return CorruptLogError(str(path), start, tail.reason, log=self.name)
+
+    def check(self) -> dict[int, list[SegmentCheck]]:
+        """Per partition, every segment walked whole, every checksum verified (`check_segment`).
+        Reads only; with a writer at work the active segment's end may show as a torn tail."""
+        out: dict[int, list[SegmentCheck]] = {}
+        try:
+            for p in range(self._partitions):
+                pdir = self.path / f"p{p}"
+                bases, holes = segment_bases(pdir), quarantine_ranges(pdir)
+                out[p] = [check_segment(pdir, b, bases[i + 1] if i + 1 < len(bases) else None, holes)
+                          for i, b in enumerate(bases)]
+        except OSError as e:
+            msg = f"log {self.name!r}: cannot read {self.path}: {e}"
+            raise LogError(msg) from e
+        return out
+
+    def repair(self) -> list[Moved]:
+        """Move every bad span of every partition aside into a quarantine file, keeping every
+        valid record at its offset (`freshrec.stream.local_segments.repair_partition`); returns
+        what was moved. Takes the writer lock (raises `LogError` while a writer holds it); stop
+        the log's readers first (one reading a segment as it is split may raise)."""
+        with self._lock:
+            if self._writers is not None:
+                msg = f"log {self.name!r}: this object has appended; repair from a fresh one"
+                raise LogError(msg)
+            fd = self._take_writer_lock()
+            try:
+                moved: list[Moved] = []
+                for p in range(self._partitions):
+                    moved += repair_partition(self.path / f"p{p}")
+                return moved
+            except OSError as e:
+                msg = f"log {self.name!r}: repair of {self.path} failed: {e}"
+                raise LogError(msg) from e
+            finally:
+                os.close(fd)  # releases the flock
+                with self._index_lock:
+                    self._index.clear()
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def retain(self, *, groups: Sequence[str], max_bytes: int | None = None,
+               max_age_s: float | None = None, now: float | None = None) -> Retention:
+        """Register a retention policy (`Retention`) for this log, durably (`retention.json`,
+        replacing any earlier one), and apply it once (at `now`, see `apply_retention`). The
+        writer applies it again after each segment roll; `apply_retention` on demand."""
+        policy = Retention(groups=tuple(groups), max_bytes=max_bytes, max_age_s=max_age_s)
+        policy.validate()
+        for g in policy.groups:
+            _group_file(self, g)  # the group name is valid
+        try:
+            write_json_atomic(self.path / "retention.json", {
+                "groups": list(policy.groups), "max_bytes": max_bytes, "max_age_s": max_age_s})
+        except OSError as e:
+            msg = f"log {self.name!r}: cannot write {self.path / 'retention.json'}: {e}"
+            raise LogError(msg) from e
+        self.apply_retention(now)
+        return policy
+
+    def retention(self) -> Retention | None:
+        """The registered retention policy, or None."""
+        f = self.path / "retention.json"
+        try:
+            doc = json.loads(f.read_text())
+            return Retention(groups=tuple(doc["groups"]), max_bytes=doc.get("max_bytes"),
+                             max_age_s=doc.get("max_age_s"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            msg = f"log {self.name!r}: cannot read {f}: {e}"
+            raise LogError(msg) from e
+
+    def holds(self, groups: Sequence[str]) -> dict[int, tuple[int, str]]:
+        """Per partition, the lowest committed position of `groups` and the group at it (a
+        group that never committed a partition is at 0 there); {} for no groups."""
+        out: dict[int, tuple[int, str]] = {}
+        for g in groups:
+            committed = _read_positions(_group_file(self, g), g)
+            for p in range(self._partitions):
+                pos = committed.get(p, 0)
+                if p not in out or pos < out[p][0]:
+                    out[p] = (pos, g)
+        return out
+
+    def segments(self) -> list[SegmentInfo]:
+        """Every segment on disk, per partition in offset order."""
+        out = []
+        for p in range(self._partitions):
+            pdir = self.path / f"p{p}"
+            bases = segment_bases(pdir)
+            for i, b in enumerate(bases):
+                try:
+                    st = os.stat(segment_path(pdir, b))
+                except FileNotFoundError:
+                    continue  # deleted since the listing
+                out.append(SegmentInfo(p, b, bases[i + 1] if i + 1 < len(bases) else None, st.st_size,
+                                       st.st_mtime))
+        return out
+
+    def apply_retention(self, now: float | None = None) -> list[Path]:
+        """Delete the segments the registered policy allows (`plan_retention`, holds read now);
+        returns their paths. `now`: seconds since the epoch (default: the wall clock, which is
+        what file times are in)."""
+        policy = self.retention()
+        if policy is None:
+            return []
+        holds = {p: pos for p, (pos, _) in self.holds(policy.groups).items()}
+        plan = plan_retention(self.segments(), holds, policy, time.time() if now is None else now)
+        gone: list[Path] = []
+        try:
+            for seg in plan:
+                path = segment_path(self.path / f"p{seg.partition}", seg.base)
+                with contextlib.suppress(FileNotFoundError):  # another process deleted it first
+                    path.unlink()
+                gone.append(path)
+                with self._index_lock:
+                    self._index.pop((seg.partition, seg.base), None)
+            for p in sorted({seg.partition for seg in plan}):
+                fsync_dir(self.path / f"p{p}")
+        except OSError as e:
+            msg = f"log {self.name!r}: retention could not delete in {self.path}: {e}"
+            raise LogError(msg) from e
+        return gone
+
     # -- writing ------------------------------------------------------------------------------
 
-    def _open_writer(self) -> list[_PartWriter]:
-        """Take the writer lock, truncate torn tails, and set up each partition's active segment."""
+    def _take_writer_lock(self) -> int:
+        """Take the writer lock (raises LogError naming the holder's pid); returns its fd."""
         lock_path = self.path / "writer.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -196,32 +449,62 @@ class LocalLog:
                        "one writer at a time")
                 raise LogError(msg) from e
             raise
-        writers: list[_PartWriter] = []
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            msg = f"log {self.name!r}: cannot write {lock_path}: {e}"
+            raise LogError(msg) from e
+        return fd
+
+    def _open_writer(self) -> list[_PartWriter]:
+        """Take the writer lock, cut torn tails (or raise CorruptLogError, cutting nothing), and
+        set up each partition's active segment."""
+        fd = self._take_writer_lock()
+        writers: list[_PartWriter] = []
+        try:
             for p in range(self._partitions):
                 pdir = self.path / f"p{p}"
+                if interrupted_repair(pdir):
+                    msg = (f"log {self.name!r}: a repair of {pdir} was interrupted; "
+                           "`freshrec log repair` finishes it")
+                    raise LogError(msg)
                 bases = segment_bases(pdir)
                 base = bases[-1] if bases else 0
                 sfd = os.open(segment_path(pdir, base), os.O_RDWR | os.O_CREAT, 0o644)
                 writers.append(_PartWriter(fd=sfd, base=base, size=0, next_offset=base, buf=[]))
                 idx = self._segment_index(p, base, sfd)
-                if os.fstat(sfd).st_size != idx.end:  # torn tail from a writer killed mid-append
-                    os.ftruncate(sfd, idx.end)
-                    os.fsync(sfd)
+                size = os.fstat(sfd).st_size
+                if size != idx.end:
+                    self._cut_tail(p, base, sfd, idx)
                 if not bases:
                     fsync_dir(pdir)
                 writers[-1].size, writers[-1].next_offset = idx.end, base + idx.n
             fsync_dir(self.path)  # the partition and consumer folders' entries are durable too
-        except OSError as e:
+        except BaseException as e:
             for w in writers:
                 os.close(w.fd)
             os.close(fd)
-            msg = f"log {self.name!r}: cannot open {self.path} for writing: {e}"
-            raise LogError(msg) from e
+            if isinstance(e, OSError):
+                msg = f"log {self.name!r}: cannot open {self.path} for writing: {e}"
+                raise LogError(msg) from e
+            raise
         self._lock_fd = fd
         return writers
+
+    def _cut_tail(self, p: int, base: int, fd: int, idx: SegmentIndex) -> None:
+        """Cut what follows the valid records of the active segment when it is a torn tail, or
+        an unreadable one after moving its bytes aside; raise CorruptLogError otherwise."""
+        pdir = self.path / f"p{p}"
+        tail = classify_tail(fd, idx.end, os.fstat(fd).st_size)
+        assert tail.kind not in ("none", "valid"), "the index runs to the end of the valid records"
+        if tail.kind in ("corrupt", "undecided"):
+            raise CorruptLogError(str(segment_path(pdir, base)), idx.end, tail.reason, log=self.name)
+        if tail.kind == "unreadable":
+            quarantine_tail(pdir, fd, base, tail, base + idx.n)
+        os.ftruncate(fd, idx.end)
+        os.fsync(fd)
 
     def _write_out(self, w: _PartWriter) -> None:
         if not w.buf:
@@ -260,6 +543,9 @@ class LocalLog:
         w.fd = os.open(segment_path(pdir, w.next_offset), os.O_RDWR | os.O_CREAT, 0o644)
         fsync_dir(pdir)
         w.base, w.size = w.next_offset, 0
+        if (self.path / "retention.json").exists():
+            with contextlib.suppress(LogError):  # not deleting loses nothing; the next roll retries
+                self.apply_retention()
 
     def _writable(self) -> list[_PartWriter]:
         """The partition writers (opened on first use); raises when the log is closed or broken.
@@ -372,7 +658,12 @@ class LocalLog:
         except FileNotFoundError:
             return 0
         try:
-            return bases[-1] + self._segment_index(p, bases[-1], fd).n
+            idx = self._segment_index(p, bases[-1], fd)
+            if os.fstat(fd).st_size > idx.end:
+                err = self._tail_error(p, bases[-1], fd, idx.end)
+                if err is not None:
+                    raise err
+            return bases[-1] + idx.n
         finally:
             os.close(fd)
 
@@ -421,6 +712,18 @@ def _group_file(log: LocalLog, group: str) -> Path:
     return log.path / "consumers" / f"{safe}.json"
 
 
+def _read_positions(file: Path, group: str) -> dict[int, int]:
+    """The positions committed in a group's file ({} when it has none)."""
+    try:
+        doc = json.loads(file.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        msg = f"consumer group {group!r}: cannot read {file}: {e}"
+        raise LogError(msg) from e
+    return {int(p): int(o) for p, o in doc.get("positions", {}).items()}
+
+
 @dataclass(frozen=True, slots=True)
 class RecordBlock:
     """Consecutive records of one partition, as read: record i has offset `offset + i` and value
@@ -444,6 +747,7 @@ class _PartReader:
     base: int = 0  # first offset of the open segment
     pos: int = 0  # byte position of `offset` in the open segment
     avg: float = 128.0  # bytes per record seen so far (sizes the reads)
+    checked: tuple[int, int] = (-1, -1)  # (pos, file size) whose bytes after pos were last classified
 
 
 class LocalConsumer:
@@ -466,14 +770,7 @@ class LocalConsumer:
     # -- positions ----------------------------------------------------------------------------
 
     def _read_committed(self) -> dict[int, int]:
-        try:
-            doc = json.loads(self._file.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as e:
-            msg = f"consumer group {self.group!r}: cannot read {self._file}: {e}"
-            raise LogError(msg) from e
-        return {int(p): int(o) for p, o in doc.get("positions", {}).items()}
+        return _read_positions(self._file, self.group)
 
     def commit(self, positions: Mapping[int, int] | None = None) -> None:
         """Durably store `positions` (default: the current ones) for the group; other partitions'
@@ -530,12 +827,27 @@ class LocalConsumer:
             return
         base = bases[bisect.bisect_right(bases, r.offset) - 1] if r.offset >= bases[0] else bases[0]
         if r.offset < base:
+            if step_over_holes(quarantine_ranges(pdir), r.offset) >= base:  # quarantined offsets
+                r.offset = base
+                return self._locate(p, r)
             msg = f"log {self._log.name!r} partition {p}: offset {r.offset} is before the first segment"
             raise OffsetOutOfRange(msg)
         fd = os.open(segment_path(pdir, base), os.O_RDONLY)
         idx = self._log._segment_index(p, base, fd, r.offset - base)
         if idx.n < r.offset - base:
-            os.close(fd)
+            try:
+                after = step_over_holes(quarantine_ranges(pdir), r.offset)
+                if after != r.offset:  # a quarantined offset: start at the first one after it
+                    r.offset = after
+                    return self._locate(p, r)
+                size = os.fstat(fd).st_size
+                if size > idx.end and base != bases[-1]:
+                    raise corrupt_error(self._log.name, segment_path(pdir, base), fd, idx.end, size)
+                err = self._log._tail_error(p, base, fd, idx.end) if size > idx.end else None
+                if err is not None:
+                    raise err
+            finally:
+                os.close(fd)
             msg = f"log {self._log.name!r} partition {p}: offset {r.offset} beyond the end ({base + idx.n})"
             raise OffsetOutOfRange(msg)
         end = idx.position(fd, r.offset - base)
@@ -565,7 +877,13 @@ class LocalConsumer:
             k = len(self._order)
             for i in range(k):
                 p = self._order[(self._turn + i) % k]
-                got += self._read(p, self._parts[p], max_records - got, out, blocks)
+                try:
+                    got += self._read(p, self._parts[p], max_records - got, out, blocks)
+                except CorruptLogError:
+                    if out:  # hand over what was read before it; this partition stays at the bad
+                        self._turn = (self._turn + i) % k  # record and goes first in the next
+                        return out  # poll, which raises again
+                    raise
                 if got >= max_records:
                     break
             self._turn = (self._turn + 1) % max(k, 1)
@@ -629,18 +947,28 @@ class LocalConsumer:
             if not sealed:
                 later = [b for b in segment_bases(pdir) if b > r.base]
                 if not later:
-                    return got  # active segment: an incomplete or torn tail is waited on, never returned
+                    # active segment: an incomplete or torn tail is waited on, never returned;
+                    # bytes after it that hold a valid record are corruption (once per file size)
+                    if len(data) > end:
+                        seen = (r.pos, os.fstat(fd).st_size)
+                        if r.checked != seen:
+                            err = self._log._tail_error(p, r.base, fd, r.pos)
+                            if err is not None:
+                                raise err  # not noted as checked: every poll raises it again
+                            r.checked = seen
+                    return got
                 sealed = True  # the writer wrote all of this segment before creating the next one:
                 size = 0  # look once more, then move on
                 continue
-            if os.fstat(fd).st_size != r.pos:
-                path = segment_path(pdir, r.base)
-                msg = f"log {self._log.name!r}: corrupt record at byte {r.pos} of sealed segment {path}"
-                raise LogError(msg)
+            file_size = os.fstat(fd).st_size
+            if file_size != r.pos:
+                raise corrupt_error(self._log.name, segment_path(pdir, r.base), fd, r.pos, file_size)
             if later[0] != r.offset:
-                msg = (f"log {self._log.name!r} partition {p}: segment {r.base} ends at offset {r.offset} "
-                       f"but the next segment starts at {later[0]}")
-                raise LogError(msg)
+                if step_over_holes(quarantine_ranges(pdir), r.offset) != later[0]:
+                    msg = (f"log {self._log.name!r} partition {p}: segment {r.base} ends at offset "
+                           f"{r.offset} but the next segment starts at {later[0]}")
+                    raise LogError(msg)
+                r.offset = later[0]  # the offsets between are quarantined (`LocalLog.repair`)
             self._close_segment(r)
             fd = r.fd = os.open(segment_path(pdir, later[0]), os.O_RDONLY)
             r.base, r.pos, size, sealed = later[0], 0, 0, False
