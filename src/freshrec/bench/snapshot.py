@@ -83,7 +83,7 @@ def bench_snapshot(
         shutil.rmtree(root, ignore_errors=True)
     try:
         snap = PeriodicSnapshotter(root, SnapshotPolicy(every_batches=1, full_every=1000, keep=2))
-        tr.step = 1
+        tr.ps.step = 1
         full = snap.snapshot(tr, full=True)
         log(f"full snapshot: {full.nbytes / 1e6:,.1f} MB in {full.seconds:.2f} s")
         results = []
@@ -91,7 +91,7 @@ def bench_snapshot(
             k = max(1, int(rows * f))
             sel = ids[rng.choice(rows, k, replace=False)]
             table.apply_gradients(sel, rng.normal(0, 0.01, (k, width)).astype(np.float32), now=2e9)
-            tr.step += 1
+            tr.ps.step += 1
             inc = snap.snapshot(tr)
             assert inc.kind == "incremental"
             results.append(

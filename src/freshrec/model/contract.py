@@ -290,7 +290,7 @@ def build_model(
         if not hasattr(m, attr):
             msg = f"model {model.path} has no `{attr}`: see the contract in freshrec.model.contract"
             raise ConfigError(msg)
-    m.model_spec = model
+    object.__setattr__(m, "model_spec", model)  # plain attribute (nn.Module's __setattr__ types it)
     return m
 
 
@@ -347,7 +347,7 @@ def task_losses(
             zz = z if batch.offset is None else z + batch.offset.to(z.dtype)
             loss = F.binary_cross_entropy_with_logits(zz, y)
         else:
-            fn = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[task.loss_name]
+            fn: Any = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[task.loss_name]
             if batch.weight is None:
                 loss = fn(z, y)
             else:
@@ -369,9 +369,10 @@ def check_model(model: nn.Module, batch: Batch) -> None:
         if not hasattr(model, attr):
             msg = f"{type(model).__name__}: no `{attr}` attribute (rule 1 of freshrec.model.contract)"
             raise ConfigError(msg)
-    spec = model.spec  # type: ignore[attr-defined]
-    if set(model.embeddings.keys()) != set(spec.names):  # type: ignore[union-attr,attr-defined]
-        names = sorted(model.embeddings.keys())  # type: ignore[union-attr,attr-defined]
+    m: Any = model
+    spec = m.spec
+    if set(m.embeddings.keys()) != set(spec.names):
+        names = sorted(m.embeddings.keys())
         msg = f"{type(model).__name__}: embeddings {names} are not the slots {spec.names}"
         raise ConfigError(msg)
     was = model.training
