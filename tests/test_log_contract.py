@@ -270,6 +270,28 @@ def test_end_offsets(impl: Impl) -> None:
         assert impl.reopen().log("ends").end_offsets() == want
 
 
+def test_at_end_is_by_offsets_not_by_an_empty_poll(impl: Impl) -> None:
+    log = impl.backend.log("at-end", partitions=2)
+    c = log.consumer("g")
+    assert c.at_end()  # an empty log
+    fill(log, 20)
+    assert not c.at_end()  # records ahead, none polled yet (a first Kafka poll is often empty)
+    got = drain(c, 20)
+    assert len(got) == 20 and c.at_end()
+    log.append(b"one more", b"k0")
+    log.flush()
+    assert not c.at_end()
+    assert len(drain(c, 1)) == 1 and c.at_end()
+    p = got[0].partition
+    c.seek(p, 0)
+    assert not c.at_end()
+    mine = log.consumer("h", partitions=[p])  # only the consumer's own partitions count
+    drain(mine, log.end_offsets()[p])
+    assert mine.at_end()
+    for x in (c, mine):
+        x.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # other processes, crashes
 

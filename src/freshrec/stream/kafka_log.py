@@ -8,7 +8,8 @@ A log `name` is the topic `<topic_prefix><name>` (created when absent, replicati
 - `flush()` waits for every delivery report and raises `LogError` if any send failed.
 - A consumer is assigned its partitions explicitly (no group rebalancing), starts at the
   group's committed offsets (0 when none), never auto-commits, and `commit()` stores positions
-  synchronously: the same model as `LocalConsumer`.
+  synchronously: the same model as `LocalConsumer`. `at_end()` compares its positions with the
+  partitions' high watermarks (never an empty poll: the first poll after an assign is often empty).
 """
 
 from __future__ import annotations
@@ -397,6 +398,23 @@ class KafkaConsumer:
             raise OffsetOutOfRange(msg)
         self._pos[partition] = int(offset)
         self._assign()
+
+    def at_end(self) -> bool:
+        """True when every assigned partition's position has reached its high watermark.
+
+        Free when the last fetch already showed records ahead (librdkafka keeps the high
+        watermark of each fetch response); else asks the broker, one round trip per partition."""
+        if self._closed:
+            msg = f"consumer of {self._log.name!r} is closed"
+            raise LogError(msg)
+        for p, pos in self._pos.items():
+            try:
+                _, hi = self._c.get_watermark_offsets(TopicPartition(self._log.topic, p), cached=True)
+            except KafkaException:
+                continue  # nothing fetched yet: ask the broker below
+            if hi > pos:
+                return False
+        return all(pos >= self._log._watermarks(p)[1] for p, pos in self._pos.items())
 
     def close(self) -> None:
         if not self._closed:
