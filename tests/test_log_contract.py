@@ -472,7 +472,12 @@ def test_open_backend_urls(tmp_path: Path) -> None:
     k = open_backend("kafka://127.0.0.1:1?prefix=pre.")
     assert isinstance(k, KafkaBackend) and k.bootstrap == "127.0.0.1:1" and k.topic_prefix == "pre."
     assert open_backend("kafka://127.0.0.1:1").topic_prefix == "freshrec."
-    for bad in ["", "ftp://x", "kafka://", "kafka://h:1?nope=1", "local://host/path", "memory://x"]:
+    assert open_backend("kafka://127.0.0.1:1").config.outage_timeout_s == 300.0
+    k = open_backend("kafka://127.0.0.1:1?prefix=p.&outage_timeout=inf")
+    assert k.topic_prefix == "p." and k.config.outage_timeout_s == float("inf")
+    assert open_backend("kafka://127.0.0.1:1?outage_timeout=7.5").config.outage_timeout_s == 7.5
+    for bad in ["", "ftp://x", "kafka://", "kafka://h:1?nope=1", "local://host/path", "memory://x",
+                "kafka://h:1?outage_timeout=0", "kafka://h:1?outage_timeout=soon", "kafka://h:1?outage_timeout=nan"]:
         with pytest.raises(ConfigError):
             open_backend(bad)
 
