@@ -1,7 +1,9 @@
 """A real single-node Kafka broker (KRaft, loopback) for the tests, run by `scripts/kafka.sh run`.
 
 The broker is a child of the test process and gets SIGKILL if that process dies (Linux
-PR_SET_PDEATHSIG), so an interrupted test run leaves no broker behind.
+PR_SET_PDEATHSIG), so an interrupted test run leaves no broker behind. For fault tests a broker
+can be stopped keeping its data (`stop(keep_data=True)`, a clean shutdown), killed (`kill()`,
+SIGKILL) and started again on the same port with the same data (`restart()`).
 """
 
 from __future__ import annotations
@@ -71,17 +73,53 @@ def _port_open(port: int) -> bool:
 
 @dataclass
 class Broker:
-    """A running broker: `bootstrap` is "127.0.0.1:PORT"; `dir` holds its config, data and logs."""
+    """A running broker: `bootstrap` is "127.0.0.1:PORT"; `dir` holds its config, data and logs.
+
+    The process dies with the thread that started (or restarted) it (PR_SET_PDEATHSIG)."""
 
     bootstrap: str
     dir: Path
     proc: subprocess.Popen[str]
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # its data is thrown away: no need for a graceful shutdown
-            self.proc.wait(30)
-        shutil.rmtree(self.dir, ignore_errors=True)
+    @property
+    def port(self) -> int:
+        return int(self.bootstrap.rsplit(":", 1)[1])
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, *, keep_data: bool = False, timeout_s: float = 60.0) -> None:
+        """Stop the broker. `keep_data`: a clean shutdown (SIGTERM) that keeps `dir` for
+        `restart()`; otherwise SIGKILL and `dir` is removed (its data is thrown away)."""
+        if not keep_data:
+            self.kill()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        if self.running():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash); `dir` is kept for `restart()`."""
+        if self.running():
+            self.proc.kill()
+        self.proc.wait(30)
+
+    def restart(self, *, timeout_s: float = 90.0) -> None:
+        """Start the stopped or killed broker again: same port, same data. Returns once its port
+        accepts connections."""
+        assert not self.running(), "restart() needs a stopped broker"
+        self.proc = _launch(self.dir)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("bootstrap="):
+                got = line.strip().split("=", 1)[1]
+                assert got == self.bootstrap, f"restarted on {got}, not {self.bootstrap}"
+                break
+        _wait_listening(self, timeout_s)
 
     def logs(self) -> str:
         parts = []
@@ -107,12 +145,30 @@ def _sweep_stale(min_age_s: float = 600.0) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _launch(d: Path) -> subprocess.Popen[str]:
+    """`kafka.sh run DIR` as a child that dies with this thread (a DIR with a broker: restarted)."""
+    return subprocess.Popen(["bash", str(SCRIPT), "run", str(d)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+
+
+def _wait_listening(broker: Broker, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _port_open(broker.port):
+        if broker.proc.poll() is not None or time.monotonic() > deadline:
+            logs = broker.logs()
+            broker.stop()
+            exited = broker.proc.returncode is not None
+            why = "exited" if exited else f"did not listen within {timeout_s:.0f}s"
+            msg = f"the Kafka broker {why}:\n{logs}"
+            raise RuntimeError(msg)
+        time.sleep(0.1)
+
+
 def start(*, timeout_s: float = 90.0) -> Broker:
     """Start a broker in a new temp dir and return once its port accepts connections."""
     _sweep_stale()
     d = Path(tempfile.mkdtemp(prefix=PREFIX))
-    proc = subprocess.Popen(["bash", str(SCRIPT), "run", str(d)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+    proc = _launch(d)
     assert proc.stdout is not None
     bootstrap = ""
     for line in proc.stdout:
@@ -125,16 +181,7 @@ def start(*, timeout_s: float = 90.0) -> Broker:
         broker.stop()
         msg = f"scripts/kafka.sh run printed no bootstrap line: {err.strip()[-2000:]}"
         raise RuntimeError(msg)
-    port = int(bootstrap.rsplit(":", 1)[1])
-    deadline = time.monotonic() + timeout_s
-    while not _port_open(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            logs = broker.logs()
-            broker.stop()
-            why = "exited" if proc.returncode is not None else f"did not listen within {timeout_s:.0f}s"
-            msg = f"the Kafka broker {why}:\n{logs}"
-            raise RuntimeError(msg)
-        time.sleep(0.1)
+    _wait_listening(broker, timeout_s)
     return broker
 
 

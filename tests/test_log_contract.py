@@ -270,6 +270,28 @@ def test_end_offsets(impl: Impl) -> None:
         assert impl.reopen().log("ends").end_offsets() == want
 
 
+def test_at_end_is_by_offsets_not_by_an_empty_poll(impl: Impl) -> None:
+    log = impl.backend.log("at-end", partitions=2)
+    c = log.consumer("g")
+    assert c.at_end()  # an empty log
+    fill(log, 20)
+    assert not c.at_end()  # records ahead, none polled yet (a first Kafka poll is often empty)
+    got = drain(c, 20)
+    assert len(got) == 20 and c.at_end()
+    log.append(b"one more", b"k0")
+    log.flush()
+    assert not c.at_end()
+    assert len(drain(c, 1)) == 1 and c.at_end()
+    p = got[0].partition
+    c.seek(p, 0)
+    assert not c.at_end()
+    mine = log.consumer("h", partitions=[p])  # only the consumer's own partitions count
+    drain(mine, log.end_offsets()[p])
+    assert mine.at_end()
+    for x in (c, mine):
+        x.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # other processes, crashes
 
@@ -450,7 +472,12 @@ def test_open_backend_urls(tmp_path: Path) -> None:
     k = open_backend("kafka://127.0.0.1:1?prefix=pre.")
     assert isinstance(k, KafkaBackend) and k.bootstrap == "127.0.0.1:1" and k.topic_prefix == "pre."
     assert open_backend("kafka://127.0.0.1:1").topic_prefix == "freshrec."
-    for bad in ["", "ftp://x", "kafka://", "kafka://h:1?nope=1", "local://host/path", "memory://x"]:
+    assert open_backend("kafka://127.0.0.1:1").config.outage_timeout_s == 300.0
+    k = open_backend("kafka://127.0.0.1:1?prefix=p.&outage_timeout=inf")
+    assert k.topic_prefix == "p." and k.config.outage_timeout_s == float("inf")
+    assert open_backend("kafka://127.0.0.1:1?outage_timeout=7.5").config.outage_timeout_s == 7.5
+    for bad in ["", "ftp://x", "kafka://", "kafka://h:1?nope=1", "local://host/path", "memory://x",
+                "kafka://h:1?outage_timeout=0", "kafka://h:1?outage_timeout=soon", "kafka://h:1?outage_timeout=nan"]:
         with pytest.raises(ConfigError):
             open_backend(bad)
 

@@ -1,18 +1,28 @@
-"""`freshrec join`: run the online joiner as its own process on a log backend."""
+"""`freshrec join`: run the online joiner as its own process on a log backend.
+
+Exit status: 0 when it stopped (inputs drained with --until-idle, or SIGTERM/SIGINT); 2 for a
+bad configuration; 3 when the log failed (`LogError`), e.g. a Kafka broker that stayed
+unavailable longer than the URL's outage_timeout (default 300 s). A failure is one line on
+stderr naming the log, the broker and the error that began the outage. While a broker is away
+the joiner waits, with one line when it goes and one when it is back (`freshrec.stream.kafka`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 
-from freshrec.errors import ConfigError, FreshrecError
+from freshrec.errors import ConfigError, FreshrecError, LogError
 
 HELP = "run the online joiner: features + actions logs -> examples log (LMDB state, restartable)"
 EXAMPLE = "freshrec join --log ./logs --store ./joiner-state --windows click=3600,like=86400 --until-idle"
+EXIT_LOG_FAILED = 3  # exit status when the log failed (e.g. Kafka unavailable past its outage_timeout)
 
 
 def parse_windows(text: str) -> dict[str, float]:
@@ -31,7 +41,8 @@ def parse_windows(text: str) -> dict[str, float]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log", required=True, help="log backend: a folder (local log) or kafka://host:port")
+    parser.add_argument("--log", required=True,
+                        help="log backend: a folder (local log) or kafka://host:port[?outage_timeout=S]")
     parser.add_argument("--store", required=True, help="folder of the joiner's LMDB state")
     parser.add_argument("--features", default="features", help="features log name")
     parser.add_argument("--actions", default="actions", help="actions log name")
@@ -57,6 +68,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="least seconds between commits of the group's positions (lag monitoring)")
     parser.add_argument("--until-idle", action="store_true", help="exit once the inputs are drained")
     parser.add_argument("--stats-every", type=float, default=10.0, help="print stats every S s (0: never)")
+    parser.add_argument_group(
+        "exit status",
+        "0  stopped (inputs drained with --until-idle, or SIGTERM/SIGINT)\n"
+        "2  bad configuration\n"
+        f"{EXIT_LOG_FAILED}  the log failed, e.g. a Kafka broker unavailable for longer than its\n"
+        "   outage_timeout (one line on stderr names the log, the broker and the error)",
+    )
+
+
+def _original(e: LogError) -> LogError:
+    """The first LogError in `e`'s context chain: the one that began a failure (a rollback after
+    it may fail again, for the same reason)."""
+    first, seen = e, set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, LogError):
+            first = cur
+        cur = cur.__context__
+    return first
+
+
+def _close_all(*closers: Callable[[], object]) -> LogError | None:
+    """Call every closer (each even when one before failed); the first LogError among them."""
+    failed = None
+    for close in closers:
+        try:
+            close()
+        except LogError as e:
+            failed = failed or e
+    return failed
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,6 +114,9 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s freshrec join: %(message)s",
+                        datefmt="%H:%M:%S")
+    backend = store = None
     try:
         cfg = JoinerConfig(
             windows=parse_windows(args.windows),
@@ -99,6 +144,10 @@ def main(args: argparse.Namespace) -> int:
             dead_letters=backend.log(args.dead_letters, partitions=1),
             store=store,
         )
+    except LogError as e:
+        _close_all(*(x.close for x in (store, backend) if x is not None))
+        print(f"freshrec join: {_original(e)}", file=sys.stderr)
+        return EXIT_LOG_FAILED
     except FreshrecError as e:
         print(f"freshrec join: {e}", file=sys.stderr)
         return 2
@@ -111,11 +160,16 @@ def main(args: argparse.Namespace) -> int:
             print(f"join: features={s.features} actions={s.actions} examples={s.examples} "
                   f"pending={j.pending()} early={j.early()} wm={j.watermark:.3f}", flush=True)
 
+    failed: LogError | None = None
     try:
-        stats = joiner.run(until_idle=args.until_idle, should_stop=lambda: stop["now"], on_batch=report)
+        joiner.run(until_idle=args.until_idle, should_stop=lambda: stop["now"], on_batch=report)
+    except LogError as e:
+        failed = e
     finally:
-        joiner.close()
-        store.close()
-        backend.close()
-    print(json.dumps({"stats": dataclasses.asdict(stats)}), flush=True)
+        closed = _close_all(joiner.close, store.close, backend.close)
+    failed = failed or closed
+    if failed is not None:
+        print(f"freshrec join: {_original(failed)}", file=sys.stderr)
+        return EXIT_LOG_FAILED
+    print(json.dumps({"stats": dataclasses.asdict(joiner.stats)}), flush=True)
     return 0

@@ -10,7 +10,9 @@ has processed (`max_ts`). The watermark is
     wm = max(wm, min(max_ts of the non-idle sources) - allowed_lateness)
 
 (all sources idle, i.e. every input read to its end: the max over all sources instead). A source
-is idle when a poll at its position returned nothing (within `poll_timeout_s`). Sources are read
+is idle when a poll at its position returned nothing (within `poll_timeout_s`) and its consumer is
+at the end of its partition (`Consumer.at_end`, by offsets: a poll can come back empty with records
+ahead, e.g. while a Kafka broker is away, and such a source must keep holding the watermark). Sources are read
 ahead (one poll each) and merged on data time: every round processes, features first, the
 records up to the *frontier* = the smallest of the sources' read-ahead maxima, so the inputs
 advance together and an action is rarely seen before its impression. The watermark promises: if
@@ -210,8 +212,8 @@ class _Source:
     `(ts, offset, request_id as UTF-8 bytes, ...)`; `buf_max` is the largest ts among them.
     """
 
-    __slots__ = ("buf", "buf_max", "consumer", "idle", "is_feature", "log", "max_ts", "name", "partition",
-                 "poll_blocks")
+    __slots__ = ("at_end", "buf", "buf_max", "consumer", "idle", "is_feature", "log", "max_ts", "name",
+                 "partition", "poll_blocks")
 
     def __init__(self, log: Log, partition: int, consumer: Consumer, is_feature: bool) -> None:
         self.log = log
@@ -222,7 +224,8 @@ class _Source:
         self.is_feature = is_feature
         self.name = f"{log.name}/{partition}"
         self.max_ts = -math.inf
-        self.idle = False
+        self.idle = False  # polled empty in this batch
+        self.at_end = False  # ... and read to the end of its partition then
         self.buf: deque[tuple] = deque()
         self.buf_max = -math.inf
 
@@ -552,7 +555,7 @@ class Joiner:
         return lab
 
     def _advance(self) -> None:
-        active = [s.max_ts for s in self._sources if not s.idle]
+        active = [s.max_ts for s in self._sources if not (s.idle and s.at_end)]
         if active:
             cand = min(active) - self._lateness
         else:
@@ -617,7 +620,8 @@ class Joiner:
         """Run one batch (poll, join, close, write, commit).
 
         Returns the work done: input records consumed + impressions closed + early actions
-        expired; 0 means the inputs are drained and nothing is due.
+        expired; 0 means nothing arrived and nothing is due (`drained()` tells whether the
+        inputs are read to their ends, or just had nothing to give, e.g. during an outage).
         """
         try:
             return self._step()
@@ -651,7 +655,8 @@ class Joiner:
                     if pieces:
                         self._decode(s, pieces, dead)
                     else:
-                        s.idle = True
+                        s.idle = True  # polled empty: not polled again in this batch
+                        s.at_end = s.consumer.at_end()
             live = [s for s in srcs if s.buf]
             if not live:
                 break
@@ -712,18 +717,23 @@ class Joiner:
             on_batch: Callable[[Joiner], Any] | None = None) -> JoinerStats:
         """Run batches until `should_stop()` is true, or (with `until_idle`) the inputs are drained.
 
-        Drained means a batch did no work (`step() == 0`). Between empty batches the
-        loop calls `sleep(idle_sleep_s)` (injected; the CLI passes `time.sleep`).
+        Drained means a batch did no work (`step() == 0`) and every input was read to its end
+        (`drained()`). Between empty batches the loop calls `sleep(idle_sleep_s)` (injected; the
+        CLI passes `time.sleep`).
         """
         while not (should_stop is not None and should_stop()):
             n = self.step()
             if on_batch is not None:
                 on_batch(self)
             if n == 0:
-                if until_idle:
+                if until_idle and self.drained():
                     break
                 sleep(idle_sleep_s)
         return self.stats
+
+    def drained(self) -> bool:
+        """Whether the last batch found every input read to its end (by offsets)."""
+        return all(s.idle and s.at_end for s in self._sources)
 
     def close(self) -> None:
         """Commit the consumers' positions and close them (the logs and the store belong to the

@@ -87,7 +87,7 @@ from freshrec.stream.local_segments import (
     step_over_holes,
     write_json_atomic,
 )
-from freshrec.stream.log import Record, partition_for
+from freshrec.stream.log import Record, at_end_of, partition_for
 
 __all__ = [
     "LocalBackend",
@@ -796,6 +796,9 @@ class LocalConsumer:
 
     def position(self) -> dict[int, int]:
         return {p: r.offset for p, r in self._parts.items()}
+
+    def at_end(self) -> bool:
+        return at_end_of(self.position(), self._log.end_offsets())
 
     def seek(self, partition: int, offset: int) -> None:
         """Move `partition` to `offset`; raises OffsetOutOfRange beyond the records on disk."""

@@ -32,6 +32,7 @@ __all__ = [
     "MemoryBackend",
     "MemoryLog",
     "Record",
+    "at_end_of",
     "partition_for",
 ]
 
@@ -57,6 +58,12 @@ def partition_for(key: bytes | None, partitions: int, counter: int = 0) -> int:
     if key is None:
         return counter % partitions
     return zlib.crc32(key) % partitions
+
+
+def at_end_of(positions: Mapping[int, int], ends: Sequence[int]) -> bool:
+    """Whether every position has reached its partition's end offset: what `Consumer.at_end`
+    means, given the consumer's `position()` and its log's `end_offsets()`."""
+    return all(pos >= ends[p] for p, pos in positions.items())
 
 
 @runtime_checkable
@@ -87,6 +94,16 @@ class Consumer(Protocol):
 
     def seek(self, partition: int, offset: int) -> None:
         """Move the position of `partition` to `offset`."""
+        ...
+
+    def at_end(self) -> bool:
+        """True when every assigned partition has been read to the log's end, by offsets:
+        `position()` against the log's `end_offsets()` (`at_end_of`), as of the call.
+
+        This, not an empty poll, is what "drained" means: a poll can come back empty with records
+        still ahead (the first poll of a Kafka consumer often does; so does every poll while a
+        broker is away).
+        """
         ...
 
     def close(self) -> None: ...
@@ -224,6 +241,9 @@ class MemoryConsumer:
 
     def seek(self, partition: int, offset: int) -> None:
         self._pos[partition] = offset
+
+    def at_end(self) -> bool:
+        return at_end_of(self._pos, self._log.end_offsets())
 
     def close(self) -> None:
         return None
