@@ -28,8 +28,8 @@ positions are never read for that. A batch is whatever `poll` returns from the s
 with a single-partition examples log a replay rebuilds the very same batches (with several
 partitions the records are the same but `poll`'s partition turns may group them differently).
 
-Drained means the consumer's positions reached the log's end offsets (`run(..., log=log)`), never an
-empty poll: the first poll of a Kafka consumer is often empty.
+Drained means the consumer's positions reached the log's end offsets (`Consumer.at_end()`), never
+an empty poll: the first poll of a Kafka consumer is often empty.
 """
 
 from __future__ import annotations
@@ -338,11 +338,6 @@ class OnlineTrainer:
         for p, off in self.positions.items():
             consumer.seek(int(p), int(off))
 
-    @staticmethod
-    def drained(consumer, log) -> bool:
-        """Whether `consumer` has read `log` to its end offsets (an empty poll alone proves nothing)."""
-        pos = consumer.position()
-        return all(int(pos.get(p, 0)) >= int(end) for p, end in enumerate(log.end_offsets()))
 
     def run(
         self,
@@ -352,15 +347,16 @@ class OnlineTrainer:
         until_idle: bool = True,
         stop: Callable[[], bool] | None = None,
         log=None,
-        idle_timeout_s: float = 30.0,
+        idle_timeout_s: float = 300.0,
     ) -> OnlineMetrics:
         """Train batch after batch from `consumer` (already at the trainer's positions: see `seek`).
 
         Stops after `max_batches`, when `stop()` is true, or, with `until_idle`, once the log is
-        drained: with `log` given, when the consumer's positions reached its end offsets (polls
-        that come back empty before that are retried for up to `idle_timeout_s` of no progress);
-        without it, at the first empty poll. Exceptions from hooks propagate (the last snapshot is
-        the recovery point).
+        drained: when `consumer.at_end()` (its positions reached the log's end offsets; polls that
+        come back empty before that, e.g. a first Kafka poll or a broker outage, are retried for up
+        to `idle_timeout_s` without progress, then LogError). `log` (optional) names the end
+        offsets in that error. Exceptions from hooks propagate (the last snapshot is the recovery
+        point).
         """
         done = 0
         idle_since: float | None = None
@@ -370,13 +366,14 @@ class OnlineTrainer:
             examples, bad, positions = self.poll_batch(consumer)
             if not examples and not bad:
                 if until_idle:
-                    if log is None or self.drained(consumer, log):
+                    if consumer.at_end():
                         break
                     idle_since = idle_since or time.monotonic()
                     if time.monotonic() - idle_since > idle_timeout_s:
+                        ends = f" (end offsets {log.end_offsets()})" if log is not None else ""
                         msg = (
-                            f"the examples log has records past position {consumer.position()} "
-                            f"(end offsets {log.end_offsets()}) but none arrived for {idle_timeout_s:g} s"
+                            f"the examples log has records past position {consumer.position()}{ends} "
+                            f"but none arrived for {idle_timeout_s:g} s"
                         )
                         raise LogError(msg)
                     time.sleep(0.05)
