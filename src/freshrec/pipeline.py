@@ -79,11 +79,6 @@ class PipelineConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self) -> None:
-        if self.init is None and self.features_spec is None:
-            msg = (
-                "PipelineConfig: give `init` (a snapshot) or `features_spec` (+ model, tasks) for the trainer"
-            )
-            raise ConfigError(msg)
         if not self.sync_interval_s > 0 or not self.dense_interval_s > 0:
             got = (self.sync_interval_s, self.dense_interval_s)
             msg = f"PipelineConfig: sync intervals must be > 0, got {got}"
@@ -130,7 +125,9 @@ class Pipeline:
         if c.init is not None:
             trainer = OnlineTrainer.from_checkpoint(c.init, c.online, dense=c.dense_names)
         else:
-            assert c.features_spec is not None
+            if c.features_spec is None:
+                msg = "Pipeline.trainer: the config needs `init` (a snapshot) or `features_spec` (+ tasks)"
+                raise ConfigError(msg)
             trainer = OnlineTrainer.from_spec(
                 c.features_spec, c.online, model=c.model, tasks=c.tasks, dense=c.dense_names
             )

@@ -102,8 +102,8 @@ def _close_all(*closers: Callable[[], object]) -> LogError | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from freshrec.stream.backends import open_backend
-    from freshrec.stream.joiner import JOIN_TABLES, Joiner, JoinerConfig
+    from freshrec.pipeline import Pipeline, PipelineConfig
+    from freshrec.stream.joiner import JOIN_TABLES, JoinerConfig
     from freshrec.stream.sampling import SamplingConfig
     from freshrec.stream.store import LmdbStore
 
@@ -133,17 +133,20 @@ def main(args: argparse.Namespace) -> int:
             group=args.group,
             commit_consumers_s=args.commit_consumers_s,
         )
-        backend = open_backend(args.log)
-        store = LmdbStore(args.store, JOIN_TABLES, map_size=int(args.map_size_gb * (1 << 30)))
-        p = args.partitions
-        joiner = Joiner(
-            config=cfg,
-            features=backend.log(args.features, partitions=p),
-            actions=backend.log(args.actions, partitions=p),
-            examples=backend.log(args.examples, partitions=p),
-            dead_letters=backend.log(args.dead_letters, partitions=1),
-            store=store,
+        pipe = Pipeline(
+            PipelineConfig(
+                log=args.log,
+                features=args.features,
+                actions=args.actions,
+                examples=args.examples,
+                dead_letters=args.dead_letters,
+                partitions=args.partitions,
+                joiner=cfg,
+            )
         )
+        backend = pipe.backend
+        store = LmdbStore(args.store, JOIN_TABLES, map_size=int(args.map_size_gb * (1 << 30)))
+        joiner = pipe.joiner(store)
     except LogError as e:
         _close_all(*(x.close for x in (store, backend) if x is not None))
         print(f"freshrec join: {_original(e)}", file=sys.stderr)
@@ -153,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     last = [time.monotonic()]
 
-    def report(j: Joiner) -> None:
+    def report(j) -> None:
         if args.stats_every > 0 and time.monotonic() - last[0] >= args.stats_every:
             last[0] = time.monotonic()
             s = j.stats
