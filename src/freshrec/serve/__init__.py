@@ -6,14 +6,24 @@
 
 from freshrec.serve.app import AppConfig, FeatureLogger, create_app
 from freshrec.serve.metrics import ServeMetrics
-from freshrec.serve.server import ServerThread, bind_socket, serve_forever
+from freshrec.serve.server import (
+    ServerConfig,
+    ServerThread,
+    bind_socket,
+    check_exposure,
+    is_loopback,
+    serve_forever,
+)
 
 __all__ = [
     "AppConfig",
     "FeatureLogger",
     "ServeMetrics",
+    "ServerConfig",
     "ServerThread",
     "bind_socket",
+    "check_exposure",
     "create_app",
+    "is_loopback",
     "serve_forever",
 ]
