@@ -1,10 +1,12 @@
 """freshrec.serve: the HTTP model server (FastAPI + uvicorn) over a `ServingReplica`.
 
-    app = create_app(replica, features_log=log, subscriber=sub)    # FastAPI app
-    srv = ServerThread(app).start()                                 # 127.0.0.1, free port
+    app = create_app(replica, features_log=flog, subscriber=sub)     # FastAPI app
+    srv = ServerThread(app).start()                                  # 127.0.0.1, free port
+
+The API, its statuses and its limits: docs/http.md.
 """
 
-from freshrec.serve.app import AppConfig, FeatureLogger, create_app
+from freshrec.serve.app import AppConfig, create_app
 from freshrec.serve.metrics import ServeMetrics
 from freshrec.serve.server import (
     ServerConfig,
@@ -14,6 +16,7 @@ from freshrec.serve.server import (
     is_loopback,
     serve_forever,
 )
+from freshrec.serve.writers import FeatureLogger
 
 __all__ = [
     "AppConfig",
