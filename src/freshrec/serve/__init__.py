@@ -1,6 +1,6 @@
 """freshrec.serve: the HTTP model server (FastAPI + uvicorn) over a `ServingReplica`.
 
-    app = create_app(replica, features_log=flog, subscriber=sub)     # FastAPI app
+    app = create_app(replica, features_log=flog, actions_log=alog, subscriber=sub)   # FastAPI app
     srv = ServerThread(app).start()                                  # 127.0.0.1, free port
 
 The API, its statuses and its limits: docs/http.md.
@@ -16,9 +16,10 @@ from freshrec.serve.server import (
     is_loopback,
     serve_forever,
 )
-from freshrec.serve.writers import FeatureLogger
+from freshrec.serve.writers import ActionLogger, FeatureLogger
 
 __all__ = [
+    "ActionLogger",
     "AppConfig",
     "FeatureLogger",
     "ServeMetrics",

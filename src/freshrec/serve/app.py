@@ -1,14 +1,17 @@
-"""The HTTP model server (FastAPI): rank and predict with a `ServingReplica`, log what was served.
+"""The HTTP model server (FastAPI): rank and predict with a `ServingReplica`, log what was served
+and what users did with it.
 
 Endpoints (details, statuses and examples: docs/http.md):
 
     POST /v1/rank      {"user_id": 42, "sparse": {"tags": [3, 7]}, "dense": {"dense_0": 0.5},
                         "candidates": [1007, 1009, {"item_id": 1011, "sparse": {"category": [2]}}],
-                        "request_id": "optional", "top_k": 10}
+                        "request_id": "optional", "top_k": 10, "ts": 1700000000.5}
                    ->  {"request_id": "r81f2", "model_version": 12,
                         "items": [{"item_id": 1009, "score": 0.031}, ...]}          best first
     POST /v1/predict   {"examples": [{"user_id": 42, "item_id": 1007, "sparse": {...}, "dense": {...}}]}
                    ->  {"probabilities": [0.02], "model_version": 12}
+    POST /v1/actions   {"actions": [{"request_id": "r81f2:0", "action": "click", "value": 1.0, "ts": ...}]}
+                   ->  202 {"accepted": 1}
     GET  /healthz      {"status": "ok", "model_version": 12, "tables": {"user_id": 1000, ...}}
     GET  /metrics      Prometheus text (see `freshrec.serve.metrics`)
 
@@ -19,9 +22,12 @@ limits (slow clients) in `freshrec.serve.server`.
 The loop closes here. Each returned candidate is logged as a `FeatureEvent` to the features log
 with request_id `"<request_id>:<position>"` (position in the returned list, 0 = best; with
 `top_k` only the best k are returned, so only those are impressions), the features the model saw
-(context merged with the candidate's own) and ts = server clock. A client reports an action on
-the item at position i with that request_id. The log is written by a background thread
-(`freshrec.serve.writers`, which also says when a record is durable).
+(context merged with the candidate's own) and ts = the request's `ts`, or the server clock when it
+has none. A client reports what the user did with the item at position i by POSTing an action on
+that request_id to /v1/actions; each becomes an `ActionEvent` on the actions log (ts: the
+action's, default the server clock). Both logs are written by background threads
+(`freshrec.serve.writers`, which also says when an accepted record is durable). Without an actions
+log, /v1/actions answers 404.
 
 Scheduling: a cheap request (a small body, few ids for the model to read: `AppConfig.inline_*`)
 is parsed and answered on the event loop, where it costs less than a hop to a thread; any other
@@ -55,6 +61,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freshrec.errors import ConfigError
 from freshrec.serve.bodies import (
+    ActionsResponse,
     ErrorOut,
     HealthResponse,
     PredictResponse,
@@ -66,7 +73,8 @@ from freshrec.serve.bodies import (
 )
 from freshrec.serve.guard import Guard
 from freshrec.serve.metrics import ServeMetrics
-from freshrec.serve.writers import FeatureLogger, feature_records
+from freshrec.serve.writers import ActionLogger, FeatureLogger, feature_records
+from freshrec.stream.events import ActionEvent
 from freshrec.stream.log import Log
 
 if TYPE_CHECKING:
@@ -74,7 +82,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AppConfig", "create_app", "feature_records", "rank_body"]
 
-BODY_PATHS = frozenset({"/v1/rank", "/v1/predict"})
+BODY_PATHS = frozenset({"/v1/rank", "/v1/predict", "/v1/actions"})
 _dump = json.JSONEncoder(ensure_ascii=False).encode
 
 
@@ -82,12 +90,13 @@ _dump = json.JSONEncoder(ensure_ascii=False).encode
 class AppConfig:
     """Limits and options of the HTTP app.
 
-    max_candidates: candidates per /v1/rank (examples per /v1/predict).
+    max_candidates: candidates per /v1/rank (examples per /v1/predict, actions per /v1/actions).
     max_body_bytes: request body limit (413 past it). flush_interval_s: how often the logs are
     flushed. workers: threads that parse and score the requests that are not cheap (a body over
     inline_max_bytes, or more than inline_max_ids ids for the model to read); cheap ones are
     answered on the event loop. max_pending: requests queued or running in the workers at most
-    (503 past it). api_token: bearer token every path but /healthz and the docs needs
+    (503 past it). max_pending_actions: action batches waiting for the actions log
+    at most (503 past it). api_token: bearer token every path but /healthz and the docs needs
     (None: open). metrics_token: bearer token /metrics needs (None: open).
     """
 
@@ -96,6 +105,7 @@ class AppConfig:
     flush_interval_s: float = 1.0
     workers: int = 1
     max_pending: int = 64
+    max_pending_actions: int = 1024
     inline_max_bytes: int = 65_536
     inline_max_ids: int = 20_000
     api_token: str | None = field(default=None, repr=False)
@@ -107,6 +117,7 @@ class AppConfig:
             self.max_body_bytes,
             self.workers,
             self.max_pending,
+            self.max_pending_actions,
         )
         if (
             min(limits) < 1
@@ -165,11 +176,12 @@ class _Workers:
 
 _ERRORS: dict[int, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing or wrong bearer token (when the server has one)"},
+    404: {"model": ErrorOut, "description": "this server logs no actions (started without an actions log)"},
     413: {"model": ErrorOut, "description": "request body larger than the server's limit"},
     415: {"model": ErrorOut, "description": "Content-Type is not application/json"},
     422: {"model": ValidationErrorOut, "description": "invalid body: the first errors, without the input"},
     500: {"model": ErrorOut, "description": "the model produced non-finite scores for a valid request"},
-    503: {"model": ErrorOut, "description": "overloaded (too many requests in progress): retry later"},
+    503: {"model": ErrorOut, "description": "overloaded, or the actions log is failing: retry later"},
 }
 
 
@@ -181,6 +193,7 @@ def create_app(
     replica: ServingReplica,
     *,
     features_log: Log | None = None,
+    actions_log: Log | None = None,
     subscriber: Any = None,
     config: AppConfig | None = None,
     clock: Callable[[], float] = time.time,
@@ -192,6 +205,7 @@ def create_app(
         replica: the ServingReplica to score with (deltas are applied to it elsewhere, e.g. by a
             `SyncSubscriber` passed as `subscriber`, which is then stopped on shutdown).
         features_log: where served impressions go as FeatureEvents (None: not logged).
+        actions_log: where POST /v1/actions appends ActionEvents (None: that endpoint answers 404).
         config: limits, workers and tokens (AppConfig).
         clock: wall-clock seconds for default event timestamps and metric ages.
         new_request_id: makes a request id when the client sends none.
@@ -201,16 +215,22 @@ def create_app(
     metrics = ServeMetrics(replica, subscriber=subscriber, clock=clock)
     flush_s = cfg.flush_interval_s
     features: FeatureLogger | None = None
+    actions: ActionLogger | None = None
     if features_log is not None:
         features = FeatureLogger(features_log, flush_interval_s=flush_s, metrics=metrics)
+    if actions_log is not None:
+        actions = ActionLogger(
+            actions_log, flush_interval_s=flush_s, max_pending=cfg.max_pending_actions, metrics=metrics
+        )
     workers = _Workers(cfg.workers, cfg.max_pending)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         workers.close()
-        if features is not None:
-            features.close()
+        for writer in (features, actions):
+            if writer is not None:
+                writer.close()
         if subscriber is not None and hasattr(subscriber, "stop"):
             subscriber.stop()
 
@@ -218,6 +238,7 @@ def create_app(
     app.state.replica = replica
     app.state.metrics = metrics
     app.state.feature_logger = features
+    app.state.action_logger = actions
     app.state.config = cfg
     schemas: dict[str, Any] = {}  # nested models of the bodies, merged into the OpenAPI components
 
@@ -272,7 +293,8 @@ def create_app(
             items, scores = items[: req.top_k], scores[: req.top_k]
         item_list = items.tolist()
         if features is not None:
-            features.submit((rid, req.user_id, item_list, req.sparse, req.dense, isparse, idense, clock()))
+            ts = req.ts if req.ts is not None else clock()
+            features.submit((rid, req.user_id, item_list, req.sparse, req.dense, isparse, idense, ts))
         return json_response(rank_body(rid, item_list, scores, version))
 
     def predict_cost(req: Any) -> int:
@@ -291,6 +313,21 @@ def create_app(
             raise _non_finite(has_dense, finite_without)
         probs = ",".join([f"{x:.9g}" for x in p.tolist()])
         return json_response(f'{{"probabilities":[{probs}],"model_version":{int(version)}}}'.encode())
+
+    def len_actions(req: Any) -> int:
+        return len(req.actions)
+
+    def do_actions(req: Any) -> Response:
+        assert actions is not None
+        now = clock()
+        events = [
+            ActionEvent(a.request_id, a.action, a.value, a.ts if a.ts is not None else now)
+            for a in req.actions
+        ]
+        if not actions.submit(events):
+            msg = f"the actions log is behind ({cfg.max_pending_actions} batches waiting); retry later"
+            raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "1"})
+        return json_response(b'{"accepted":%d}' % len(events), status=202)
 
     async def dispatch(
         body: bytes, model: type[BaseModel], cost: Callable[[Any], int], answer: Callable[[Any], Response]
@@ -325,6 +362,24 @@ def create_app(
     )
     async def predict(request: Request) -> Response:
         return await dispatch(await request.body(), body_models.predict, predict_cost, do_predict)
+
+    @app.post(
+        "/v1/actions",
+        status_code=202,
+        response_model=ActionsResponse,
+        responses=_responses(401, 404, 413, 415, 422, 503),
+        openapi_extra=body_doc(body_models.actions, secured),
+    )
+    async def post_actions(request: Request) -> Response:
+        if actions is None:
+            raise HTTPException(
+                status_code=404, detail="this server logs no actions (started without an actions log)"
+            )
+        failing = actions.failing(within_s=max(5.0, 5 * flush_s))
+        if failing is not None:
+            msg = f"the actions log is failing ({failing[:200]}); retry later"
+            raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "5"})
+        return await dispatch(await request.body(), body_models.actions, len_actions, do_actions)
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> Response:

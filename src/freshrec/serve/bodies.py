@@ -4,13 +4,16 @@ Input rules (each breach is a 422 naming the field; see `parse_body`):
 
 - ids (`user_id`, `item_id`, sparse values) are JSON integers within int64: no floats, strings or
   booleans, even `1.0`;
-- numbers (dense values) are JSON numbers, finite and within float32 (|x| <= 3.4028235e38);
-  `NaN`, `Infinity`, `"1"`, `true` are refused;
+- numbers (dense values, an action's `value`) are JSON numbers, finite and within float32
+  (|x| <= 3.4028235e38); `NaN`, `Infinity`, `"1"`, `true` are refused;
+- `ts` is data time in seconds since the epoch, a finite number in [0, 1e11) (the wire rule of
+  `freshrec.stream.events`, so whatever the server logs decodes);
 - strings are valid UTF-8 JSON (invalid bytes and lone surrogates are a `json_invalid` 422);
   names (feature names, ids given by the client) have 1..256 characters, a rank `request_id`
-  1..200 (room for the ":<position>" suffix of the logged impressions);
-- lists are bounded BEFORE their elements are validated: more than `max_items` candidates
-  or examples (or 1000 ids in one sparse list) fail at once with one error, whatever the
+  1..200 (room for the ":<position>" suffix of the logged impressions), an action 1..64
+  characters of `A-Z a-z 0-9 _ . : -`;
+- lists are bounded BEFORE their elements are validated: more than `max_items` candidates,
+  examples or actions (or 1000 ids in one sparse list) fail at once with one error, whatever the
   elements hold;
 - unknown fields are refused.
 
@@ -32,6 +35,7 @@ from pydantic_core import ErrorDetails
 __all__ = [
     "F32_MAX",
     "MAX_ERRORS",
+    "ActionIn",
     "Bodies",
     "CandidateIn",
     "ErrorOut",
@@ -43,6 +47,7 @@ __all__ = [
 ]
 
 F32_MAX = 3.4028234663852886e38
+TS_MAX = 1e11
 MAX_ERRORS = 20
 MAX_MSG = 200
 MAX_LOC = 64
@@ -50,9 +55,11 @@ MAX_IDS = 1000  # ids in one sparse list
 
 Int64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
 F32 = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-F32_MAX, le=F32_MAX)]
+Ts = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, lt=TS_MAX)]
 IdList = Annotated[list[Int64], Field(max_length=MAX_IDS)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 RequestId = Annotated[str, Field(min_length=1, max_length=200)]
+ActionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Sparse = dict[Name, IdList]
 Dense = dict[Name, F32]
 
@@ -76,6 +83,15 @@ class ExampleIn(_Model):
     dense: Dense = Field(default_factory=dict)
 
 
+class ActionIn(_Model):
+    """A user action on the impression `request_id` ("<request>:<position>" of a /v1/rank reply)."""
+
+    request_id: Name
+    action: ActionName
+    value: F32 = 1.0
+    ts: Ts | None = Field(default=None, description="data time, seconds; default: the server clock")
+
+
 class RankedItem(BaseModel):
     item_id: int
     score: float
@@ -90,6 +106,10 @@ class RankResponse(BaseModel):
 class PredictResponse(BaseModel):
     probabilities: list[float]
     model_version: int
+
+
+class ActionsResponse(BaseModel):
+    accepted: int
 
 
 class HealthResponse(BaseModel):
@@ -121,11 +141,12 @@ class Bodies(NamedTuple):
 
     rank: type[BaseModel]
     predict: type[BaseModel]
+    actions: type[BaseModel]
 
 
 @functools.cache
 def bodies(max_items: int) -> Bodies:
-    """The request models whose lists (candidates, examples) hold at most `max_items`."""
+    """The request models whose lists (candidates, examples, actions) hold at most `max_items`."""
 
     def items() -> Any:
         return Field(min_length=1, max_length=max_items)
@@ -137,11 +158,15 @@ def bodies(max_items: int) -> Bodies:
         dense: Dense = Field(default_factory=dict)
         request_id: RequestId | None = None
         top_k: Annotated[int, Field(strict=True, ge=1, le=max_items)] | None = None
+        ts: Ts | None = Field(default=None, description="data time of the impressions, seconds; default: now")
 
     class PredictRequest(_Model):
         examples: Annotated[list[ExampleIn], items()]
 
-    return Bodies(RankRequest, PredictRequest)
+    class ActionsRequest(_Model):
+        actions: Annotated[list[ActionIn], items()]
+
+    return Bodies(RankRequest, PredictRequest, ActionsRequest)
 
 
 def _cut(s: str, n: int) -> str:

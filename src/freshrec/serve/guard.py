@@ -27,7 +27,7 @@ from freshrec.serve.metrics import ServeMetrics
 __all__ = ["OPEN_PATHS", "Guard"]
 
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-ENDPOINTS = frozenset({"/v1/rank", "/v1/predict", "/healthz", "/metrics"})
+ENDPOINTS = frozenset({"/v1/rank", "/v1/predict", "/v1/actions", "/healthz", "/metrics"})
 
 
 def _bearer_ok(headers: list[tuple[bytes, bytes]], token: bytes) -> bool:

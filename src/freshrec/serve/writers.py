@@ -1,4 +1,4 @@
-"""Background log writers of the model server: what was served (features).
+"""Background log writers of the model server: what was served (features) and what users did (actions).
 
 Each writer is one thread that owns one log: requests hand it plain data (`submit`, which never
 blocks), the thread encodes and appends it, and flushes the log every `flush_interval_s` when
@@ -11,9 +11,9 @@ shutdown (`close()`, run by the app's lifespan on SIGINT/SIGTERM). A crash (kill
 loses what was submitted since the last flush. A write that fails is logged and counted
 (`errors`, `last_error`); the records of that call are lost.
 
-Keys: every record is keyed by its own request_id ("<request>:<position>" for an impression), so
-an impression and the actions on it (keyed by the same id) land in the same partition number of
-their logs (docs/wire-format.md).
+Keys: every record is keyed by its own request_id ("<request>:<position>" for an impression, the
+impression's id for an action), so an impression and its actions land in the same partition
+number of their logs (docs/wire-format.md).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import time
 from typing import Any
 
 from freshrec.serve.metrics import ServeMetrics
-from freshrec.stream.events import FeatureEvent, encode_feature
+from freshrec.stream.events import ActionEvent, FeatureEvent, encode_action, encode_feature
 from freshrec.stream.log import Log
 
-__all__ = ["FeatureLogger", "feature_records"]
+__all__ = ["ActionLogger", "FeatureLogger", "feature_records"]
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +187,33 @@ class FeatureLogger(_LogWriter):
         if self.metrics is not None:
             self.metrics.features_logged.inc(len(items))
         return len(items)
+
+
+class ActionLogger(_LogWriter):
+    """Appends user actions (`ActionEvent`s, `encode_action`) to the actions log, each keyed by its
+    request_id. Bounded: `submit` refuses a batch (returns False) while `max_pending` batches wait."""
+
+    what = "actions"
+
+    def __init__(
+        self,
+        actions_log: Log,
+        *,
+        flush_interval_s: float = 1.0,
+        max_pending: int = 1024,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
+        super().__init__(
+            actions_log, flush_interval_s=flush_interval_s, max_pending=max_pending, metrics=metrics
+        )
+
+    def submit(self, actions: list[ActionEvent]) -> bool:
+        """Queue one request's actions; False when the queue is full (nothing queued)."""
+        return self._put(actions)
+
+    def _write(self, actions: list[ActionEvent]) -> int:
+        for a in actions:
+            self.log.append(encode_action(a), key=a.request_id.encode())
+        if self.metrics is not None:
+            self.metrics.actions_logged.inc(len(actions))
+        return len(actions)
