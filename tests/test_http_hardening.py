@@ -282,6 +282,27 @@ def test_a_slow_connection_is_dropped_within_its_deadline(served, what, data, bo
     assert took is not None, f"{what}: still open after {bound_s + 1.0} s"
 
 
+def test_a_dropped_request_counts_as_499_not_500(served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    s = connect(served["srv"])
+    s.sendall(
+        b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 99\r\n\r\n{"
+    )
+    assert wait_closed(s, LIMITS.header_timeout_s + LIMITS.body_timeout_s + 1.0) is not None
+    s.close()
+    text = served["client"].get("/metrics").text
+    counts = {
+        (x.labels["endpoint"], x.labels["status"]): x.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "freshrec_requests"
+        for x in f.samples
+        if x.name == "freshrec_requests_total"
+    }
+    assert counts.get(("/v1/rank", "499"), 0) >= 1
+    assert not [k for k in counts if k[1] == "500"], counts
+
+
 def test_an_idle_keep_alive_connection_is_closed(served):
     s = connect(served["srv"])
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

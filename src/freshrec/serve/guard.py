@@ -11,7 +11,8 @@ For every HTTP request, in this order, before any of the body is read:
 3. size: a Content-Length past `max_bytes`, or a streamed body that grows past it: 413.
 
 A rejection closes the connection (the rest of its body is never read). The body is read here
-once and replayed to the app. Each request's handling time and status go to the metrics.
+once and replayed to the app. Each request's handling time and status go to the metrics (499
+for a client that went, or was dropped, before its body was in).
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Guard:
             while True:
                 msg = await receive()
                 if msg["type"] == "http.disconnect":
+                    status[0] = 499  # the client went (or was dropped) before its body was in
                     return
                 chunk = msg.get("body", b"")
                 total += len(chunk)
