@@ -273,3 +273,27 @@ def test_models_experiment_short_form_reports_every_task_online_and_frozen(tmp_p
                 assert 0.0 < r[side]["rating"]["rmse"] < 4.0, r
     assert res["runs"][2]["path"] == "freshrec.model:DIN"
     assert (tmp_path / "models.png").stat().st_size > 10_000
+
+
+def test_http_rank_returns_every_task_score_and_ranks_by_the_blend(deterministic_torch):
+    import httpx
+
+    from freshrec.serve import ServerThread, create_app
+
+    cfg = TrainConfig(epochs=1, batch_size=256, dim=4, hidden=(8,), tasks=parse_tasks("click,watch:value"))
+    ps = train_model(data(800, 0), None, cfg).ps
+    assert ps is not None
+    rep = ServingReplica.from_ps(ps, config=ServingConfig(rank_weights={"click": 0.5, "watch": 0.01}))
+    req = {"user_id": 7, "candidates": list(range(30)), "sparse": {"history": [1, 2]}, "top_k": 10}
+    with ServerThread(create_app(rep)) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        body = c.post("/v1/rank", json=req).json()
+        one = c.post("/v1/rank", json={**req, "top_k": None}).json()
+    items, blended, per_task = rep.rank_tasks(7, list(range(30)), sparse={"history": [1, 2]})
+    assert [it["item_id"] for it in body["items"]] == items[:10].tolist()
+    for it, b, row in zip(body["items"], blended[:10], per_task[:10], strict=True):
+        assert it["score"] == pytest.approx(float(b), rel=1e-6)
+        assert it["scores"] == pytest.approx({"click": float(row[0]), "watch": float(row[1])}, rel=1e-6)
+        assert it["score"] == pytest.approx(
+            0.5 * it["scores"]["click"] + 0.01 * it["scores"]["watch"], rel=1e-5
+        )
+    assert len(one["items"]) == 30

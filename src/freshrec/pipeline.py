@@ -211,7 +211,10 @@ class Pipeline:
         from freshrec.serve.app import create_app
 
         c = self.config
-        kwargs.setdefault("features_log", self.log(c.features))
+        if "features_log" not in kwargs:
+            kwargs["features_log"] = self.log(c.features)
+        if "actions_log" not in kwargs:
+            kwargs["actions_log"] = self.log(c.actions)
         return create_app(replica, subscriber=subscriber, **kwargs)
 
     def close(self) -> None:
