@@ -71,6 +71,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-every", type=int, default=10, help="every Nth snapshot is full")
     parser.add_argument("--keep", type=int, default=3, help="full snapshots kept")
     parser.add_argument(
+        "--retain-mb", type=float, default=None,
+        help="local log retention of the examples and parameter logs, MiB each (never past the "
+        "oldest kept snapshot's replay floor)",
+    )
+    parser.add_argument("--retain-hours", type=float, default=None, help="local log retention by age, hours")
+    parser.add_argument(
         "--no-fallback", action="store_true", help="refuse to recover past a corrupt snapshot"
     )
     parser.add_argument("--start", choices=("earliest", "committed"), default="earliest")
@@ -153,8 +159,13 @@ def main(args: argparse.Namespace) -> int:
         publisher = (
             pipe.publisher(trainer, every_batch=True, dense_every=args.dense_every) if args.params else None
         )
-        if publisher is None and pipe.snapshotter is not None:
-            trainer.add_hook(pipe.snapshotter)
+        if publisher is None:
+            pipe.snapshots_hook(trainer)
+        if args.retain_mb is not None or args.retain_hours is not None:
+            pipe.retain(
+                max_bytes=None if args.retain_mb is None else int(args.retain_mb * (1 << 20)),
+                max_age_s=None if args.retain_hours is None else args.retain_hours * 3600.0,
+            )
         snap, recovered = pipe.snapshotter, pipe.recovered
         log, consumer = pipe.examples_consumer(trainer, group=args.group, start=args.start)
         if recovered is not None:
