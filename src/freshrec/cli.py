@@ -48,6 +48,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("bench", "serve"): "freshrec.bench.serve",
     ("bench", "snapshot"): "freshrec.bench.snapshot",
     ("bench", "scale"): "freshrec.bench.scale",
+    ("bench", "soak"): "freshrec.bench.soak",
     ("experiment", "collision"): "freshrec.experiments.collision",
     ("experiment", "online"): "freshrec.experiments.online",
     ("experiment", "reliability"): "freshrec.experiments.reliability",
