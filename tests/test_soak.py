@@ -20,7 +20,13 @@ def test_soak_short_form_keeps_disk_bounded_and_every_role_alive(tmp_path):
     ws = res["windows"]
     assert len(ws) == 4 and res["errors"] == 0 and res["role_errors"] == []
     assert all(w["ranks_per_s"] > 0 and w["actions_per_s"] > 0 for w in ws)
-    assert [w["version"] for w in ws] == sorted(w["version"] for w in ws) and ws[-1]["version"] > ws[0]["version"]
+    assert [w["version"] for w in ws] == sorted(w["version"] for w in ws) and ws[-1]["version"] > ws[0][
+        "version"
+    ]
     assert ws[-1]["examples_trained"] > ws[0]["examples_trained"] > 0  # the loop keeps learning
-    assert res["disk_bounded"], (res["max_log_bytes"], res["retention_bound_bytes"], [w["log_bytes"] for w in ws])
+    assert res["disk_bounded"], (
+        res["max_log_bytes"],
+        res["retention_bound_bytes"],
+        [w["log_bytes"] for w in ws],
+    )
     assert (tmp_path / "soak.png").is_file()
