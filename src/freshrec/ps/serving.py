@@ -148,7 +148,8 @@ class ServingReplica:
         self.clock = clock
         dense_names = self.config.dense_names
         self.dense_names = (
-            tuple(dense_names) if dense_names is not None else tuple(f"dense_{i}" for i in range(spec.dense_dim))
+            tuple(dense_names) if dense_names is not None
+            else tuple(f"dense_{i}" for i in range(spec.dense_dim))
         )
         if len(self.dense_names) != spec.dense_dim:
             msg = f"{len(self.dense_names)} dense_names for a model with {spec.dense_dim} dense features"
