@@ -11,7 +11,7 @@ import torch
 from freshrec.cli import main as cli_main
 from freshrec.data.paths import dataset_path
 from freshrec.experiments.collision import PAPER_RATES, buckets_for_rate
-from freshrec.model import collision_rate
+from freshrec.model.embedding import collision_rate
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -17,9 +17,9 @@ from freshrec.ps import (
     SyncPublisher,
     SyncSubscriber,
     TrainingPS,
-    decode,
-    split_delta,
 )
+from freshrec.ps.delta import decode
+from freshrec.ps.sync import split_delta
 from freshrec.stream.local_log import LocalBackend
 from freshrec.stream.log import MemoryBackend
 
@@ -166,7 +166,7 @@ def test_big_deltas_are_split_into_bounded_frames():
     )
     parts = split_delta(d, 20_000)
     assert len(parts) > 5
-    from freshrec.ps import encode
+    from freshrec.ps.delta import encode
 
     assert all(len(encode(p)) <= 20_000 for p in parts)
     np.testing.assert_array_equal(np.concatenate([p.ids for p in parts]), d.ids)
@@ -348,7 +348,7 @@ def test_threads_end_to_end_at_a_sub_second_interval(tmp_path):
 
 def test_snapshot_state_through_a_snapshot_store(tmp_path):
     from freshrec.checkpoint.store import SnapshotStore
-    from freshrec.ps import SNAPSHOT_KIND
+    from freshrec.ps.training import SNAPSHOT_KIND
 
     log = MemoryBackend().log("params")
     ps = TrainingPS(make_spec(0), shards=2, hidden=HIDDEN)
@@ -369,7 +369,7 @@ def test_snapshot_state_through_a_snapshot_store(tmp_path):
 
 
 def test_subscriber_skips_bad_frames_and_goes_on():
-    from freshrec.ps import encode
+    from freshrec.ps.delta import encode
 
     log = MemoryBackend().log("params")
     rep = ServingReplica(make_spec(0), hidden=HIDDEN)

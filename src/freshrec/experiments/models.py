@@ -65,7 +65,7 @@ QUICK = ModelsConfig(limit=12_000, epochs=1, dim=8, batch_size=256)
 def _outputs(model, batch, n_tasks: int) -> np.ndarray:
     import torch
 
-    from freshrec.model import outputs_2d
+    from freshrec.model.contract import outputs_2d
 
     model.eval()
     with torch.no_grad():

@@ -72,10 +72,8 @@ from freshrec.model import (
     SparseOptimizer,
     Task,
     build_model,
-    outputs_2d,
-    task_losses,
 )
-from freshrec.model.contract import DEFAULT_TASKS, extra_columns_of
+from freshrec.model.contract import DEFAULT_TASKS, extra_columns_of, outputs_2d, task_losses
 from freshrec.ps.sharded import ShardedTable
 from freshrec.table import EmbeddingTable, TableConfig
 

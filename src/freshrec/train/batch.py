@@ -38,9 +38,9 @@ import torch
 from tqdm import tqdm
 
 from freshrec.errors import ConfigError
-from freshrec.model import Batch, FeatureSpec, ModelSpec, SlotModel, SlotSpec, Task, outputs_2d, parse_tasks
+from freshrec.model import Batch, FeatureSpec, ModelSpec, SlotModel, SlotSpec, Task, parse_tasks
 from freshrec.model import build_model as build_contract_model
-from freshrec.model.contract import DEFAULT_TASKS
+from freshrec.model.contract import DEFAULT_TASKS, outputs_2d
 from freshrec.ps.training import TrainingPS
 from freshrec.table import Adagrad, Initializer
 from freshrec.train.metrics import auc, log_loss_from_logits
