@@ -11,7 +11,8 @@ import pytest
 from freshrec.data.paths import dataset_path
 
 
-def test_reliability_quick(tmp_path, capsys):
+def test_reliability_quick(tmp_path, capsys, deterministic_torch):
+    # `freshrec experiment reliability` runs deterministic torch (TORCH_DETERMINISTIC); main() alone does not
     if not dataset_path("globo").exists():
         pytest.skip(f"Globo data not found at {dataset_path('globo')}")
     from freshrec.experiments import reliability

@@ -321,7 +321,7 @@ def train_model(
             model = build_model(spec_for(train, config), config)
         ps = TrainingPS.from_model(model, dense_lr=config.dense_lr, hashed_lr=config.sparse_lr)
     model = ps.model
-    torch.manual_seed(config.seed)
+    ps.rng.manual_seed(config.seed)
     history: list[EpochMetrics] = []
     n = len(train.label)
     for epoch in range(1, config.epochs + 1):
