@@ -7,6 +7,9 @@
   CI=true, where they fail: CI must run them.
 - `deterministic_torch`: one torch thread and deterministic algorithms for the test, so that
   runs compared number for number (recovery, chaos) compute the same floats.
+- `@pytest.mark.shared_data("globo/clicks.csv.gz", ...)`: the test reads these files of the shared
+  data (`freshrec.data.paths.shared_data_dir()`); without them it skips, except under CI=true, where
+  it fails: `../shared/data` is always there in CI, so the README's figures are checked there.
 """
 
 from __future__ import annotations
@@ -19,6 +22,24 @@ import pytest
 import kafka_broker
 
 _BROKER = pytest.StashKey[kafka_broker.BackgroundBroker]()
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from freshrec.data.paths import shared_data_dir
+
+    for mark in item.iter_markers("shared_data"):
+        missing = [shared_data_dir() / name for name in mark.args if not (shared_data_dir() / name).exists()]
+        if not missing:
+            continue
+        what = ", ".join(str(p) for p in missing)
+        if _under_ci():
+            pytest.fail(f"shared data not found: {what} (CI=true: ../shared/data must be there)",
+                        pytrace=False)
+        pytest.skip(f"shared data not found: {what} (see ../shared/data/README.md, or set FRESHREC_DATA)")
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection
@@ -51,7 +72,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     broker = config.stash[_BROKER]
     broker.wait()
     if broker.skip_reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
+        if _under_ci():
             pytest.fail(f"{broker.skip_reason} (CI=true: the Kafka tests must run in CI)", pytrace=False)
         pytest.skip(broker.skip_reason)
     if broker.error is not None or broker.bootstrap is None:

@@ -35,12 +35,8 @@ def test_demo_short_form_learns_online(tmp_path):
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.shared_data("globo/clicks.csv.gz")
 def test_demo_on_the_real_globo_stream_learns_online(tmp_path):
-    from freshrec.data.paths import dataset_path
-
-    clicks = dataset_path("globo") / "clicks.csv.gz"
-    if not clicks.exists():
-        pytest.skip(f"Globo clicks not found at {clicks} (see ../shared/data/README.md)")
     out = tmp_path / "demo-globo"
     proc = subprocess.run(
         [

@@ -495,13 +495,12 @@ def test_joiner_memory_is_bounded_by_config(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data("globo/clicks.csv.gz")
 def test_real_globo_replay_through_the_joiner():
     from freshrec.data.paths import dataset_path
     from freshrec.stream.replay import globo_events, replay_to_logs
 
     path = dataset_path("globo") / "clicks.csv.gz"
-    if not path.is_file():
-        pytest.skip(f"Globo data not found at {path}")
     backend = MemoryBackend()
     st = replay_to_logs(globo_events(path, limit=5000, k=4), backend.log("features"), backend.log("actions"))
     assert st.actions == 5000 and 4 * 5000 < st.features <= 5 * 5000
