@@ -15,7 +15,7 @@ import pytest
 import freshrec
 
 PACKAGES = ["freshrec", *(f"freshrec.{p}" for p in ("table", "model", "stream", "ps", "train", "checkpoint",
-                                                    "data"))]
+                                                    "data", "checks"))]
 
 # The curated top level: changing it is a decision, so it is spelled out here.
 TOP_LEVEL = {
