@@ -5,6 +5,7 @@
   started in the background at collection time and those tests run last, so the start overlaps
   with the other tests. Without Java 17+ and the broker jars, the Kafka tests skip, except under
   CI=true, where they fail: CI must run them.
+- Ray's environment (`freshrec.ps.ray_ps.RAY_ENVIRONMENT`) is set for the whole run.
 - `deterministic_torch`: one torch thread and deterministic algorithms for the test, so that
   runs compared number for number (recovery, chaos) compute the same floats.
 - `@pytest.mark.shared_data("globo/clicks.csv.gz", ...)`: the test reads these files of the shared
@@ -20,6 +21,11 @@ from collections.abc import Iterator
 import pytest
 
 import kafka_broker
+from freshrec.ps.ray_ps import RAY_ENVIRONMENT
+
+# the test run is the process here: Ray's loopback-only single-host mode must be in the environment
+# before anything imports ray (freshrec.ps.ray_ps.start_local_cluster checks; the CLI sets it too)
+os.environ.update(RAY_ENVIRONMENT)
 
 _BROKER = pytest.StashKey[kafka_broker.BackgroundBroker]()
 

@@ -10,8 +10,9 @@ Each command lives in a module that exposes::
 and may declare the process-wide settings it wants, which this module makes (library code never
 changes them)::
 
-    TORCH_THREADS: int          # torch's intra-op threads (the command's `--threads` wins, if any)
-    TORCH_DETERMINISTIC: bool   # one thread and deterministic algorithms (also `--deterministic`)
+    TORCH_THREADS: int           # torch's intra-op threads (the command's `--threads` wins, if any)
+    TORCH_DETERMINISTIC: bool    # one thread and deterministic algorithms (also `--deterministic`)
+    ENVIRONMENT: dict[str, str]  # environment variables, set unless already set (Ray's, say)
 
 Modules are imported only when their command runs, so `freshrec --help` is fast.
 
@@ -40,6 +41,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 import tomllib
 import warnings
@@ -150,6 +152,8 @@ def _process_settings(mod: ModuleType, args: argparse.Namespace) -> None:
     """The process-wide settings the command declares (see the module docstring)."""
     # torch's sparse Adagrad (hashed rows) warns on every step that it skips invariant checks
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
+    for key, value in getattr(mod, "ENVIRONMENT", {}).items():
+        os.environ.setdefault(key, value)
     deterministic = bool(getattr(args, "deterministic", False) or getattr(mod, "TORCH_DETERMINISTIC", False))
     threads = getattr(mod, "TORCH_THREADS", None)
     if threads is not None and getattr(args, "threads", None) is not None:

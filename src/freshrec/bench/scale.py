@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from freshrec.commands.options import at_least
+from freshrec.ps.ray_ps import RAY_ENVIRONMENT
 from freshrec.table import SGD, Adagrad, EmbeddingTable, TableConfig
 
 __all__ = ["ScaleTrainer", "bytes_per_row", "capacity_rows", "configure", "main", "run_steps", "slot_batches"]
@@ -46,6 +47,7 @@ __all__ = ["ScaleTrainer", "bytes_per_row", "capacity_rows", "configure", "main"
 HELP = "scale-out: training examples/s with in-process vs Ray PS shards, Ray hop cost, capacity table"
 EXAMPLE = "freshrec bench scale --quick --json"
 TORCH_THREADS = 1  # as `freshrec bench train` by default: comparable, and leaves a core to the PS
+ENVIRONMENT = RAY_ENVIRONMENT  # a loopback-only local Ray cluster (freshrec.ps.ray_ps)
 
 N_SLOTS = 26
 
