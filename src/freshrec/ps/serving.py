@@ -146,10 +146,9 @@ class ServingReplica:
         self.rank_weights = np.array([float(weights.get(t.name, 0.0)) for t in self.tasks], np.float64)
         self._binary = np.array([t.kind == "binary" for t in self.tasks])
         self.clock = clock
-        dense_names = self.config.dense_names
+        given = self.config.dense_names
         self.dense_names = (
-            tuple(dense_names) if dense_names is not None
-            else tuple(f"dense_{i}" for i in range(spec.dense_dim))
+            tuple(given) if given is not None else tuple(f"dense_{i}" for i in range(spec.dense_dim))
         )
         if len(self.dense_names) != spec.dense_dim:
             msg = f"{len(self.dense_names)} dense_names for a model with {spec.dense_dim} dense features"
