@@ -99,18 +99,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from freshrec.checkpoint.periodic import SnapshotPolicy
-    from freshrec.errors import FreshrecError
     from freshrec.model import FeatureSpec, ModelSpec, SlotSpec, parse_tasks
     from freshrec.pipeline import Pipeline, PipelineConfig
     from freshrec.table import Adagrad
     from freshrec.train.online import OnlineConfig
 
-    if args.deterministic:
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
     dense = [d for d in args.dense.split(",") if d.strip()]
     try:
         config = OnlineConfig(
@@ -201,9 +195,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"final snapshot: {last.path} ({last.nbytes} bytes)", flush=True)
         consumer.close()
         pipe.close()
-    except FreshrecError as e:
-        print(f"freshrec train online: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
