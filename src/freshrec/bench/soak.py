@@ -38,15 +38,21 @@ EXAMPLE = "freshrec bench soak --minutes 10 --json"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--minutes", type=float, default=10.0, help="how long to run")
-    parser.add_argument("--window-s", type=float, default=60.0, help="seconds per reported window")
-    parser.add_argument("--rate", type=float, default=100.0, help="/v1/rank requests per second in total")
-    parser.add_argument("--clients", type=int, default=2, help="client threads")
-    parser.add_argument("--candidates", type=int, default=50, help="candidates per rank request")
+    from freshrec.commands.options import at_least, positive
+
+    positive_int = at_least(1)
+
+    parser.add_argument("--minutes", type=positive, default=10.0, help="how long to run")
+    parser.add_argument("--window-s", type=positive, default=60.0, help="seconds per reported window")
+    parser.add_argument("--rate", type=positive, default=100.0, help="/v1/rank requests per second in total")
+    parser.add_argument("--clients", type=positive_int, default=2, help="client threads")
+    parser.add_argument("--candidates", type=positive_int, default=50, help="candidates per rank request")
     parser.add_argument("--click-rate", type=float, default=0.05, help="chance that a shown item is clicked")
-    parser.add_argument("--retain-mb", type=float, default=8.0, help="retention per log, MiB")
-    parser.add_argument("--segment-kb", type=int, default=512, help="local log segment size, KiB")
-    parser.add_argument("--snapshot-every", type=int, default=20, help="batches between trainer snapshots")
+    parser.add_argument("--retain-mb", type=positive, default=8.0, help="retention per log, MiB")
+    parser.add_argument("--segment-kb", type=positive_int, default=512, help="local log segment size, KiB")
+    parser.add_argument(
+        "--snapshot-every", type=positive_int, default=20, help="batches between trainer snapshots"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
