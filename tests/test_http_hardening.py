@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from freshrec.model import FeatureSpec, SlotSpec
+from freshrec.model import FeatureSpec, SlotSpec, Task
 from freshrec.ps import ServingReplica
 from freshrec.serve import AppConfig, ServerConfig, ServerThread, create_app
 from freshrec.stream.log import MemoryBackend
@@ -196,6 +196,7 @@ def test_finite_scores_are_required_and_the_fault_is_placed():
 
     class Replica:  # the replica interface; NaN scores as configured
         spec, version, dense_version = SPEC, 3, 3
+        tasks = (Task(name="click"),)
         last_apply_wall = data_ts = None
         deltas_applied = rows_applied = rows_deleted = dense_applied = 0
 
@@ -363,6 +364,7 @@ def test_a_client_that_does_not_read_its_replies_is_dropped():
 )
 def test_post_needs_application_json(served, ctype):
     c, flog = served["client"], served["backend"].log("features")
+    assert served["app"].state.feature_logger.flush()  # what earlier requests logged is in
     before = sum(flog.end_offsets())
     headers = {} if ctype is None else {"content-type": ctype}
     body = b'{"user_id":1,"candidates":[1,2]}'
@@ -408,6 +410,7 @@ def test_integer_dense_values_are_numbers(served):
 def test_overload_is_503_and_healthz_stays_fast():
     class SlowReplica:
         spec, version, dense_version = SPEC, 1, 1
+        tasks = (Task(name="click"),)
         last_apply_wall = data_ts = None
         deltas_applied = rows_applied = rows_deleted = dense_applied = 0
 
@@ -449,6 +452,7 @@ def test_cheap_requests_do_not_wait_behind_an_expensive_one():
 
     class Replica:
         spec, version, dense_version = SPEC, 1, 1
+        tasks = (Task(name="click"),)
         last_apply_wall = data_ts = None
         deltas_applied = rows_applied = rows_deleted = dense_applied = 0
 

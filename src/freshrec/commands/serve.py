@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from freshrec.errors import ConfigError, FreshrecError
+from freshrec.errors import ConfigError, FreshrecError, SnapshotError
 
 HELP = "serve a model over HTTP from a snapshot, applying parameter-log deltas while serving"
 EXAMPLE = "freshrec serve --params ./logs --snapshot ./snapshots --host 127.0.0.1 --port 8080"
@@ -135,7 +135,11 @@ def main(args: argparse.Namespace) -> int:
                 serving=ServingConfig(fp16=args.fp16, rank_weights=parse_weights(args.rank_weights)),
             )
         )
-        replica, sub = pipe.replica(snapshot=snap, group=args.group)
+        try:
+            replica, sub = pipe.replica(snapshot=snap, group=args.group)
+        except SnapshotError as e:
+            msg = f"--snapshot {e}"
+            raise SnapshotError(msg) from e
         sub.start()
         app = pipe.app(
             replica,
