@@ -4,7 +4,8 @@ separate processes, for tests/test_chaos.py.
 The loop under test, over one log backend (a local-log folder or kafka://...?prefix=...):
 
     features + actions (pre-written) -> `freshrec join` -> examples (1 partition)
-        -> `freshrec train online --expect-examples N --params URL` (snapshots + parameter log)
+        -> `freshrec train online --follow --whole-batches --stop-at N --params URL` (the shipped
+           online loop, with fixed batch boundaries; snapshots + parameter log)
         -> `freshrec serve` (from an initial serving snapshot, following the parameter log)
 
 `run_loop` starts the three roles, kills a role chosen by a seeded schedule `kills` times (each
@@ -180,7 +181,7 @@ def commands(url: str, work: Path, port: int, expect: int, init_snapshot: Path) 
             "--hidden", ",".join(map(str, HIDDEN)), "--seed", str(SEED), "--sparse-lr", str(SPARSE_LR),
             "--dense-lr", str(DENSE_LR), "--batch-size", str(BATCH), "--snapshots", str(work / "snapshots"),
             "--snapshot-every", "4", "--full-every", "3", "--keep", "2", "--params", url,
-            "--dense-every", "5", "--expect-examples", str(expect), "--deterministic",
+            "--dense-every", "5", "--follow", "--whole-batches", "--stop-at", str(expect), "--deterministic",
             "--progress-every", "1", "--json",
         ],
         "serving": py + [

@@ -37,8 +37,9 @@ from freshrec.stream.log import MemoryLog
 pytestmark = pytest.mark.usefixtures("deterministic_torch")
 
 # kill -9 of `freshrec serve` to its first good /healthz answer: a new process (python, torch,
-# the snapshot) and the parameter log replayed since the snapshot; 8.3 s measured on a loaded 2-core box
-SERVING_RESTART_S = 20.0
+# the snapshot) and the parameter log replayed since the snapshot. Measured on a 2-core box shared
+# with other jobs: 8.3 s, and 24.6 s under heavy load; a restart that waits on a timeout fails it
+SERVING_RESTART_S = 60.0
 
 
 def _trainer():

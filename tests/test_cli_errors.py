@@ -33,7 +33,7 @@ BAD = {
     ("bench", "serve"): ["--users", "0"],
     ("bench", "snapshot"): ["--rows", "0"],
     ("bench", "scale"): ["--no-ray", "--batch-size", "0"],
-    ("bench", "soak"): ["--minutes", "-1"],
+    ("bench", "soak"): ["--rate", "0"],
     ("experiment", "collision"): ["--dataset", "movielens", "--data", MISSING],
     ("experiment", "online"): ["--data", MISSING],
     ("experiment", "reliability"): ["--data", MISSING],

@@ -285,3 +285,38 @@ def test_trainer_feeds_the_sync_path_to_a_serving_replica(tmp_path):
 
     ps = TrainingPS.from_state(*tr.state())
     assert ps.step == tr.step and ps.table_sizes() == {s: len(t) for s, t in tr.tables.items()}
+
+
+def test_whole_batches_train_fixed_boundaries_while_the_log_fills_and_stop_at_cuts_the_last():
+    """With whole_batches, a log written in uneven pieces trains batches [k*B, (k+1)*B) exactly, as
+    one written at once does; stop_at ends the run at that record, the last batch cut to it."""
+    ds = synthetic(1000, seed=3)
+    examples = list(dataset_to_examples(ds))
+
+    def run_pieces(pieces: list[int]) -> tuple[list[int], OnlineTrainer]:
+        log = MemoryLog("examples")
+        config = OnlineConfig(batch_size=128, whole_batches=True, stop_at=900)
+        tr = OnlineTrainer.from_spec(spec(), config, hidden=(8,), dense=("x",))
+        sizes: list[int] = []
+        tr.add_hook(lambda t, info: sizes.append(info.examples))
+        consumer = log.consumer("t")
+        at = 0
+        for n in pieces:  # the joiner writes a piece; the trainer trains what is whole of it
+            write_examples(log, examples[at : at + n])
+            at += n
+            while True:
+                got, bad, positions = tr.poll_batch(consumer)
+                if not got and not bad:
+                    break
+                tr.train_examples(got, positions=positions, bad=bad)
+        tr.run(consumer, until_idle=True)  # drained: stops at stop_at
+        return sizes, tr
+
+    even, a = run_pieces([1000])
+    uneven, b = run_pieces([50, 77, 300, 1, 200, 372])
+    assert even == uneven == [128] * 7 + [900 - 7 * 128]
+    assert a.trained_records() == b.trained_records() == 900
+    for slot, (ids, rows) in table_state(a).items():
+        ids_b, rows_b = table_state(b)[slot]
+        np.testing.assert_array_equal(ids, ids_b)
+        np.testing.assert_array_equal(rows, rows_b)

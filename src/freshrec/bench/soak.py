@@ -33,26 +33,24 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.commands.options import at_least, positive
+
 HELP = "minutes of ranks, actions and deltas at once: throughput/p99 trend, RSS, descriptors, log disk"
 EXAMPLE = "freshrec bench soak --minutes 10 --json"
+TORCH_THREADS = 1  # freshrec.cli sets it
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from freshrec.commands.options import at_least, positive
-
-    positive_int = at_least(1)
-
     parser.add_argument("--minutes", type=positive, default=10.0, help="how long to run")
     parser.add_argument("--window-s", type=positive, default=60.0, help="seconds per reported window")
     parser.add_argument("--rate", type=positive, default=100.0, help="/v1/rank requests per second in total")
-    parser.add_argument("--clients", type=positive_int, default=2, help="client threads")
-    parser.add_argument("--candidates", type=positive_int, default=50, help="candidates per rank request")
+    parser.add_argument("--clients", type=at_least(1), default=2, help="client threads")
+    parser.add_argument("--candidates", type=at_least(1), default=50, help="candidates per rank request")
     parser.add_argument("--click-rate", type=float, default=0.05, help="chance that a shown item is clicked")
-    parser.add_argument("--retain-mb", type=positive, default=8.0, help="retention per log, MiB")
-    parser.add_argument("--segment-kb", type=positive_int, default=512, help="local log segment size, KiB")
-    parser.add_argument(
-        "--snapshot-every", type=positive_int, default=20, help="batches between trainer snapshots"
-    )
+    parser.add_argument("--retain-mb", type=float, default=8.0, help="retention per log, MiB")
+    parser.add_argument("--segment-kb", type=at_least(1), default=512, help="local log segment size, KiB")
+    parser.add_argument("--snapshot-every", type=at_least(1), default=20,
+                        help="batches between trainer snapshots")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -137,7 +135,6 @@ class _Load:
 
 def run_soak(args: argparse.Namespace, work: Path, log=print) -> dict[str, Any]:
     import psutil
-    import torch
 
     from freshrec.checkpoint.periodic import SnapshotPolicy
     from freshrec.model import FeatureSpec, SlotSpec
@@ -149,7 +146,6 @@ def run_soak(args: argparse.Namespace, work: Path, log=print) -> dict[str, Any]:
     from freshrec.table import Adagrad
     from freshrec.train.online import OnlineConfig
 
-    torch.set_num_threads(1)
     retain = int(args.retain_mb * (1 << 20))
     backend = LocalBackend(work / "logs", config=LocalLogConfig(segment_bytes=args.segment_kb << 10))
     spec = FeatureSpec(

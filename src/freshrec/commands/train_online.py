@@ -17,11 +17,11 @@ weights are published once more and a final full snapshot is written (exit code 
 With `--params URL` it also publishes the touched rows to the parameter log (`--params-log`) after
 every batch (`freshrec.ps.sync.SyncPublisher`, from a hook placed before the snapshotter, so every
 snapshot stores the parameter log's offsets and version that match its tables; the dense weights go
-every `--dense-every` batches and once more, forced, at the end). With `--expect-examples N` it
-trains whole batches of `--batch-size` records only (waiting for the log to fill them while the
-joiner still writes) and exits once N examples are trained: fixed batch boundaries, so a run killed
-and restarted any number of times ends with the same parameters as one never interrupted
-(tests/test_chaos.py).
+every `--dense-every` batches and once more, forced, at the end). With `--whole-batches` it trains
+batches of exactly `--batch-size` records (waiting for the log to fill them while the joiner still
+writes): fixed batch boundaries on a one-partition log, so a run killed and restarted any number of
+times ends with the same parameters as one never interrupted (tests/test_chaos.py kills this loop).
+`--stop-at N` exits once the first N records of the examples log are trained.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import signal
 import sys
 import threading
 from pathlib import Path
+
+from freshrec.commands.options import at_least
 
 HELP = "online training from the examples log, with periodic full/incremental snapshots and recovery"
 EXAMPLE = (
@@ -91,10 +93,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params-log", default="params", help="parameter log name")
     parser.add_argument("--dense-every", type=int, default=10, help="publish dense weights every N batches")
     parser.add_argument(
-        "--expect-examples",
-        type=int,
+        "--whole-batches",
+        action="store_true",
+        help="train batches of exactly --batch-size records (fixed boundaries: replays repeat them)",
+    )
+    parser.add_argument(
+        "--stop-at",
+        type=at_least(0),
         default=None,
-        help="train whole batches only, waiting for records, and exit after N examples (single partition)",
+        help="exit once the first N examples-log records are trained",
     )
 
 
@@ -112,6 +119,8 @@ def main(args: argparse.Namespace) -> int:
             dense_lr=args.dense_lr,
             evict_every=args.evict_every,
             poll_timeout_s=1.0 if args.follow else 0.2,
+            whole_batches=args.whole_batches,
+            stop_at=args.stop_at,
         )
         spec = mspec = tasks = None
         if not args.init:
@@ -179,12 +188,9 @@ def main(args: argparse.Namespace) -> int:
         stop = threading.Event()  # SIGTERM / SIGINT: finish the batch, publish, snapshot, exit 0
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        if args.expect_examples is not None:
-            metrics = _train_expected(trainer, log, consumer, args.expect_examples, args.batch_size)
-        else:
-            metrics = trainer.run(
-                consumer, max_batches=args.max_batches, until_idle=not args.follow, log=log, stop=stop.is_set
-            )
+        metrics = trainer.run(
+            consumer, max_batches=args.max_batches, until_idle=not args.follow, log=log, stop=stop.is_set
+        )
         if publisher is not None:
             publisher.publish_once(dense=True)
         last_step = snap.history[-1].step if snap is not None and snap.history else None
@@ -217,28 +223,3 @@ def main(args: argparse.Namespace) -> int:
             )
         )
     return 0
-
-
-def _train_expected(trainer, log, consumer, expect: int, batch_size: int):
-    """Train batches [k*B, (k+1)*B) of a one-partition log until `expect` examples are trained."""
-    import time
-
-    from freshrec.train.examples import decode_records
-
-    if log.partitions != 1:
-        from freshrec.errors import ConfigError
-
-        msg = f"--expect-examples needs a one-partition examples log, got {log.partitions} partitions"
-        raise ConfigError(msg)
-    while (done := int(trainer.positions.get(0, 0))) < expect:
-        need = min(batch_size, expect - done)
-        if int(log.end_offsets()[0]) - done < need:
-            time.sleep(0.02)
-            continue
-        records: list = []
-        while len(records) < need:
-            records.extend(consumer.poll(max_records=need - len(records), timeout_s=0.5))
-        examples, bad = decode_records(records)
-        trainer.train_examples(examples, positions=consumer.position(), bad=len(bad))
-        consumer.commit(trainer.positions)
-    return trainer.metrics()

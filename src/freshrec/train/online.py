@@ -72,6 +72,12 @@ class OnlineConfig:
     commit_every: commit consumer positions each N batches, for monitoring (0: never).
     poll_timeout_s: how long a poll waits for the first record of a batch.
     auc_window: progressive-validation AUC over the last N predictions.
+    whole_batches: train batches of exactly `batch_size` records, waiting for more when a poll
+        returns fewer, so that batch boundaries are offsets k * batch_size of a one-partition log
+        and a replay after a crash repeats them: training is a function of the log alone (the
+        remainder at the end is one short batch, when the log is drained or at `stop_at`).
+    stop_at: stop once the trained positions add up to this many records (None: never); the
+        batch before it is cut to end there.
     """
 
     batch_size: int = 1024
@@ -82,6 +88,8 @@ class OnlineConfig:
     commit_every: int = 10
     poll_timeout_s: float = 0.0
     auc_window: int = 20_000
+    whole_batches: bool = False
+    stop_at: int | None = None
 
     def __post_init__(self) -> None:
         for name, low in (("batch_size", 1), ("auc_window", 1), ("evict_every", 0), ("commit_every", 0)):
@@ -89,6 +97,9 @@ class OnlineConfig:
             if value < low:
                 msg = f"OnlineConfig.{name} = {value!r}: must be >= {low}"
                 raise ConfigError(msg)
+        if self.stop_at is not None and self.stop_at < 0:
+            msg = f"OnlineConfig.stop_at = {self.stop_at!r}: must be >= 0"
+            raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -172,6 +183,7 @@ class OnlineTrainer:
         self.hooks: list[Hook] = []
         self._seconds = 0.0
         self._examples_here = 0
+        self._pending: list = []  # records polled for a whole batch that is not complete yet
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -323,17 +335,29 @@ class OnlineTrainer:
         return out
 
     def poll_batch(self, consumer) -> tuple[list, int, dict[int, int]]:
-        """(examples, bad record count, positions after them): up to `batch_size` records from `consumer`."""
+        """(examples, bad record count, positions after them): up to `batch_size` records from
+        `consumer` (exactly that many, or none yet, with `whole_batches`; fewer before `stop_at`)."""
         want = self.config.batch_size
-        records: list = []
+        if self.config.stop_at is not None:
+            want = max(0, min(want, self.config.stop_at - self.trained_records()))
+        records: list = self._pending
+        self._pending = []
         timeout = self.config.poll_timeout_s
         while len(records) < want:
             got = consumer.poll(max_records=want - len(records), timeout_s=timeout if not records else 0.0)
             if not got:
                 break
             records.extend(got)
+        if self.config.whole_batches and 0 < len(records) < want:
+            self._pending = records  # the batch is not whole yet: wait for the rest (run() trains
+            # the remainder once the log is drained)
+            return [], 0, dict(self.positions)
         examples, bad = decode_records(records)
         return examples, len(bad), consumer.position() if records else dict(self.positions)
+
+    def trained_records(self) -> int:
+        """Records of the examples log trained (or skipped as bad) so far: the positions' sum."""
+        return int(sum(self.positions.values()))
 
     def seek(self, consumer) -> None:
         """Move `consumer` to the trainer's positions (after a restore)."""
@@ -365,10 +389,16 @@ class OnlineTrainer:
         while max_batches is None or done < max_batches:
             if stop is not None and stop():
                 break
+            if self.config.stop_at is not None and self.trained_records() >= self.config.stop_at:
+                break
             examples, bad, positions = self.poll_batch(consumer)
             if not examples and not bad:
                 if until_idle:
                     if consumer.at_end():
+                        if self._pending:  # whole_batches: the remainder, one short batch
+                            rest, self._pending = self._pending, []
+                            examples, bad_records = decode_records(rest)
+                            self.train_examples(examples, positions=consumer.position(), bad=len(bad_records))
                         break
                     idle_since = idle_since or time.monotonic()
                     if time.monotonic() - idle_since > idle_timeout_s:
