@@ -2,6 +2,7 @@
 
     FreshrecError
     ├── ConfigError            a configuration value is out of range or inconsistent
+    │   └── SchemaError            a data schema does not fit its files, its snapshot or a request
     ├── SnapshotError          a snapshot cannot be written or read
     │   └── CorruptSnapshotError   a snapshot file is missing, truncated or fails its checksum
     ├── LogError               the log seam (local log, Kafka) failed
@@ -27,6 +28,7 @@ __all__ = [
     "FreshrecError",
     "LogError",
     "OffsetOutOfRange",
+    "SchemaError",
     "SnapshotError",
     "StoreError",
 ]
@@ -38,6 +40,22 @@ class FreshrecError(Exception):
 
 class ConfigError(FreshrecError, ValueError):
     """A configuration value is out of range or inconsistent with another."""
+
+
+class SchemaError(ConfigError):
+    """A data schema (`freshrec.data.schema`) does not fit its files, the snapshot it is used with,
+    or a request: a slot or label not in the data, a label with no positives, a timestamp that does
+    not sort, a schema other than the snapshot's, unknown feature names.
+
+    Attributes:
+        field: the schema field at fault (a slot, label or column name; "" when the schema as a whole).
+        file: the file (a data file, config file or snapshot) it was checked against, or "".
+    """
+
+    def __init__(self, message: str, *, field: str = "", file: str = "") -> None:
+        self.field = field
+        self.file = str(file)
+        super().__init__(message)
 
 
 class SnapshotError(FreshrecError):

@@ -1,0 +1,39 @@
+"""Batch training from files a schema describes (`freshrec train --config FILE` with a `[schema]`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from freshrec.data.schema import Schema, load_schema
+from freshrec.errors import SchemaError
+from freshrec.train.batch import time_split
+
+__all__ = ["load_train_test_schema"]
+
+
+def load_train_test_schema(
+    config: str | os.PathLike | Schema | None,
+    files: str | os.PathLike | None = None,
+    *,
+    test_fraction: float = 0.2,
+    limit: int | None = None,
+) -> tuple[Any, Any, Schema]:
+    """(train, test, resolved schema) of the `[schema]` of the config file `config` (or a `Schema`):
+    its examples split by time (the last `test_fraction` is the test), the dense statistics taken
+    from the training part only, slot types resolved from the data; the schema is what a snapshot
+    stores. `files` (a path or glob) replaces the schema's source files."""
+    from freshrec.data.schema_data import load_schema_dataset
+
+    if config is None:
+        msg = "freshrec train needs --dataset NAME or --config FILE.toml with a [schema] table"
+        raise SchemaError(msg, field="schema")
+    if isinstance(config, Schema):
+        schema = config
+    else:
+        overrides = {"files": [str(Path(files).resolve())]} if files else None
+        schema = load_schema(config, overrides=overrides)
+    data, resolved, _ = load_schema_dataset(schema, limit=limit, stats_fraction=1.0 - test_fraction)
+    train, test = time_split(data, test_fraction)
+    return train, test, resolved
