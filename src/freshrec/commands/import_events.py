@@ -74,14 +74,16 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         schema = resolve_schema(args, "freshrec import")
-        cols = read_columns(schema, limit=args.limit)
-        schema = schema.with_types(cols.types)
-        if args.snapshot:
+        stored = None
+        if args.snapshot:  # checked before any file is read
             from freshrec.ps.schema_check import snapshot_schema
 
             stored = snapshot_schema(args.snapshot, required=True)
             schema.check_matches(stored, where=args.snapshot)
-            assert stored is not None
+        cols = read_columns(schema, limit=args.limit)
+        schema = schema.with_types(cols.types)
+        if stored is not None:
+            schema.check_matches(stored, where=args.snapshot)  # the types the data showed, too
             schema = schema.with_stats(stored.stats)
         else:
             schema = schema.with_stats(dense_stats(schema, cols))

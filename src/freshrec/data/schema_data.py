@@ -341,7 +341,7 @@ def dense_stats(schema: Schema, cols: Columns) -> dict[str, tuple[float, float]]
 
 def standardized(schema: Schema, dense: np.ndarray) -> np.ndarray:
     """`dense` (n, k) with each standardized slot's (x - mean) / std from `schema.stats`, float32."""
-    out = np.array(dense, dtype=np.float32)
+    out = np.array(dense, dtype=np.float64)  # float64 math, one rounding at the end (as serving does)
     for j, s in enumerate(schema.dense_slots):
         if s.standardize:
             if s.name not in schema.stats:
@@ -349,7 +349,7 @@ def standardized(schema: Schema, dense: np.ndarray) -> np.ndarray:
                 raise SchemaError(msg, field=s.name, file=schema.origin)
             mean, std = schema.stats[s.name]
             out[:, j] = (out[:, j] - mean) / std
-    return out
+    return out.astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,11 +54,12 @@ FEATURES, ACTIONS, DEAD = 0, 1, 2
 @dataclass(frozen=True, eq=False)
 class EventPlan:
     """Every record an import writes, in order: `kind` uint8 (m,) (0 features, 1 actions, 2 dead
-    letters), `keys` / `values` bytes (m,), `ts` float64 (m,) data time (dead letters: -inf)."""
+    letters), `keys` / `values` object arrays of bytes (m,), `ts` float64 (m,) data time (dead
+    letters: -inf)."""
 
     kind: np.ndarray
-    keys: list[bytes]
-    values: list[bytes]
+    keys: np.ndarray
+    values: np.ndarray
     ts: np.ndarray
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)
@@ -150,15 +151,17 @@ def _actions_wire(rid: pa.Array, action: str, value: np.ndarray, ts: np.ndarray)
 
 
 def _join(parts: list[Any], n: int) -> pa.Array:
-    cols = [pa.array([p] * n, pa.string()) if isinstance(p, str) else p.cast(pa.string()) for p in parts]
+    cols = [pa.scalar(p, pa.string()) if isinstance(p, str) else p.cast(pa.string()) for p in parts]
+    if n == 0:
+        return pa.array([], pa.string())
     return pc.binary_join_element_wise(*cols, "")
 
 
 def _rids(name: str, request: np.ndarray, position: np.ndarray | int = 0) -> pa.Array:
     pos = np.broadcast_to(np.asarray(position, np.int64), request.shape)
-    return pc.binary_join_element_wise(
-        pa.array([f"{name}-"] * len(request)), _text(request), pa.array([":"] * len(request)), _text(pos), ""
-    )
+    if len(request) == 0:
+        return pa.array([], pa.string())
+    return pc.binary_join_element_wise(pa.scalar(f"{name}-"), _text(request), pa.scalar(":"), _text(pos), "")
 
 
 def plan_events(schema: Schema, cols: Columns, *, fingerprint: str = "") -> EventPlan:
@@ -273,9 +276,12 @@ def plan_events(schema: Schema, cols: Columns, *, fingerprint: str = "") -> Even
         + [np.full(len(x[2]), ACTIONS, np.uint8) for x in acts]
     )
     order = np.argsort(ts_all, kind="stable")
-    take = pa.array(order)
-    keys = dl_keys + pc.cast(keys_arr.take(take), pa.binary()).to_pylist()
-    values = dl_vals + pc.cast(vals_arr.take(take), pa.binary()).to_pylist()
+    keys = np.array(dl_keys + pc.cast(keys_arr, pa.binary()).to_pylist(), dtype=object)
+    values = np.array(dl_vals + pc.cast(vals_arr, pa.binary()).to_pylist(), dtype=object)
+    head = np.arange(len(dl_keys))
+    if not np.array_equal(order, np.arange(len(order))):
+        keys = keys[np.concatenate([head, order + len(dl_keys)])]
+        values = values[np.concatenate([head, order + len(dl_keys)])]
     info |= {"rows_read": cols.rows_read, "rows_refused": len(cols.refused)}
     return EventPlan(
         kind=np.concatenate([np.full(len(dl_keys), DEAD, np.uint8), kind[order]]),
@@ -426,13 +432,13 @@ def import_to_logs(
                 continue
             if len(late):
                 stop = start + int(late[0])
-        batch: list[list[tuple[bytes | None, bytes]]] = [[], [], []]
-        for i in idx[start:stop]:
-            batch[kinds[i]].append((plan.keys[i], plan.values[i]))
-        for k, recs in enumerate(batch):
-            if recs:
-                _append(logs[k], recs)
-                counts[k] += len(recs)
+        sel = idx[start:stop]
+        sk = kinds[sel]
+        for k in range(3):
+            mine = sel[sk == k]
+            if len(mine):
+                _append(logs[k], list(zip(plan.keys[mine].tolist(), plan.values[mine].tolist(), strict=True)))
+                counts[k] += len(mine)
         for log in logs:
             log.flush()
         st["written"] = stats.skipped + sum(counts)

@@ -10,7 +10,7 @@ from freshrec.data.schema import Schema, load_schema
 from freshrec.errors import SchemaError
 from freshrec.train.batch import time_split
 
-__all__ = ["load_train_test_schema"]
+__all__ = ["check_init_schema", "load_train_test_schema"]
 
 
 def load_train_test_schema(
@@ -37,3 +37,22 @@ def load_train_test_schema(
     data, resolved, _ = load_schema_dataset(schema, limit=limit, stats_fraction=1.0 - test_fraction)
     train, test = time_split(data, test_fraction)
     return train, test, resolved
+
+
+def check_init_schema(config: str | os.PathLike | None, snapshot: str | os.PathLike) -> tuple[str, ...]:
+    """For a trainer resumed from `snapshot`: SchemaError naming what differs when the config file
+    has a `[schema]` that is not the snapshot's; returns the snapshot schema's dense names (() when
+    the snapshot holds no schema)."""
+    import tomllib
+
+    from freshrec.ps.schema_check import snapshot_schema
+
+    stored = snapshot_schema(Path(snapshot))
+    if config is not None:
+        try:
+            has = "schema" in tomllib.loads(Path(config).read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            has = False
+        if has:
+            load_schema(config).check_matches(stored, where=str(snapshot))
+    return stored.dense_names if stored is not None else ()

@@ -1,0 +1,161 @@
+"""`freshrec import` as a process: killed with kill -9 at a seeded random moment and rerun, the logs
+equal an uninterrupted import's, record for record; a finished import rerun writes nothing; a log
+that another writer appended to is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from freshrec.stream.backends import open_backend
+from freshrec.stream.events import decode_action, decode_dead_letter, decode_feature
+from schema_fixtures import EXAMPLES, write_behaviour, write_clicks
+
+LOGS = ("features", "actions", "dead-letters")
+
+
+def _import(
+    config: Path, data: Path, logs: Path, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "freshrec.cli",
+        "import",
+        "--config",
+        str(config),
+        "--files",
+        str(data),
+        "--log",
+        str(logs),
+        "--no-progress",
+        "--json",
+        *extra,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=check)
+
+
+def _records(folder: Path) -> dict[str, list[tuple[bytes | None, bytes]]]:
+    backend = open_backend(str(folder))
+    out = {}
+    try:
+        for name in LOGS:
+            c = backend.log(name).consumer("test-read")
+            recs = []
+            while not c.at_end():
+                recs += [(r.key, r.value) for r in c.poll(10_000)]
+            c.close()
+            out[name] = recs
+    finally:
+        backend.close()
+    return out
+
+
+def test_import_writes_decodable_events_in_time_order(tmp_path):
+    data = write_behaviour(tmp_path, n=400)
+    res = _import(EXAMPLES / "shop-behaviour.toml", data, tmp_path / "logs")
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["rows_refused"] == 2 and summary["features_written"] == 400
+    recs = _records(tmp_path / "logs")
+    feats = [decode_feature(v) for _, v in recs["features"]]
+    acts = [decode_action(v) for _, v in recs["actions"]]
+    assert [f.ts for f in feats] == sorted(f.ts for f in feats)
+    assert {a.action for a in acts} <= {"cart", "fav", "buy"} and len(acts) == summary["actions_written"]
+    by_id = {f.request_id: f for f in feats}
+    assert all(by_id[a.request_id].ts <= a.ts <= by_id[a.request_id].ts + 86400 for a in acts)
+    reasons = sorted(decode_dead_letter(v).reason for _, v in recs["dead-letters"])
+    assert reasons == ["timestamp 'ts' is missing", "user_id column 'user' is missing"]
+    again = json.loads(
+        _import(EXAMPLES / "shop-behaviour.toml", data, tmp_path / "logs").stdout.splitlines()[-1]
+    )
+    assert again["features_written"] == again["actions_written"] == again["dead_letters_written"] == 0
+    assert again["already_written"] == summary["events_planned"]
+    assert _records(tmp_path / "logs") == recs
+
+
+def test_import_killed_and_rerun_writes_every_event_exactly_once(tmp_path):
+    seed = int(os.environ.get("FRESHREC_KILL_SEED", random.randrange(1 << 30)))
+    print(f"kill seed: {seed} (FRESHREC_KILL_SEED={seed} reruns this case)")
+    rng = random.Random(seed)
+    data = write_clicks(tmp_path, n=2500)
+    config = EXAMPLES / "clickstream.toml"
+    _import(config, data, tmp_path / "whole", "--flush-every", "700")
+    want = _records(tmp_path / "whole")
+    assert len(want["features"]) > 10_000
+    logs = tmp_path / "killed"
+    state = logs / "_import" / "clicks.json"
+    kills = 0
+    for _ in range(3):
+        cmd = [
+            sys.executable,
+            "-m",
+            "freshrec.cli",
+            "import",
+            "--config",
+            str(config),
+            "--files",
+            str(data),
+            "--log",
+            str(logs),
+            "--no-progress",
+            "--flush-every",
+            "700",
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                st = json.loads(state.read_text())
+            except (OSError, ValueError):
+                st = {}
+            if st.get("written", 0) > 0 and not st.get("done"):
+                break
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.15))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+    res = _import(config, data, logs, "--flush-every", "700")
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["resumed"]
+    got = _records(logs)
+    assert kills >= 1, "every import finished before its kill; the machine was too fast for this seed"
+    for name in LOGS:
+        assert got[name] == want[name], f"log {name!r} differs from an uninterrupted import (seed {seed})"
+
+
+def test_a_log_appended_to_by_another_writer_is_refused(tmp_path):
+    data = write_clicks(tmp_path, n=300)
+    config = EXAMPLES / "clickstream.toml"
+    logs = tmp_path / "logs"
+    _import(config, data, logs)
+    state = logs / "_import" / "clicks.json"
+    st = json.loads(state.read_text())
+    st["done"] = False
+    backend = open_backend(str(logs))
+    feats = backend.log("features")
+    feats.append(b'{"x":1}', key=b"someone-else")
+    feats.flush()
+    backend.close()
+    state.write_text(json.dumps(st))
+    res = _import(config, data, logs, check=False)
+    assert res.returncode == 3
+    assert "another writer" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", ["--limit"])
+def test_another_import_into_the_same_state_is_refused(tmp_path, flag):
+    data = write_clicks(tmp_path, n=300)
+    config = EXAMPLES / "clickstream.toml"
+    _import(config, data, tmp_path / "logs")
+    res = _import(config, data, tmp_path / "logs", flag, "100", check=False)
+    assert res.returncode == 2 and "belongs to another import" in res.stderr
