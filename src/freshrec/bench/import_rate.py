@@ -6,7 +6,8 @@ time in seconds, 4 integer slots, 2 string slots (hashed), one dense column (log
 Each timing is the best of `--repeat` runs. The import is everything `freshrec import` does after
 the process starts: read the file (pyarrow), ids and hashing, sort by time, encode the events, write
 and fsync them into a fresh local log (features + actions), state file included. The baseline is
-`pyarrow.csv.read_csv` / `pyarrow.parquet.read_table` of the same columns.
+`pyarrow.csv.read_csv` / `pyarrow.parquet.read_table` of the same columns, with pyarrow's threads
+and with one thread. The stages of the best import (read + ids, encode events, write) are shown.
 """
 
 from __future__ import annotations
@@ -110,27 +111,37 @@ def run(rows: int = 1_000_000, *, repeat: int = 2, folder: str | None = None, se
         csv, parquet = _write_files(work, rows, seed)
         cols_wanted = _schema(csv).columns()
         out: dict = {"rows": rows, "cpus": os.cpu_count(), "load_avg": list(os.getloadavg())}
-        for fmt, path, read in (
-            (
-                "csv",
-                csv,
-                lambda p: pacsv.read_csv(
-                    p, convert_options=pacsv.ConvertOptions(include_columns=cols_wanted)
-                ),
+        readers = {
+            "csv": lambda p, threads: pacsv.read_csv(
+                p,
+                read_options=pacsv.ReadOptions(use_threads=threads),
+                convert_options=pacsv.ConvertOptions(include_columns=cols_wanted),
             ),
-            ("parquet", parquet, lambda p: pq.read_table(p, columns=cols_wanted)),
-        ):
-            base_s = _best(lambda path=path, read=read: read(path), repeat)
+            "parquet": lambda p, threads: pq.read_table(p, columns=cols_wanted, use_threads=threads),
+        }
+        for fmt, path in (("csv", csv), ("parquet", parquet)):
+            read = readers[fmt]
+            base_s = _best(lambda path=path, read=read: read(path, True), repeat)
+            base1_s = _best(lambda path=path, read=read: read(path, False), repeat)
             events = [0]
+            stages: dict[str, float] = {}
 
-            def one(path: Path = path, fmt: str = fmt, events: list[int] = events) -> None:
+            def one(
+                path: Path = path,
+                fmt: str = fmt,
+                events: list[int] = events,
+                stages: dict[str, float] = stages,
+            ) -> None:
                 logs_dir = work / f"logs-{fmt}"
                 shutil.rmtree(logs_dir, ignore_errors=True)
+                t0 = time.perf_counter()
                 schema = _schema(path)
                 cols = read_columns(schema)
                 schema = schema.with_types(cols.types)
                 schema = schema.with_stats(dense_stats(schema, cols))
+                t1 = time.perf_counter()
                 plan = plan_events(schema, cols, fingerprint="bench")
+                t2 = time.perf_counter()
                 backend = LocalBackend(logs_dir)
                 try:
                     logs = [backend.log(n) for n in ("features", "actions", "dead-letters")]
@@ -140,14 +151,20 @@ def run(rows: int = 1_000_000, *, repeat: int = 2, folder: str | None = None, se
                     events[0] = st.written
                 finally:
                     backend.close()
+                t3 = time.perf_counter()
+                if not stages or t3 - t0 < sum(stages.values()):
+                    stages.update(read_s=t1 - t0, encode_s=t2 - t1, write_s=t3 - t2)
 
             imp_s = _best(one, repeat)
             out[fmt] = {
                 "file_mb": round(path.stat().st_size / 2**20, 1),
                 "pyarrow_read_rows_per_s": round(rows / base_s),
+                "pyarrow_read_1_thread_rows_per_s": round(rows / base1_s),
                 "import_rows_per_s": round(rows / imp_s),
                 "events_per_s": round(events[0] / imp_s),
                 "ratio_to_pyarrow_read": round(base_s / imp_s, 4),
+                "ratio_to_pyarrow_read_1_thread": round(base1_s / imp_s, 4),
+                "stages_s": {k: round(v, 3) for k, v in stages.items()},
             }
         out["load_avg_after"] = list(os.getloadavg())
         return out
@@ -163,7 +180,8 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"{fmt:>8}: import {r['import_rows_per_s']:>10,} rows/s ({r['events_per_s']:,} events/s) | "
             f"pyarrow read {r['pyarrow_read_rows_per_s']:>12,} rows/s | "
-            f"ratio {r['ratio_to_pyarrow_read']:.3f}",
+            f"ratio {r['ratio_to_pyarrow_read']:.3f} (1 thread: {r['ratio_to_pyarrow_read_1_thread']:.3f}) | "
+            f"stages {r['stages_s']}",
             file=sys.stderr if args.json else sys.stdout,
         )
     if args.json:
