@@ -219,3 +219,56 @@ def test_refused_rows_are_counted_with_their_reason(tmp_path):
 def test_every_example_config_is_a_valid_schema():
     for p in sorted(Path(EXAMPLES).glob("*.toml")):
         assert load_schema(p).name
+
+
+def test_parquet_and_globbed_csv_give_the_same_examples(tmp_path):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    write_ads(tmp_path, n=300)
+    table = pacsv.read_csv(
+        tmp_path / "ads-day1.csv.gz",
+        convert_options=pacsv.ConvertOptions(column_types={"device_id": pa.string(), "ad_id": pa.string()}),
+    )
+    pq.write_table(table, tmp_path / "ads.parquet")
+    (tmp_path / "parts").mkdir()
+    pacsv.write_csv(table.slice(0, 100), tmp_path / "parts" / "a-0.csv")
+    pacsv.write_csv(table.slice(100), tmp_path / "parts" / "a-1.csv")
+    base = load_schema(EXAMPLES / "ads-impressions.toml")
+    got = [
+        load_schema_dataset(Schema.from_dict({**base.to_dict(), "source": {"paths": [p]}}))[0]
+        for p in (
+            str(tmp_path / "ads-day1.csv.gz"),
+            str(tmp_path / "ads.parquet"),
+            str(tmp_path / "parts" / "a-*.csv"),
+        )
+    ]
+    _same(got[0], got[1])
+    _same(got[0], got[2])
+
+
+def test_a_list_column_and_a_separated_text_column_give_the_same_ids(tmp_path):
+    import json
+
+    rows = [(1, 10, ["x", "y"], 5), (2, 11, [], 6), (1, 12, ["y"], 7)]
+    (tmp_path / "e.jsonl").write_text(
+        "".join(json.dumps({"u": u, "i": i, "tags": t, "ts": s, "c": 1}) + "\n" for u, i, t, s in rows)
+    )
+    (tmp_path / "e.tsv").write_text(
+        "u\ti\ttags\tts\tc\n" + "".join(f"{u}\t{i}\t{'|'.join(t)}\t{s}\t1\n" for u, i, t, s in rows)
+    )
+    table = {
+        "name": "t",
+        "timestamp": "ts",
+        "user": "u",
+        "item": "i",
+        "labels": {"c": {"column": "c"}},
+        "slots": {"u": {}, "i": {}, "tags": {"kind": "multi", "separator": "|"}},
+    }
+    a = read_columns(Schema.from_dict({**table, "files": str(tmp_path / "e.jsonl")}))
+    b = read_columns(Schema.from_dict({**table, "files": str(tmp_path / "e.tsv")}))
+    h = stable_hash(["x", "y"]).tolist()
+    for c in (a, b):
+        assert c.multi["tags"].values.tolist() == [h[0], h[1], h[1]]
+        assert c.multi["tags"].offsets.tolist() == [0, 2, 2, 3]

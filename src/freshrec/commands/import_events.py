@@ -64,6 +64,34 @@ def resolve_schema(args: argparse.Namespace, command: str):
 
 
 def main(args: argparse.Namespace) -> int:
+    from freshrec.errors import FreshrecError
+
+    try:
+        schema = resolve_schema(args, "freshrec import")
+    except FreshrecError as e:
+        print(f"freshrec import: {e}", file=sys.stderr)
+        return 2
+    code, summary = run_import(schema, args, command="freshrec import")
+    if summary is None:
+        return code
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        reasons = summary["refused_reasons"]
+        refused = ", ".join(f"{n} {r}" for r, n in reasons.items())
+        print(
+            f"import {schema.name}: {summary['rows_read']} rows read, {summary['rows_refused']} refused"
+            + (f" ({refused}; on log {args.dead_letters!r})" if reasons else "")
+            + f"; {summary['features_written']} feature events, {summary['actions_written']} actions written"
+            + (f" ({summary['already_written']} already in the logs)" if summary["already_written"] else "")
+            + f" in {summary['seconds']} s"
+        )
+    return code
+
+
+def run_import(schema, args: argparse.Namespace, *, command: str) -> tuple[int, dict | None]:
+    """Import `schema`'s files with the options of `args` (those of `configure`; missing ones take
+    their defaults): (exit status, the summary), the summary None after an error printed as one line."""
     from tqdm import tqdm
 
     from freshrec.data.schema_data import dense_stats, read_columns
@@ -71,9 +99,19 @@ def main(args: argparse.Namespace) -> int:
     from freshrec.stream.backends import open_backend
     from freshrec.stream.importer import import_to_logs, plan_events
 
+    defaults = {
+        "dead_letters": "dead-letters",
+        "state": None,
+        "snapshot": None,
+        "flush_every": 50_000,
+        "json": False,
+        "limit": None,
+    }
+    for k, v in defaults.items():
+        if not hasattr(args, k):
+            setattr(args, k, v)
     t0 = time.monotonic()
     try:
-        schema = resolve_schema(args, "freshrec import")
         stored = None
         if args.snapshot:  # checked before any file is read
             from freshrec.ps.schema_check import snapshot_schema
@@ -92,8 +130,8 @@ def main(args: argparse.Namespace) -> int:
         plan = plan_events(schema, cols, fingerprint=fingerprint)
         backend = open_backend(args.log)
     except FreshrecError as e:
-        print(f"freshrec import: {e}", file=sys.stderr)
-        return 2
+        print(f"{command}: {e}", file=sys.stderr)
+        return 2, None
     read_s = time.monotonic() - t0
     state = Path(args.state) if args.state else _default_state(args.log, schema.name)
     bar = tqdm(total=len(plan), unit="ev", disable=args.no_progress or args.json, file=sys.stderr)
@@ -112,12 +150,12 @@ def main(args: argparse.Namespace) -> int:
             flush_every=max(1, args.flush_every),
             progress=bar.update,
         )
-    except LogError as e:
-        print(f"freshrec import: {e}", file=sys.stderr)
-        return 3
-    except (FreshrecError, OSError) as e:
-        print(f"freshrec import: {e}", file=sys.stderr)
-        return 2 if not isinstance(e, OSError) else 3
+    except (LogError, OSError) as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return 3, None
+    except FreshrecError as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return 2, None
     finally:
         bar.close()
         backend.close()
@@ -141,21 +179,8 @@ def main(args: argparse.Namespace) -> int:
         "read_s": round(read_s, 3),
         "seconds": round(time.monotonic() - t0, 3),
     }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(
-            f"import {schema.name}: {cols.rows_read} rows read, {len(cols.refused)} refused"
-            + (
-                f" ({', '.join(f'{n} {r}' for r, n in reasons.items())}; on log {args.dead_letters!r})"
-                if reasons
-                else ""
-            )
-            + f"; {stats.features} feature events, {stats.actions} actions written"
-            + (f" ({stats.skipped} already in the logs)" if stats.skipped else "")
-            + f" in {summary['seconds']} s"
-        )
-    return 0
+    summary["first_ts"], summary["last_ts"] = stats.first_ts, stats.last_ts
+    return 0, summary
 
 
 def _fingerprint(schema, options: dict) -> str:

@@ -78,6 +78,8 @@ class ImportStats:
     actions: int = 0
     dead_letters: int = 0
     resumed: bool = False
+    first_ts: float | None = None  # data time of the plan's first and last event
+    last_ts: float | None = None
 
     @property
     def written(self) -> int:
@@ -447,6 +449,8 @@ def import_to_logs(
             progress(stop - start)
         start = stop
     stats.features, stats.actions, stats.dead_letters = counts
+    if len(finite):
+        stats.first_ts, stats.last_ts = float(finite[0]), float(finite[-1])
     st["done"] = True
     st["written"] = len(plan)
     _write_state(path, st)
