@@ -159,3 +159,19 @@ def test_another_import_into_the_same_state_is_refused(tmp_path, flag):
     _import(config, data, tmp_path / "logs")
     res = _import(config, data, tmp_path / "logs", flag, "100", check=False)
     assert res.returncode == 2 and "belongs to another import" in res.stderr
+
+
+def test_a_log_deleted_under_its_state_is_refused(tmp_path):
+    import shutil
+
+    data = write_clicks(tmp_path, n=200)
+    config = EXAMPLES / "clickstream.toml"
+    logs = tmp_path / "logs"
+    backend = open_backend(str(logs))
+    backend.log("features").append(b'{"x":1}', key=b"before")  # the import begins at offset 1
+    backend.log("features").flush()
+    backend.close()
+    _import(config, data, logs, "--state", str(tmp_path / "state.json"))
+    shutil.rmtree(logs)
+    res = _import(config, data, logs, "--state", str(tmp_path / "state.json"), check=False)
+    assert res.returncode == 3 and "fewer records" in res.stderr

@@ -272,3 +272,17 @@ def test_a_list_column_and_a_separated_text_column_give_the_same_ids(tmp_path):
     for c in (a, b):
         assert c.multi["tags"].values.tolist() == [h[0], h[1], h[1]]
         assert c.multi["tags"].offsets.tolist() == [0, 2, 2, 3]
+
+
+def test_pair_search_against_a_loop():
+    from freshrec.data.schema_data import _search_pairs
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        m, q = rng.integers(0, 30), rng.integers(0, 30)
+        sk, st = rng.integers(0, 5, m), rng.integers(0, 10, m).astype(float)
+        o = np.lexsort((st, sk))
+        sk, st = sk[o], st[o]
+        k, t = rng.integers(0, 6, q), rng.integers(0, 10, q).astype(float)
+        want = [sum(1 for a, b in zip(sk, st, strict=True) if (a, b) <= (k[i], t[i])) for i in range(q)]
+        assert _search_pairs(sk, st, k, t).tolist() == want

@@ -409,12 +409,18 @@ def _pair_codes(user: np.ndarray, item: np.ndarray) -> np.ndarray:
 
 
 def _search_pairs(sk: np.ndarray, st: np.ndarray, k: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """For each (k, t): the number of sorted (sk, st) pairs <= (k, t) (right insertion point)."""
-    lo = np.searchsorted(sk, k, side="left")
-    hi = np.searchsorted(sk, k, side="right")
+    """For each query (k, t): the number of pairs of the (sk, st)-sorted list that are <= (k, t)
+    (the right insertion point), in one sort: impressions before queries on ties."""
+    m = len(sk)
+    keys = np.concatenate([sk, k])
+    times = np.concatenate([st, t])
+    kind = np.concatenate([np.zeros(m, np.int8), np.ones(len(k), np.int8)])
+    order = np.lexsort((kind, times, keys))  # by key, then time, impressions first
+    is_imp = order < m
+    # impressions seen so far along the order = insertion point of each query
+    seen = np.cumsum(is_imp)
     out = np.empty(len(k), np.int64)
-    for i in range(len(k)):  # a bisection inside each key's run of times
-        out[i] = lo[i] + np.searchsorted(st[lo[i] : hi[i]], t[i], side="right")
+    out[order[~is_imp] - m] = seen[~is_imp]
     return out
 
 

@@ -385,6 +385,15 @@ def import_to_logs(
     have = [
         [end - b for end, b in zip(log.end_offsets(), base[k], strict=True)] for k, log in enumerate(logs)
     ]
+    for k, hs in enumerate(have):
+        for p, h in enumerate(hs):
+            if h < 0:
+                msg = (
+                    f"log {logs[k].name!r} partition {p} holds fewer records than when the import of "
+                    f"state {path} began (the log was deleted or is another one); remove the state file "
+                    "to import into it afresh"
+                )
+                raise LogError(msg)
     kinds = plan.kind
     todo = np.ones(len(plan), bool)
     if any(h for hs in have for h in hs):
