@@ -107,7 +107,7 @@ def test_import_killed_and_rerun_writes_every_event_exactly_once(tmp_path):
             str(logs),
             "--no-progress",
             "--flush-every",
-            "700",
+            "150",
         ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
@@ -119,14 +119,16 @@ def test_import_killed_and_rerun_writes_every_event_exactly_once(tmp_path):
             if st.get("written", 0) > 0 and not st.get("done"):
                 break
             time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.15))
+        time.sleep(rng.uniform(0.0, 0.1))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait(timeout=30)
+    partial = len(_records(logs)["features"])
+    print(f"kills: {kills}; after them the features log held {partial} of {len(want['features'])} records")
     res = _import(config, data, logs, "--flush-every", "700")
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary["resumed"]
+    assert summary["resumed"] and summary["already_written"] >= partial
     got = _records(logs)
     assert kills >= 1, "every import finished before its kill; the machine was too fast for this seed"
     for name in LOGS:
@@ -175,3 +177,84 @@ def test_a_log_deleted_under_its_state_is_refused(tmp_path):
     shutil.rmtree(logs)
     res = _import(config, data, logs, "--state", str(tmp_path / "state.json"), check=False)
     assert res.returncode == 3 and "fewer records" in res.stderr
+
+
+class _FullDisk:
+    """A log that fails (as a full disk does) at its `fail_at`-th flush, after taking the records."""
+
+    def __init__(self, log, fail_at: int) -> None:
+        self._log, self.fail_at, self.flushes = log, fail_at, 0
+        self.name = log.name
+
+    def __getattr__(self, name):
+        return getattr(self._log, name)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.flushes == self.fail_at:
+            from freshrec.errors import LogError
+
+            msg = "No space left on device"
+            raise LogError(msg)
+        self._log.flush()
+
+
+def _plan(tmp_path, n=600):
+    from freshrec.data.schema import load_schema
+    from freshrec.data.schema_data import read_columns
+    from freshrec.stream.importer import plan_events
+
+    data = write_clicks(tmp_path, n=n)
+    schema = load_schema(EXAMPLES / "clickstream.toml", overrides={"files": [str(data)]})
+    cols = read_columns(schema)
+    return plan_events(schema.with_types(cols.types), cols, fingerprint="t")
+
+
+def test_a_full_disk_then_a_rerun_writes_every_event_once(tmp_path):
+    from freshrec.errors import LogError
+    from freshrec.stream.importer import import_to_logs
+    from freshrec.stream.log import MemoryBackend
+
+    plan = _plan(tmp_path)
+    whole, broken = MemoryBackend(), MemoryBackend()
+    import_to_logs(plan, *(whole.log(n) for n in LOGS), state=tmp_path / "a.json", flush_every=333)
+    failing = _FullDisk(broken.log("actions"), fail_at=4)
+    with pytest.raises(LogError, match="No space"):
+        import_to_logs(
+            plan,
+            broken.log("features"),
+            failing,
+            broken.log("dead-letters"),
+            state=tmp_path / "b.json",
+            flush_every=333,
+        )
+    st = import_to_logs(plan, *(broken.log(n) for n in LOGS), state=tmp_path / "b.json", flush_every=333)
+    assert st.resumed and st.skipped > 0 and st.skipped + st.written == len(plan)
+    for n in LOGS:
+        want = [(r.key, r.value) for r in whole.log(n).consumer("t").poll(10**6)]
+        assert [(r.key, r.value) for r in broken.log(n).consumer("t").poll(10**6)] == want
+
+
+def test_a_paced_import_waits_for_data_time(tmp_path):
+    from freshrec.stream.importer import import_to_logs
+    from freshrec.stream.log import MemoryBackend
+
+    plan = _plan(tmp_path, n=200)
+    now = [0.0]
+    slept = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    b = MemoryBackend()
+    import_to_logs(
+        plan,
+        *(b.log(n) for n in LOGS),
+        state=tmp_path / "s.json",
+        speedup=3600.0,
+        clock=lambda: now[0],
+        sleep=sleep,
+    )
+    span = plan.ts[-1] - plan.ts[0]
+    assert now[0] == pytest.approx(span / 3600.0, rel=1e-6) and len(slept) > 10
