@@ -46,6 +46,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument_group(
+        "exit status",
+        "0  imported (or nothing left to import)\n"
+        "2  a configuration or schema error (one line names the field and the file)\n"
+        "3  a log failure (disk full, Kafka away, another writer): rerun to continue",
+    )
 
 
 def resolve_schema(args: argparse.Namespace, command: str):
@@ -57,7 +63,7 @@ def resolve_schema(args: argparse.Namespace, command: str):
     if getattr(args, "dataset", None):
         return shipped_schema(args.dataset, files[0] if files else getattr(args, "data", None))
     if args.config is None:
-        msg = f"{command} needs --config FILE.toml with a [schema] table (or --dataset NAME)"
+        msg = "needs --config FILE.toml with a [schema] table (or --dataset NAME)"
         raise SchemaError(msg, field="schema")
     overrides = {"files": [str(Path(f).resolve()) for f in files]} if files else None
     return load_schema(args.config, overrides=overrides)

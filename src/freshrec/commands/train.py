@@ -90,7 +90,8 @@ def main(args: argparse.Namespace) -> int:
                 args.dataset, args.data, test_fraction=args.test_fraction, limit=args.limit
             )
     except (FileNotFoundError, ValueError, ModuleNotFoundError, FreshrecError) as e:
-        print(f"freshrec train: cannot load {args.dataset or args.config}: {e}", file=sys.stderr)
+        what = args.dataset or args.config
+        print(f"freshrec train: {f'cannot load {what}: ' if what else ''}{e}", file=sys.stderr)
         return 2
     dataset_name = args.dataset or (schema.name if schema is not None else "schema")
     torch.set_num_threads(max(1, args.threads))

@@ -27,7 +27,7 @@ def load_train_test_schema(
     from freshrec.data.schema_data import load_schema_dataset
 
     if config is None:
-        msg = "freshrec train needs --dataset NAME or --config FILE.toml with a [schema] table"
+        msg = "needs --dataset NAME or --config FILE.toml with a [schema] table"
         raise SchemaError(msg, field="schema")
     if isinstance(config, Schema):
         schema = config
