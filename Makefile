@@ -1,23 +1,31 @@
-# One place for the commands the README names; CI runs `make test`.
+# One place for the commands the README names; CI (.ci/run) runs `make check`: lint, types, tests.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Installed when pyproject.toml is newer than it: `make setup` is a no-op when nothing changed.
+STAMP := $(VENV)/.freshrec-installed
 
 .PHONY: setup test check lint demo kafka-jars clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-setup: $(BIN)/python
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,ray]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The Kafka broker jars, when Java and Maven are present (tests marked `kafka` need them).
+kafka-jars:
+	@if command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then bash scripts/kafka.sh fetch; fi
 
 lint: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
 # Sets up the environment (and the Kafka broker jars when Java is present), then runs the test suite.
-test: setup
-	@if command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then bash scripts/kafka.sh fetch; fi
+test: setup kafka-jars
 	$(BIN)/python -m pytest -q
 
 check: lint test

@@ -5,8 +5,12 @@
   started in the background at collection time and those tests run last, so the start overlaps
   with the other tests. Without Java 17+ and the broker jars, the Kafka tests skip, except under
   CI=true, where they fail: CI must run them.
+- Ray's environment (`freshrec.ps.ray_ps.RAY_ENVIRONMENT`) is set for the whole run.
 - `deterministic_torch`: one torch thread and deterministic algorithms for the test, so that
   runs compared number for number (recovery, chaos) compute the same floats.
+- `@pytest.mark.shared_data("globo/clicks.csv.gz", ...)`: the test reads these files of the shared
+  data (`freshrec.data.paths.shared_data_dir()`); without them it skips, except under CI=true, where
+  it fails: `../shared/data` is always there in CI, so the README's figures are checked there.
 """
 
 from __future__ import annotations
@@ -17,8 +21,31 @@ from collections.abc import Iterator
 import pytest
 
 import kafka_broker
+from freshrec.ps.ray_ps import RAY_ENVIRONMENT
+
+# the test run is the process here: Ray's loopback-only single-host mode must be in the environment
+# before anything imports ray (freshrec.ps.ray_ps.start_local_cluster checks; the CLI sets it too)
+os.environ.update(RAY_ENVIRONMENT)
 
 _BROKER = pytest.StashKey[kafka_broker.BackgroundBroker]()
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from freshrec.data.paths import shared_data_dir
+
+    for mark in item.iter_markers("shared_data"):
+        missing = [shared_data_dir() / name for name in mark.args if not (shared_data_dir() / name).exists()]
+        if not missing:
+            continue
+        what = ", ".join(str(p) for p in missing)
+        if _under_ci():
+            pytest.fail(f"shared data not found: {what} (CI=true: ../shared/data must be there)",
+                        pytrace=False)
+        pytest.skip(f"shared data not found: {what} (see ../shared/data/README.md, or set FRESHREC_DATA)")
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection
@@ -51,7 +78,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     broker = config.stash[_BROKER]
     broker.wait()
     if broker.skip_reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
+        if _under_ci():
             pytest.fail(f"{broker.skip_reason} (CI=true: the Kafka tests must run in CI)", pytrace=False)
         pytest.skip(broker.skip_reason)
     if broker.error is not None or broker.bootstrap is None:

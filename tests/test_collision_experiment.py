@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from freshrec.cli import main as cli_main
-from freshrec.data.paths import dataset_path
 from freshrec.experiments.collision import PAPER_RATES, buckets_for_rate
-from freshrec.model import collision_rate
+from freshrec.model.embedding import collision_rate
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -21,9 +20,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-MOVIELENS = dataset_path("movielens-100k")
 
 
 @pytest.mark.parametrize("target", [0.0773, 0.0286, 0.0])
@@ -36,7 +32,7 @@ def test_bucket_search_hits_the_target_rate(target):
         assert 0.8 < m / (len(ids) / -np.log1p(-target)) < 1.25
 
 
-@pytest.mark.skipif(not (MOVIELENS / "u.data").is_file(), reason=f"MovieLens 100K not found at {MOVIELENS}")
+@pytest.mark.shared_data("movielens-100k/u.data")
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks")
 def test_quick_form_reports_auc_and_measured_collision_rates(tmp_path, capsys):
     rc = cli_main(

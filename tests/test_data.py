@@ -24,15 +24,9 @@ ML100K = dataset_path("movielens-100k")
 CRITEO = dataset_path("criteo-sample")
 GLOBO = dataset_path("globo")
 
-needs_ml = pytest.mark.skipif(
-    not (ML100K / "u.data").is_file(), reason=f"MovieLens 100K not found at {ML100K} (set FRESHREC_DATA)"
-)
-needs_criteo = pytest.mark.skipif(
-    not (CRITEO / "train.csv").is_file(), reason=f"Criteo sample not found at {CRITEO} (set FRESHREC_DATA)"
-)
-needs_globo = pytest.mark.skipif(
-    not (GLOBO / "clicks.csv.gz").is_file(), reason=f"Globo clicks not found at {GLOBO} (set FRESHREC_DATA)"
-)
+needs_ml = pytest.mark.shared_data("movielens-100k/u.data")
+needs_criteo = pytest.mark.shared_data("criteo-sample/train.csv")
+needs_globo = pytest.mark.shared_data("globo/clicks.csv.gz")
 
 
 # ---------------------------------------------------------------- Dataset

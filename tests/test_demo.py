@@ -29,18 +29,17 @@ def test_demo_short_form_learns_online(tmp_path):
     assert summary["examples"] > 500, summary
     assert summary["model_version"] > 10, summary  # deltas kept arriving at serving
     assert summary["online_auc_last_third"] > summary["frozen_auc_last_third"], summary
-    assert summary["freshness_samples"] > 50 and summary["freshness_p99_s"] < 30, summary
+    # freshness: a click to the served score that learned from it, at a 1 s sync (measured here
+    # p50 0.8 s, p99 1.3 s): a few sync intervals at most
+    assert summary["freshness_samples"] > 50, summary
+    assert summary["freshness_p50_s"] < 2.5 and summary["freshness_p99_s"] < 5.0, summary
     for name in ("auc_over_time.png", "freshness.png", "table_sizes.png"):
         assert (out / name).stat().st_size > 5000
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.shared_data("globo/clicks.csv.gz")
 def test_demo_on_the_real_globo_stream_learns_online(tmp_path):
-    from freshrec.data.paths import dataset_path
-
-    clicks = dataset_path("globo") / "clicks.csv.gz"
-    if not clicks.exists():
-        pytest.skip(f"Globo clicks not found at {clicks} (see ../shared/data/README.md)")
     out = tmp_path / "demo-globo"
     proc = subprocess.run(
         [

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.testing import assert_close
 
-from freshrec.model import CollisionlessEmbedding, HashedEmbedding, SparseOptimizer, collision_rate, hash_ids
-from freshrec.model.embedding import unique_inverse
+from freshrec.model import CollisionlessEmbedding, HashedEmbedding, SparseOptimizer
+from freshrec.model.embedding import collision_rate, hash_ids, unique_inverse
 from freshrec.table import SGD, Adagrad, Initializer, TableConfig
 
 

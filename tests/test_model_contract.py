@@ -17,7 +17,8 @@ from torch import nn
 from torch.testing import assert_close
 
 from freshrec.checkpoint.format import write_snapshot
-from freshrec.data.dataset import Dataset, Ragged
+from freshrec.checks import check_trained_equals_served, contract_dataset
+from freshrec.data.dataset import Dataset
 from freshrec.errors import ConfigError, SnapshotError
 from freshrec.model import (
     Batch,
@@ -31,12 +32,9 @@ from freshrec.model import (
     check_model,
     parse_tasks,
 )
-from freshrec.ps import ServingConfig, ServingReplica, SyncPublisher, SyncSubscriber, TrainingPS
-from freshrec.stream.log import MemoryBackend
+from freshrec.ps import ServingConfig, ServingReplica, TrainingPS
 from freshrec.table import Adagrad
-from freshrec.train.batch import TrainConfig, iter_batches, load_checkpoint, save_checkpoint, train_model
-from freshrec.train.examples import dataset_to_examples, write_examples
-from freshrec.train.online import OnlineConfig, OnlineTrainer
+from freshrec.train.batch import TrainConfig, load_checkpoint, train_model
 
 
 class PooledTower(SlotModel):
@@ -62,24 +60,8 @@ class PooledTower(SlotModel):
 
 
 def data(n: int = 1500, seed: int = 0) -> Dataset:
-    """Clicks and a watch-time value that depend on (user, item) and on the user's history bag."""
-    rng = np.random.default_rng(seed)
-    u = rng.integers(0, 120, n)
-    it = rng.integers(0, 50, n)
-    lens = rng.integers(0, 4, n)
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    hist = rng.integers(0, 50, int(offsets[-1]))
-    y = (((u + it) % 3 == 0) ^ (rng.random(n) < 0.1)).astype(np.float32)
-    watch = (y * rng.uniform(5, 20, n) + rng.normal(0, 0.5, n)).astype(np.float32)
-    return Dataset.build(
-        "contract",
-        sparse={"user_id": u, "item_id": it},
-        multi={"history": Ragged(hist, offsets)},
-        label=y,
-        labels={"watch": watch},
-        ts=np.sort(rng.uniform(1e9, 1e9 + 3600, n)),
-    )
+    """Clicks and a watch-time value over user_id, item_id and a history bag (the checks' dataset)."""
+    return contract_dataset(n, seed)
 
 
 MODELS = [
@@ -93,51 +75,9 @@ MODELS = [
 @pytest.mark.parametrize("tasks", ["click", "click,watch:value:0.1"])
 @pytest.mark.parametrize(("path", "kwargs"), MODELS, ids=[m[0].split(":")[-1] for m in MODELS])
 def test_batch_snapshot_online_sync_serve_equals_trainer(tmp_path, path, kwargs, tasks, deterministic_torch):
-    past, future = data(1500, 0), data(600, 1)
-    cfg = TrainConfig(
-        epochs=1, batch_size=256, dim=4, model=path, model_kwargs=kwargs, tasks=parse_tasks(tasks)
-    )
-    result = train_model(past, future, cfg)
-    assert set(result.final.tasks) == {t.name for t in cfg.tasks}
-    snap = save_checkpoint(result.ps, tmp_path / "batch")
-    manifest = json.loads((snap / "manifest.json").read_text())
-    assert manifest["meta"]["model"]["path"] == ModelSpec(path).path
-    assert [t["name"] for t in manifest["meta"]["tasks"]] == [t.name for t in cfg.tasks]
-
-    trainer = OnlineTrainer.from_checkpoint(snap, OnlineConfig(batch_size=200))
-    assert type(trainer.model).__name__ == type(result.model).__name__
-    assert trainer.ps.tasks == cfg.tasks and trainer.step == result.ps.step
-    backend = MemoryBackend()
-    examples, params = backend.log("examples"), backend.log("params")
-    pub = SyncPublisher(trainer, params)
-    replica = ServingReplica.from_snapshot(snap)  # serving starts from the batch snapshot too
-    sub = SyncSubscriber(replica, params, group="serving", start=[0])
-    write_examples(examples, dataset_to_examples(future, label="click"))
-    rows = []
-    for e in dataset_to_examples(future, label="click"):
-        rows.append({"user_id": e.user_id, "item_id": e.item_id, "sparse": {"history": e.sparse["history"]}})
-    served_before = replica.predict_tasks(rows[:50])
-    trainer.add_hook(lambda tr, info: pub.publish_once())
-    consumer = examples.consumer("t")
-    consumer.seek(0, 0)
-    m = trainer.run(consumer, log=examples)
-    assert m.examples_here == len(future) and set(m.tasks) == {t.name for t in cfg.tasks}
-    pub.publish_once(dense=True)  # the final sync
-    sub.catch_up()
-    trained_view = ServingReplica.from_ps(trainer.ps)
-    got, want = replica.predict_tasks(rows[:50]), trained_view.predict_tasks(rows[:50])
-    assert got.shape == (50, len(cfg.tasks))
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    assert np.abs(got - served_before).max() > 1e-4  # online training changed what is served
-    # and the trainer's own model agrees with the served first-task probability
-    trainer.model.eval()
-    b = next(iter_batches(future, 50, tasks=trainer.ps.tasks))
-    with torch.no_grad():
-        out = trainer.model(b.sparse, b.dense)
-    z = (out if out.dim() == 1 else out[:, 0]).numpy()
-    assert_close(
-        torch.from_numpy(1 / (1 + np.exp(-z))).float(), torch.from_numpy(got[:, 0]), rtol=1e-5, atol=1e-6
-    )
+    # the check a user runs on their own model (freshrec.checks), over every shipped model and one here
+    figures = check_trained_equals_served(path, kwargs, tasks=tasks, workdir=tmp_path)
+    assert figures["examples"] == 600 and figures["served_moved"] > 1e-4
 
 
 def test_rank_orders_by_the_configured_blend_of_task_scores(deterministic_torch):
@@ -273,3 +213,27 @@ def test_models_experiment_short_form_reports_every_task_online_and_frozen(tmp_p
                 assert 0.0 < r[side]["rating"]["rmse"] < 4.0, r
     assert res["runs"][2]["path"] == "freshrec.model:DIN"
     assert (tmp_path / "models.png").stat().st_size > 10_000
+
+
+def test_http_rank_returns_every_task_score_and_ranks_by_the_blend(deterministic_torch):
+    import httpx
+
+    from freshrec.serve import ServerThread, create_app
+
+    cfg = TrainConfig(epochs=1, batch_size=256, dim=4, hidden=(8,), tasks=parse_tasks("click,watch:value"))
+    ps = train_model(data(800, 0), None, cfg).ps
+    assert ps is not None
+    rep = ServingReplica.from_ps(ps, config=ServingConfig(rank_weights={"click": 0.5, "watch": 0.01}))
+    req = {"user_id": 7, "candidates": list(range(30)), "sparse": {"history": [1, 2]}, "top_k": 10}
+    with ServerThread(create_app(rep)) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        body = c.post("/v1/rank", json=req).json()
+        one = c.post("/v1/rank", json={**req, "top_k": None}).json()
+    items, blended, per_task = rep.rank_tasks(7, list(range(30)), sparse={"history": [1, 2]})
+    assert [it["item_id"] for it in body["items"]] == items[:10].tolist()
+    for it, b, row in zip(body["items"], blended[:10], per_task[:10], strict=True):
+        assert it["score"] == pytest.approx(float(b), rel=1e-6)
+        assert it["scores"] == pytest.approx({"click": float(row[0]), "watch": float(row[1])}, rel=1e-6)
+        assert it["score"] == pytest.approx(
+            0.5 * it["scores"]["click"] + 0.01 * it["scores"]["watch"], rel=1e-5
+        )
+    assert len(one["items"]) == 30

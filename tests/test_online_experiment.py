@@ -9,10 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from freshrec.data.paths import dataset_path
 from freshrec.experiments import online
-
-GLOBO = dataset_path("globo") / "clicks.csv.gz"
 
 
 def test_window_bounds_cover_the_stream_in_order():
@@ -25,7 +22,7 @@ def test_window_bounds_cover_the_stream_in_order():
     assert aucs[0] == 1.0 and aucs[1] == 1.0 and np.isnan(aucs[2])  # last window too small
 
 
-@pytest.mark.skipif(not GLOBO.is_file(), reason=f"Globo data not found at {GLOBO}")
+@pytest.mark.shared_data("globo/clicks.csv.gz")
 def test_quick_experiment_cli_prints_json_last_and_writes_the_plot(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     online.configure(parser)

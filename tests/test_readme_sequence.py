@@ -186,23 +186,35 @@ def _sequence(work: Path, log_url: str) -> dict:
 
             _wait(up, 120, "the server", roles)
             req = {"user_id": 424242, "candidates": [1, 2, 3, 4, 5], "sparse": {"os": [17], "country": [1]}}
-            # the replayed examples reach serving first (the trainer publishes every batch)
-            _wait(lambda: client.get("/healthz").json()["model_version"] > 1, 120, "the first deltas", roles)
+            # the replayed examples reach serving first (the trainer publishes after every batch);
+            # once the version stops moving, the trainer has drained them: from then on only the
+            # click below can change what is served
+            seen: list[int] = []
+
+            def settled():
+                seen.append(client.get("/healthz").json()["model_version"])
+                return len(seen) > 12 and seen[-1] > 1 and len(set(seen[-12:])) == 1
+
+            _wait(settled, 180, "the replayed examples to be trained and synced", roles)
+            settled_version = seen[-1]
             r = client.post("/v1/rank", json=req).json()
             top, before = r["items"][0]["item_id"], r["items"][0]["score"]
             acts = [{"request_id": f"{r['request_id']}:0", "action": "click"}]
             a = client.post("/v1/actions", json={"actions": acts})
-            assert a.status_code == 200, a.text
+            assert a.status_code == 202, a.text
 
             def moved():
-                items = {
-                    it["item_id"]: it["score"] for it in client.post("/v1/rank", json=req).json()["items"]
-                }
-                return abs(items[top] - before) > 1e-5 and items
+                got = client.post("/v1/rank", json=req).json()
+                items = {it["item_id"]: it["score"] for it in got["items"]}
+                return abs(items[top] - before) > 1e-6 and (items[top], got["model_version"])
 
             t_click = time.monotonic()
-            _wait(moved, 60, f"the score of clicked item {top} to move from {before}", roles)
+            after, moved_version = _wait(
+                moved, 60, f"the score of clicked item {top} to move from {before}", roles
+            )
             moved_s = time.monotonic() - t_click
+            assert moved_version > settled_version  # moved by a new delta: the click's
+            assert after > before, f"a click on item {top} lowered its score: {before} -> {after}"
             # final sync: the trainer publishes once more, snapshots and exits; serving catches up
             assert roles.stop("trainer") == 0, roles.log("trainer")
             final = json.loads(roles.log("trainer").strip().splitlines()[-1])

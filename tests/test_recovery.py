@@ -213,19 +213,18 @@ def test_missing_file_is_named_and_incrementals_are_smaller_than_full(tmp_path):
 
 # -- a real kill -9 of the trainer process --------------------------------------------------------
 
-_RUNNER = (
-    "import argparse, sys\n"
-    "from freshrec.commands import train_online as m\n"
-    "p = argparse.ArgumentParser(); m.configure(p)\n"
-    "sys.exit(m.main(p.parse_args(sys.argv[1:])))\n"
-)
+# The kill point is drawn from this seed (FRESHREC_TEST_SEED overrides it) and printed, so a failure
+# can be replayed.
+KILL_SEED = int(os.environ.get("FRESHREC_TEST_SEED", "16"))
 
 
 def _command(logs: Path, snaps: Path, ckpt: Path) -> list[str]:
     return [
         sys.executable,
-        "-c",
-        _RUNNER,
+        "-m",
+        "freshrec.cli",
+        "train",
+        "online",
         "--log",
         f"local://{logs}",
         "--init",
@@ -267,13 +266,15 @@ def test_kill_9_at_a_random_moment_then_restart_ends_with_equal_tables(tmp_path)
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = _command(tmp_path / "logs", tmp_path / "snaps", tmp_path / "ckpt")
-    kill_after = random.Random().randrange(3, N // BATCH - 2)
+    rng = random.Random(KILL_SEED)
+    kill_after, delay = rng.randrange(3, N // BATCH - 2), rng.random() * 0.05
+    print(f"kill -9 after step {kill_after} + {delay:.3f} s (FRESHREC_TEST_SEED={KILL_SEED})")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith("step ") and int(line.split()[1]) >= kill_after:
-                time.sleep(random.random() * 0.05)
+                time.sleep(delay)
                 break
         proc.send_signal(signal.SIGKILL)
     finally:

@@ -8,12 +8,10 @@ import json
 
 import pytest
 
-from freshrec.data.paths import dataset_path
 
-
-def test_reliability_quick(tmp_path, capsys):
-    if not dataset_path("globo").exists():
-        pytest.skip(f"Globo data not found at {dataset_path('globo')}")
+@pytest.mark.shared_data("globo/clicks.csv.gz")
+def test_reliability_quick(tmp_path, capsys, deterministic_torch):
+    # `freshrec experiment reliability` runs deterministic torch (TORCH_DETERMINISTIC); main() alone does not
     from freshrec.experiments import reliability
 
     parser = argparse.ArgumentParser()

@@ -1,5 +1,7 @@
-"""EmbeddingTable against a dict oracle: random sequences of lookup / update / remove / expire /
-take-touched / snapshot-restore, adversarial ids, and the no-shared-row invariant at every step."""
+"""The tables against the dict oracle (`freshrec.checks.oracle.DictTable`): random sequences of
+lookup / update / remove / expire / take-touched / snapshot-restore, adversarial ids, and the
+no-shared-row invariant at every step, for every in-process implementation; then EmbeddingTable's
+own parts (index, row storage, filter, eviction order)."""
 
 from __future__ import annotations
 
@@ -7,17 +9,17 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from freshrec.checks.oracle import DIM, Op, oracle_config, run_ops
 from freshrec.errors import ConfigError, CorruptSnapshotError
-from freshrec.table import SGD, Adagrad, EmbeddingTable, FilterConfig, Initializer, TableConfig
+from freshrec.ps.sharded import ShardedTable
+from freshrec.table import SGD, Adagrad, EmbeddingTable, Initializer, TableConfig
 from freshrec.table import _index_kernels as K
 from freshrec.table.index import CuckooIndex
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
-DIM = 3
-LR = 0.5  # a power of two: SGD on small integer gradients is exact in float32
 
 
 def _mix64_np(x: np.ndarray) -> np.ndarray:
@@ -57,99 +59,8 @@ ids_strategy = st.one_of(
 )
 
 
-class Oracle:
-    """The simplest correct table: dicts. Mirrors EmbeddingTable's documented semantics."""
-
-    def __init__(self, cfg: TableConfig) -> None:
-        self.cfg = cfg
-        self.rows: dict[int, list] = {}  # id -> [emb (float32 vec), last_rel, count]
-        self.seen: dict[int, int] = {}  # filter counts of ids while they had no row
-        self.epoch: int | None = None
-        self.touched: set[int] = set()
-        self.evicted: set[int] = set()
-
-    def rel(self, now: int) -> int:
-        if self.epoch is None:
-            self.epoch = now
-        return now - self.epoch
-
-    def _evict(self, key: int) -> None:
-        del self.rows[key]
-        self.evicted.add(key)
-
-    def update(self, ids: list[int], grads: np.ndarray, now: int) -> None:
-        r = self.rel(now)
-        summed: dict[int, np.ndarray] = {}
-        occ: dict[int, int] = {}
-        for k, g in zip(ids, grads, strict=True):
-            summed[k] = summed.get(k, np.zeros(DIM, np.float32)) + g
-            occ[k] = occ.get(k, 0) + 1
-        new = sorted(k for k in summed if k not in self.rows)
-        admitted = []
-        for k in new:
-            self.seen[k] = self.seen.get(k, 0) + occ[k]
-            if self.seen[k] >= self.cfg.min_count:
-                admitted.append(k)
-        cap = self.cfg.capacity
-        if cap is not None and admitted:
-            need = len(self.rows) + len(admitted) - cap
-            if need > 0:
-                cands = [k for k in self.rows if k not in summed]
-                if self.cfg.eviction == "lru":
-                    cands.sort(key=lambda k: (self.rows[k][1], self.rows[k][2], k))
-                else:
-                    cands.sort(key=lambda k: (self.rows[k][2], self.rows[k][1], k))
-                for k in cands[:need]:
-                    self._evict(k)
-            room = cap - len(self.rows)
-            admitted = admitted[: max(room, 0)]
-        for k in admitted:
-            self.rows[k] = [np.zeros(DIM, np.float32), r, 0]
-        for k, g in summed.items():
-            if k in self.rows:
-                row = self.rows[k]
-                row[0] = (row[0] - np.float32(LR) * g).astype(np.float32)
-                row[1] = r
-                row[2] += occ[k]
-                self.touched.add(k)
-
-    def expire(self, now: int) -> None:
-        if self.cfg.ttl_s is None or self.epoch is None:
-            return
-        before = (now - self.epoch) - int(self.cfg.ttl_s)
-        for k in [k for k, v in self.rows.items() if v[1] < before]:
-            self._evict(k)
-
-    def remove(self, ids: list[int]) -> None:
-        for k in set(ids):
-            if k in self.rows:
-                self._evict(k)
-
-    def lookup(self, ids: list[int]) -> np.ndarray:
-        return np.array(
-            [self.rows[k][0] if k in self.rows else np.zeros(DIM, np.float32) for k in ids], dtype=np.float32
-        ).reshape(len(ids), DIM)
-
-    def take(self) -> tuple[set[int], set[int]]:
-        t = {k for k in self.touched if k in self.rows}
-        e = {k for k in self.evicted if k not in self.rows}
-        self.touched, self.evicted = set(), set()
-        return t, e
-
-
 configs = st.builds(
-    lambda min_count, ttl, cap, ev: TableConfig(
-        name="t",
-        dim=DIM,
-        optimizer=SGD(lr=LR),
-        initializer=Initializer(kind="zeros"),
-        min_count=min_count,
-        ttl_s=ttl,
-        capacity=cap,
-        eviction=ev,
-        initial_capacity=4,
-        filter=FilterConfig(width=1 << 16, depth=4, window_s=1e9),
-    ),
+    lambda min_count, ttl, cap, ev: oracle_config(min_count=min_count, ttl_s=ttl, capacity=cap, eviction=ev),
     st.sampled_from([1, 1, 2, 3]),
     st.sampled_from([None, 5.0, 20.0]),
     st.sampled_from([None, None, 6, 25]),
@@ -157,61 +68,40 @@ configs = st.builds(
 )
 
 
+IMPLEMENTATIONS = {
+    "EmbeddingTable": (EmbeddingTable, EmbeddingTable.from_state),
+    "ShardedTable-1": (lambda c: ShardedTable(c, shards=1), ShardedTable.from_state),
+    "ShardedTable-3": (lambda c: ShardedTable(c, shards=3), ShardedTable.from_state),
+}
+
+
+def _op(data: st.DataObject) -> Op:
+    kinds = ["update", "update", "update", "lookup", "expire", "remove", "take", "snapshot"]
+    kind = data.draw(st.sampled_from(kinds))
+    if kind == "update":
+        ids = data.draw(st.lists(ids_strategy, min_size=1, max_size=25))
+        row = st.lists(st.integers(-3, 3), min_size=DIM, max_size=DIM).map(tuple)
+        grads = data.draw(st.lists(row, min_size=len(ids), max_size=len(ids)))
+        return Op("update", tuple(ids), tuple(grads), data.draw(st.integers(0, 4)))
+    if kind == "lookup":
+        return Op("lookup", tuple(data.draw(st.lists(ids_strategy, max_size=25))))
+    if kind == "expire":
+        return Op("expire", dt=data.draw(st.integers(0, 30)))
+    if kind == "remove":
+        return Op("remove", tuple(data.draw(st.lists(ids_strategy, max_size=10))))
+    return Op(kind)
+
+
+# every in-process implementation of the table contract (the Ray one: tests/test_table_contract.py)
+@pytest.mark.parametrize("impl", sorted(IMPLEMENTATIONS))
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=configs, data=st.data())
-def test_table_matches_dict_oracle(cfg: TableConfig, data: st.DataObject) -> None:
-    table = EmbeddingTable(cfg)
-    oracle = Oracle(cfg)
-    now = 1000
-    for _ in range(data.draw(st.integers(1, 30), label="steps")):
-        op = data.draw(
-            st.sampled_from(["update", "update", "update", "lookup", "expire", "remove", "take", "snapshot"])
-        )
-        if op == "update":
-            ids = data.draw(st.lists(ids_strategy, min_size=1, max_size=25))
-            now += data.draw(st.integers(0, 4))
-            grads = np.array(
-                data.draw(
-                    st.lists(
-                        st.lists(st.integers(-3, 3), min_size=DIM, max_size=DIM),
-                        min_size=len(ids),
-                        max_size=len(ids),
-                    )
-                ),
-                dtype=np.float32,
-            )
-            table.apply_gradients(np.array(ids, dtype=np.int64), grads, now=float(now))
-            oracle.update(ids, grads, now)
-        elif op == "lookup":
-            ids = data.draw(st.lists(ids_strategy, max_size=25))
-            n = len(table)
-            np.testing.assert_array_equal(table.lookup(np.array(ids, dtype=np.int64)), oracle.lookup(ids))
-            assert len(table) == n, "lookup must never insert"
-        elif op == "expire":
-            now += data.draw(st.integers(0, 30))
-            table.evict_expired(float(now))
-            oracle.expire(now)
-        elif op == "remove":
-            ids = data.draw(st.lists(ids_strategy, max_size=10))
-            table.remove(np.array(ids, dtype=np.int64))
-            oracle.remove(ids)
-        elif op == "take":
-            got = table.take_touched()
-            want_t, want_e = oracle.take()
-            assert set(got.ids.tolist()) == want_t
-            assert set(got.evicted.tolist()) == want_e
-            np.testing.assert_array_equal(got.embeddings, oracle.lookup(got.ids.tolist()))
-        else:
-            meta, arrays = table.state()
-            table = EmbeddingTable.from_state(meta, arrays)
-        table.check_invariants()
-        assert len(table) == len(oracle.rows)
-        if cfg.capacity is not None:
-            assert len(table) <= cfg.capacity
-    keys = list(oracle.rows)
-    np.testing.assert_array_equal(table.lookup(np.array(keys, dtype=np.int64)), oracle.lookup(keys))
-    _, last, count = table.row_state(np.array(keys, dtype=np.int64))
-    assert count.tolist() == [oracle.rows[k][2] for k in keys]
+def test_table_matches_dict_oracle(impl: str, cfg: TableConfig, data: st.DataObject) -> None:
+    # several shards cap and evict per shard, not over the whole table as the oracle does
+    assume(cfg.capacity is None or impl != "ShardedTable-3")
+    make, load = IMPLEMENTATIONS[impl]
+    ops = [_op(data) for _ in range(data.draw(st.integers(1, 30), label="steps"))]
+    run_ops(make(cfg), cfg, ops, lambda t: load(*t.state()))
 
 
 def test_growth_keeps_every_id_and_no_shared_rows():

@@ -12,7 +12,6 @@ from torch.testing import assert_close
 
 from freshrec.cli import main as cli_main
 from freshrec.data.dataset import Dataset, Ragged
-from freshrec.data.paths import dataset_path
 from freshrec.train.batch import (
     TrainConfig,
     evaluate,
@@ -33,10 +32,7 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-MOVIELENS = dataset_path("movielens-100k")
-needs_movielens = pytest.mark.skipif(
-    not (MOVIELENS / "u.data").is_file(), reason=f"MovieLens 100K not found at {MOVIELENS}"
-)
+needs_movielens = pytest.mark.shared_data("movielens-100k/u.data")
 
 
 def _synthetic(n: int, seed: int, rate: float = 1.0) -> Dataset:

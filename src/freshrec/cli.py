@@ -7,7 +7,25 @@ Each command lives in a module that exposes::
     def configure(parser: argparse.ArgumentParser) -> None
     def main(args: argparse.Namespace) -> int   # exit code
 
+and may declare the process-wide settings it wants, which this module makes (library code never
+changes them)::
+
+    TORCH_THREADS: int           # torch's intra-op threads (the command's `--threads` wins, if any)
+    TORCH_DETERMINISTIC: bool    # one thread and deterministic algorithms (also `--deterministic`)
+    ENVIRONMENT: dict[str, str]  # environment variables, set unless already set (Ray's, say)
+
 Modules are imported only when their command runs, so `freshrec --help` is fast.
+
+Exit codes, for every command:
+
+    0    done
+    1    the command ran and found a problem it reports (`log check` found corruption,
+         `bench serve` saw failed requests, `train online` stopped on a bad record)
+    2    bad usage or bad input: an unknown option or value (argparse), a config file that does
+         not fit, or any `freshrec.errors.FreshrecError` (a bad config value, a missing dataset, a
+         corrupt snapshot, ...) or OSError: printed as one line `freshrec COMMAND: message` on
+         stderr, no traceback
+    130  interrupted (Ctrl-C)
 
 Every command also takes `--config FILE.toml`: top-level keys apply to every command that has
 an option of that name, and a section named after the command (`[join]`, `[serve]`,
@@ -23,12 +41,19 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 import tomllib
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
-__all__ = ["COMMANDS", "main"]
+from freshrec.errors import FreshrecError
+
+__all__ = ["COMMANDS", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEM", "main"]
+
+EXIT_OK, EXIT_PROBLEM, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # command words -> module implementing it
 COMMANDS: dict[tuple[str, ...], str] = {
@@ -50,6 +75,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("bench", "snapshot"): "freshrec.bench.snapshot",
     ("bench", "scale"): "freshrec.bench.scale",
     ("bench", "import"): "freshrec.bench.import_rate",
+    ("bench", "soak"): "freshrec.bench.soak",
     ("experiment", "collision"): "freshrec.experiments.collision",
     ("experiment", "online"): "freshrec.experiments.online",
     ("experiment", "reliability"): "freshrec.experiments.reliability",
@@ -125,6 +151,39 @@ def _apply_config(parser: argparse.ArgumentParser, path: Path, words: tuple[str,
     return None
 
 
+def _process_settings(mod: ModuleType, args: argparse.Namespace) -> None:
+    """The process-wide settings the command declares (see the module docstring)."""
+    # torch's sparse Adagrad (hashed rows) warns on every step that it skips invariant checks
+    warnings.filterwarnings("ignore", message="Sparse invariant checks")
+    for key, value in getattr(mod, "ENVIRONMENT", {}).items():
+        os.environ.setdefault(key, value)
+    deterministic = bool(getattr(args, "deterministic", False) or getattr(mod, "TORCH_DETERMINISTIC", False))
+    threads = getattr(mod, "TORCH_THREADS", None)
+    if threads is not None and getattr(args, "threads", None) is not None:
+        threads = args.threads
+    if threads is None and not deterministic:
+        return
+    import torch
+
+    torch.set_num_threads(1 if deterministic else max(1, int(threads or 1)))
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def _run(mod: ModuleType, args: argparse.Namespace, words: tuple[str, ...]) -> int:
+    """`mod.main(args)`, with a FreshrecError or OSError as one line on stderr (exit code 2)."""
+    try:
+        _process_settings(mod, args)
+        return int(mod.main(args) or 0)
+    except (FreshrecError, OSError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"freshrec {' '.join(words)}: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"freshrec {' '.join(words)}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmds = _available()
@@ -156,12 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 err = _apply_config(parser, pre.config, words)
                 if err:
                     print(f"freshrec: {err}", file=sys.stderr)
-                    return 2
+                    return EXIT_ERROR
             args = parser.parse_args(rest)
-            return int(mod.main(args) or 0)
+            return _run(mod, args, words)
     print(f"freshrec: unknown command {' '.join(argv[:2])!r}\n", file=sys.stderr)
     print(_usage(cmds), file=sys.stderr)
-    return 2
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

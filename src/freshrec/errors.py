@@ -1,8 +1,11 @@
 """freshrec's exceptions, in one tree.
 
     FreshrecError
-    ├── ConfigError            a configuration value is out of range or inconsistent
+    ├── ConfigError            a configuration value or argument is out of range or inconsistent
     │   └── SchemaError            a data schema does not fit its files, its snapshot or a request
+    ├── DataError              data handed in (arrays, a dataset, a file's rows) is malformed or inconsistent
+    │   └── MissingDataError       a data file or folder is not there
+    ├── NotFoundError          a name or id asked for is not there (a slot, a user of the synthetic platform)
     ├── SnapshotError          a snapshot cannot be written or read
     │   └── CorruptSnapshotError   a snapshot file is missing, truncated or fails its checksum
     ├── LogError               the log seam (local log, Kafka) failed
@@ -11,9 +14,17 @@
     ├── StoreError             the joiner's store (LMDB) failed: disk full, permission, map full, I/O, ...
     │   └── CorruptStoreError      a stored value fails its checksum
     ├── EventError             an event could not be decoded or validated (goes to the dead-letter log)
-    └── CapacityError          a table cannot take more rows under its memory cap and eviction is off
+    ├── CapacityError          a table cannot take more rows: its memory cap with eviction off, or a
+    │                          shard's row or bucket limit
+    └── RoleError              a role run as a process or thread (a `freshrec` command, a server) failed
+                               to start or stopped with an error
 
-Every message names the object at fault (a path, a field, a table) and the reason.
+Every message names the object at fault (a path, a field, a table) and the reason. For callers
+that catch built-in types, `ConfigError`, `DataError` and `EventError` are also `ValueError`s,
+`MissingDataError` a `FileNotFoundError` and `NotFoundError` a `KeyError`.
+
+The command line turns any `FreshrecError` into one line on stderr and exit code 2 (see
+`freshrec.cli`).
 """
 
 from __future__ import annotations
@@ -24,10 +35,14 @@ __all__ = [
     "CorruptLogError",
     "CorruptSnapshotError",
     "CorruptStoreError",
+    "DataError",
     "EventError",
     "FreshrecError",
     "LogError",
+    "MissingDataError",
+    "NotFoundError",
     "OffsetOutOfRange",
+    "RoleError",
     "SchemaError",
     "SnapshotError",
     "StoreError",
@@ -39,7 +54,22 @@ class FreshrecError(Exception):
 
 
 class ConfigError(FreshrecError, ValueError):
-    """A configuration value is out of range or inconsistent with another."""
+    """A configuration value or argument is out of range or inconsistent with another."""
+
+
+class DataError(FreshrecError, ValueError):
+    """Data handed in (arrays, a dataset's columns, the rows of a file) is malformed or inconsistent."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A data file or folder is not there (the message says where it was looked for)."""
+
+
+class NotFoundError(FreshrecError, KeyError):
+    """A name or id asked for is not there (a slot of a feature spec, an id of the synthetic platform)."""
+
+    def __str__(self) -> str:  # KeyError's str() would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class SchemaError(ConfigError):
@@ -138,4 +168,10 @@ class EventError(FreshrecError, ValueError):
 
 
 class CapacityError(FreshrecError):
-    """A table cannot take more rows under its cap and has no eviction policy."""
+    """A table cannot take more rows: under its cap with no eviction policy, or past a shard's
+    row or bucket limit."""
+
+
+class RoleError(FreshrecError):
+    """A role run as a process or thread (a `freshrec` command, a server) failed to start or
+    stopped with an error."""

@@ -40,7 +40,9 @@ from freshrec.stream.joiner import Joiner, JoinerConfig
 from freshrec.stream.log import LogBackend
 from freshrec.train.online import OnlineConfig, OnlineTrainer
 
-__all__ = ["Pipeline", "PipelineConfig"]
+__all__ = ["SNAPSHOT_GROUP", "Pipeline", "PipelineConfig"]
+
+SNAPSHOT_GROUP = "snapshots"  # the group whose committed positions are the snapshots' replay floor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,7 +164,47 @@ class Pipeline:
             trainer.hooks.insert(0, lambda tr, info: pub.publish_once(dense=tr.step % every == 0))
         if self.snapshotter is not None and self.snapshotter not in trainer.hooks:
             trainer.add_hook(self.snapshotter)
+            trainer.add_hook(self._commit_replay_floor)
         return pub
+
+    def snapshots_hook(self, trainer: OnlineTrainer) -> None:
+        """Attach the snapshotter (when no publisher is): snapshots, then the replay floor."""
+        if self.snapshotter is not None and self.snapshotter not in trainer.hooks:
+            trainer.add_hook(self.snapshotter)
+            trainer.add_hook(self._commit_replay_floor)
+
+    def _commit_replay_floor(self, trainer: OnlineTrainer, info: Any = None) -> None:
+        """After a snapshot, commit what the oldest kept snapshot needs for replay under the group
+        "snapshots" of the examples and parameter logs, so retention registered with that group
+        never deletes it (`LocalLog.retain(groups=["snapshots", ...])`)."""
+        snap = self.snapshotter
+        if snap is None or not snap.history or snap.history[-1].step != trainer.step:
+            return
+        floor = snap.replay_floor()
+        if floor.get("trained"):
+            c = self.log(self.config.examples).consumer(SNAPSHOT_GROUP)
+            c.commit(floor["trained"])
+            c.close()
+        if floor.get("params"):
+            c = self.log(self.config.params).consumer(SNAPSHOT_GROUP)
+            c.commit(dict(enumerate(floor["params"])))
+            c.close()
+
+    def retain(
+        self, *, max_bytes: int | None = None, max_age_s: float | None = None, groups: Sequence[str] = ()
+    ) -> list[str]:
+        """Register retention on the local logs the trainer owns (examples, params), held by the
+        snapshots' replay floor ("snapshots") and `groups`; Kafka logs keep the broker's retention.
+        Returns the names of the logs it applies to."""
+        from freshrec.stream.local_log import LocalLog
+
+        done = []
+        for name in (self.config.examples, self.config.params):
+            log = self.log(name)
+            if isinstance(log, LocalLog):
+                log.retain(groups=[SNAPSHOT_GROUP, *groups], max_bytes=max_bytes, max_age_s=max_age_s)
+                done.append(name)
+        return done
 
     def examples_consumer(
         self, trainer: OnlineTrainer, *, group: str = "online-trainer", start: str = "earliest"
@@ -213,7 +255,10 @@ class Pipeline:
         from freshrec.serve.app import create_app
 
         c = self.config
-        kwargs.setdefault("features_log", self.log(c.features))
+        if "features_log" not in kwargs:
+            kwargs["features_log"] = self.log(c.features)
+        if "actions_log" not in kwargs:
+            kwargs["actions_log"] = self.log(c.actions)
         return create_app(replica, subscriber=subscriber, **kwargs)
 
     def close(self) -> None:

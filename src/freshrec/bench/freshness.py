@@ -50,16 +50,19 @@ from pathlib import Path
 import numpy as np
 
 from freshrec.bench._kafka import start_broker, stop_broker
+from freshrec.commands.options import positive
 
 HELP = "seconds from a click in the actions log to a serving replica that learned from it (local, Kafka)"
 EXAMPLE = "freshrec bench freshness --quick --json"
+TORCH_THREADS = 1
 
 __all__ = ["HELP", "EXAMPLE", "configure", "main"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, default=60.0, help="feeding time per backend (wall s)")
-    parser.add_argument("--rate", type=float, default=500.0, help="events/s written (impressions + clicks)")
+    parser.add_argument("--seconds", type=positive, default=60.0, help="feeding time per backend (wall s)")
+    parser.add_argument("--rate", type=positive, default=500.0,
+                        help="events/s written (impressions + clicks)")
     parser.add_argument("--sync-interval", type=float, default=1.0, help="publish interval (s)")
     parser.add_argument("--click-delay", type=float, default=0.5, help="wall s from impression to its click")
     parser.add_argument("--joiner-batch-records", type=int, default=1000,
@@ -195,8 +198,6 @@ def _schedule(world, seconds: float, rate: float, click_delay: float, seed: int)
 # one measured run on one backend
 
 def _measure(backend, label: str, ckpt: Path, events: list[tuple], args, state_dir: Path) -> dict:
-    import torch
-
     from freshrec.pipeline import Pipeline, PipelineConfig
     from freshrec.ps.serving import ServingReplica
     from freshrec.ps.sync import SyncSubscriber
@@ -204,7 +205,6 @@ def _measure(backend, label: str, ckpt: Path, events: list[tuple], args, state_d
     from freshrec.stream.store import LmdbStore
     from freshrec.train.online import OnlineConfig
 
-    torch.set_num_threads(1)
     jcfg = JoinerConfig(windows={"click": 30.0}, allowed_lateness_s=5.0, emit_early_positives=True,
                         poll_timeout_s=args.joiner_poll_timeout, batch_records=args.joiner_batch_records)
     # the roles as the commands build them: one pipeline over the backend under test

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 from freshrec.bench._kafka import start_broker, stop_broker
+from freshrec.commands.options import at_least
+from freshrec.errors import RoleError
 
 HELP = "events/s through the joiner on the local log (and Kafka), resident memory as the stream grows"
 EXAMPLE = "freshrec bench joiner --quick --json"
@@ -30,7 +32,8 @@ WINDOWS = {"click": 1800.0}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clicks", type=int, default=300_000, help="Globo clicks to replay (x6 events)")
+    parser.add_argument("--clicks", type=at_least(1), default=300_000,
+                        help="Globo clicks to replay (x6 events)")
     parser.add_argument("--quick", action="store_true", help="a short run (30k clicks)")
     parser.add_argument("--synthetic", action="store_true", help="a synthetic stream instead of Globo")
     parser.add_argument("--kafka", default=None, help="bootstrap host:port of a Kafka broker")
@@ -84,7 +87,7 @@ def _prewrite(url: str, backend, args, n_clicks: int) -> tuple[str, int]:
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             msg = f"replay globo failed: {out.stderr.strip()[-500:]}"
-            raise RuntimeError(msg)
+            raise RoleError(msg)
         info = json.loads(out.stdout.strip().splitlines()[-1])
         return "globo", info["features"] + info["actions"]
     f = backend.log("features", partitions=args.partitions)

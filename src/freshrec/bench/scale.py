@@ -38,12 +38,16 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.commands.options import at_least
+from freshrec.ps.ray_ps import RAY_ENVIRONMENT
 from freshrec.table import SGD, Adagrad, EmbeddingTable, TableConfig
 
 __all__ = ["ScaleTrainer", "bytes_per_row", "capacity_rows", "configure", "main", "run_steps", "slot_batches"]
 
 HELP = "scale-out: training examples/s with in-process vs Ray PS shards, Ray hop cost, capacity table"
 EXAMPLE = "freshrec bench scale --quick --json"
+TORCH_THREADS = 1  # as `freshrec bench train` by default: comparable, and leaves a core to the PS
+ENVIRONMENT = RAY_ENVIRONMENT  # a loopback-only local Ray cluster (freshrec.ps.ray_ps)
 
 N_SLOTS = 26
 
@@ -53,10 +57,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="few batches, no DeepFM, 200k-id capacity fill (< 1 min)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--batches", type=int, default=None, help="timed batches per worker (default 30)")
+    parser.add_argument("--batches", type=at_least(1), default=None,
+                        help="timed batches per worker (default 30)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed batches per worker first")
-    parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--batch-size", type=at_least(1), default=4096)
+    parser.add_argument("--dim", type=at_least(1), default=16)
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of id frequencies")
     parser.add_argument("--max-vocab", type=int, default=10_000_000, help="largest slot vocabulary")
     parser.add_argument("--capacity-ids", type=int, default=None, help="ids per fill (default 1M)")
@@ -292,7 +297,6 @@ def _deepfm(args: argparse.Namespace, make_table: Any, *, warmup: int) -> float:
     from freshrec.model.embedding import CollisionlessEmbedding
     from freshrec.ps.training import TrainingPS
 
-    torch.set_num_threads(1)  # as `freshrec bench train` by default: comparable, and leaves a core to the PS
     n = max(1, args.batches // 5)
     spec = FeatureSpec(
         slots=tuple(SlotSpec(name=f"C{j + 1}", table={"initial_capacity": 1 << 16}) for j in range(N_SLOTS)),

@@ -30,21 +30,26 @@ from pathlib import Path
 
 import numpy as np
 
+from freshrec.commands.options import at_least, positive
+from freshrec.errors import RoleError
+
 HELP = "p50/p99 latency and requests/s of /v1/rank over HTTP while deltas apply every second"
 EXAMPLE = "freshrec bench serve --quick --json"
+TORCH_THREADS = 1  # the in-process baseline's; `--threads` wins (the server subprocess gets the same)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--users", type=int, default=100_000, help="users in the tables")
-    parser.add_argument("--items", type=int, default=100_000, help="items in the tables")
-    parser.add_argument("--dim", type=int, default=16, help="embedding dim")
-    parser.add_argument("--candidates", type=int, default=100, help="candidates per request")
-    parser.add_argument("--clients", type=int, default=2, help="concurrent client threads (closed loop)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="measured duration")
+    parser.add_argument("--users", type=at_least(1), default=100_000, help="users in the tables")
+    parser.add_argument("--items", type=at_least(1), default=100_000, help="items in the tables")
+    parser.add_argument("--dim", type=at_least(1), default=16, help="embedding dim")
+    parser.add_argument("--candidates", type=at_least(1), default=100, help="candidates per request")
+    parser.add_argument("--clients", type=at_least(1), default=2,
+                        help="concurrent client threads (closed loop)")
+    parser.add_argument("--seconds", type=positive, default=15.0, help="measured duration")
     parser.add_argument("--delta-rows", type=int, default=5_000, help="user and item rows changed per sync")
     parser.add_argument("--sync-interval", type=float, default=1.0, help="seconds between syncs")
     parser.add_argument("--dense-interval", type=float, default=5.0, help="seconds between dense updates")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    parser.add_argument("--threads", type=at_least(1), default=1, help="torch threads of the server")
     parser.add_argument("--quick", action="store_true", help="short run: 20k users/items, 4 s")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -110,7 +115,7 @@ def _start_server(root: Path, snap: Path, threads: int) -> tuple[subprocess.Pope
             return proc, url
     proc.kill()
     msg = "freshrec serve did not start:\n" + "".join(lines)
-    raise RuntimeError(msg)
+    raise RoleError(msg)
 
 
 def _rank_buckets(text: str) -> dict[float, float]:
@@ -166,10 +171,7 @@ def main(args: argparse.Namespace) -> int:
         proc, url = _start_server(root, snap, args.threads)
         rng = np.random.default_rng(1)
         try:
-            # baseline 1: in-process scoring alone, same snapshot
-            import torch
-
-            torch.set_num_threads(args.threads)
+            # baseline 1: in-process scoring alone, same snapshot (torch threads: --threads, set by the CLI)
             rep = ServingReplica.from_snapshot(snap)
             score_lat = []
             for _ in range(300):

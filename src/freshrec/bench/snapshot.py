@@ -26,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.commands.options import at_least
+
 __all__ = ["bench_snapshot", "configure", "main"]
 
 HELP = "full vs incremental snapshot bytes/time of a multi-million-row trainer, and recovery time"
 EXAMPLE = "freshrec bench snapshot --rows 4000000 --json"
+TORCH_THREADS = 1
 
 
 def bench_snapshot(
@@ -41,14 +44,12 @@ def bench_snapshot(
     log=lambda s: None,
 ) -> dict[str, Any]:
     """Run the benchmark (see the module docstring); returns a JSON-able dict of the figures."""
-    import torch
 
     from freshrec.checkpoint.periodic import PeriodicSnapshotter, SnapshotPolicy, recover
     from freshrec.model import FeatureSpec, SlotSpec
     from freshrec.table import Adagrad
     from freshrec.train.online import OnlineConfig, OnlineTrainer
 
-    torch.set_num_threads(1)
     spec = FeatureSpec(
         slots=(SlotSpec(name="user_id"), SlotSpec(name="item_id")), dim=dim, optimizer=Adagrad(lr=0.05)
     )
@@ -151,7 +152,7 @@ def table_text(r: dict[str, Any]) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rows", type=int, default=4_000_000, help="rows in the big table")
+    parser.add_argument("--rows", type=at_least(1), default=4_000_000, help="rows in the big table")
     parser.add_argument("--touched", default="0.001,0.01,0.1", help="touched fractions, comma separated")
     parser.add_argument("--dir", default=None, help="snapshot folder (default: a temporary one, removed)")
     parser.add_argument("--quick", action="store_true", help="200k rows")

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from freshrec.commands.options import at_least
 from freshrec.table import SGD, EmbeddingTable, Initializer, TableConfig
 
 HELP = "benchmark the collisionless embedding table against a dict and searchsorted"
@@ -26,8 +27,9 @@ EXAMPLE = "freshrec bench table --quick --json"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ids", type=int, default=None, help="distinct ids (default 10M, 1M with --quick)")
-    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--ids", type=at_least(1), default=None,
+                        help="distinct ids (default 10M, 1M with --quick)")
+    parser.add_argument("--dim", type=at_least(1), default=16)
     parser.add_argument("--quick", action="store_true", help="1M ids: under a minute")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument(

@@ -21,21 +21,24 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.commands.options import at_least
+
 HELP = "training examples/s of DeepFM: collisionless tables vs hashed tables, side by side"
 EXAMPLE = "freshrec bench train --batches 30 --json"
+TORCH_THREADS = 1  # `--threads` wins
 
 N_SLOTS, N_DENSE = 26, 13
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--batches", type=int, default=30, help="timed batches per side")
+    parser.add_argument("--batch-size", type=at_least(1), default=4096)
+    parser.add_argument("--batches", type=at_least(1), default=30, help="timed batches per side")
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches per side first")
     parser.add_argument("--buckets", type=int, default=1 << 18, help="rows per hashed table")
     parser.add_argument("--max-vocab", type=int, default=10_000_000, help="largest slot vocabulary")
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of id frequencies")
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--dim", type=at_least(1), default=16)
+    parser.add_argument("--threads", type=at_least(1), default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="print where each step spends its time")
     parser.add_argument("--json", action="store_true")
@@ -118,13 +121,8 @@ def _run_side(kind: str, batches, args, profile: dict | None = None) -> tuple[fl
 
 
 def main(args: argparse.Namespace) -> int:
-    import warnings
-
     import torch
 
-    warnings.filterwarnings("ignore", message="Sparse invariant checks")
-
-    torch.set_num_threads(max(1, args.threads))
     n = args.warmup + args.batches
     print(
         f"bench train: DeepFM, {N_SLOTS} sparse slots (Zipf {args.zipf}, vocab up to {args.max_vocab:,}), "

@@ -89,8 +89,8 @@ def _json_default(obj: Any) -> Any:
         return int(obj)
     if isinstance(obj, np.floating):
         return float(obj)
-    msg = f"meta value of type {type(obj).__name__} is not JSON data (put arrays in `arrays`)"
-    raise TypeError(msg)
+    msg = f"snapshot meta value of type {type(obj).__name__} is not JSON data (put arrays in `arrays`)"
+    raise SnapshotError(msg)  # json.dumps lets what `default` raises through
 
 
 def _canonical(obj: Mapping[str, Any]) -> bytes:

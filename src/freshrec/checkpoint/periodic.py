@@ -236,6 +236,25 @@ class PeriodicSnapshotter:
             out["params_version"] = int(pub.version)
         return out
 
+    def replay_floor(self) -> dict[str, Any]:
+        """What the oldest kept full snapshot needs to be replayed from: {"trained": {partition:
+        offset} of the examples log, "params": [offset per partition] of the parameter log (when a
+        publisher was attached)}; {} when there is none. Retention must keep the logs from there on
+        (`freshrec.pipeline` commits it under the group "snapshots" of each log)."""
+        from freshrec.checkpoint.format import read_manifest
+
+        steps = self.full.steps()
+        if not steps:
+            return {}
+        try:
+            pos = dict(read_manifest(self.full.path_for(steps[0]))["meta"].get("positions", {}))
+        except CorruptSnapshotError:
+            return {}
+        out: dict[str, Any] = {"trained": {int(p): int(o) for p, o in pos.get("trained", {}).items()}}
+        if "params" in pos:
+            out["params"] = [int(x) for x in pos["params"]]
+        return out
+
     def _prune_incrementals(self) -> None:
         kept = set(self.full.steps())
         for base in _incr_bases(self.root):

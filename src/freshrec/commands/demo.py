@@ -9,6 +9,7 @@ from pathlib import Path
 
 HELP = "run the whole loop on a simulated platform and watch it learn in real time"
 EXAMPLE = "freshrec demo --minutes 2   (or: freshrec demo --data globo)"
+TORCH_THREADS = 1
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -3,14 +3,22 @@
 Starts from any snapshot a command wrote (`freshrec train --out DIR`, `freshrec train online
 --snapshots DIR`: its newest full snapshot plus incrementals, or a snapshot store), rebuilds the model
 it records (any model of `freshrec.model.contract`), replays the parameter log from the offsets stored
-in it, keeps following it
-in the background, and answers /v1/rank, /v1/predict, /healthz and /metrics. Ranked candidates
-are logged as feature events to the features log (`--no-features` turns that off).
+in it, keeps following it in the background, and answers /v1/rank, /v1/predict, /v1/actions,
+/healthz and /metrics. Ranked candidates are logged as feature events to the features log
+(`--no-features` turns that off), actions posted to /v1/actions go to the actions log on the same
+backend (`--no-actions`: 404). With several tasks, /v1/rank returns every task's score and ranks by
+`--rank-weights`.
+
+Access (docs/http.md): `--token` (or the environment variable FRESHREC_TOKEN) makes every path
+but /healthz and the docs need `Authorization: Bearer <token>`; `--metrics-token` (or
+FRESHREC_METRICS_TOKEN) does the same for /metrics. A non-loopback `--host` is refused without a
+token unless `--insecure` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", default=None, help="features log backend (default: --params)")
     parser.add_argument("--features-log", default="features", help="features log name")
     parser.add_argument("--no-features", action="store_true", help="do not log served impressions")
+    parser.add_argument("--actions-log", default="actions", help="actions log name (features backend)")
+    parser.add_argument("--no-actions", action="store_true", help="no actions log (/v1/actions: 404)")
+    parser.add_argument("--token", default=None, help="bearer token for the API (default: $FRESHREC_TOKEN)")
+    parser.add_argument(
+        "--metrics-token", default=None, help="bearer token for /metrics (default: $FRESHREC_METRICS_TOKEN)"
+    )
+    parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
     parser.add_argument("--group", default="serving", help="consumer group on the parameter log")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8080, help="port (0: any free port, printed)")
@@ -42,6 +57,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp16", action="store_true", help="round embeddings through float16 on apply")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for scoring")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+    parser.add_argument("--workers", type=int, default=1, help="threads that parse and score requests")
+    parser.add_argument("--max-pending", type=int, default=64, help="requests in progress (503 past it)")
+    parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send the headers")
+    parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds to send the body")
+    parser.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection is kept")
+    parser.add_argument("--max-connections", type=int, default=1000, help="open connections at most")
+    parser.add_argument(
+        "--inline-max-ids",
+        type=int,
+        default=20_000,
+        help="cheap requests answered on the event loop (0: none)",
+    )
 
 
 def parse_weights(text: str) -> dict[str, float] | None:
@@ -62,32 +89,60 @@ def parse_weights(text: str) -> dict[str, float] | None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from freshrec.serve.server import check_exposure, is_loopback
+
+    token = args.token if args.token is not None else os.environ.get("FRESHREC_TOKEN") or None
+    metrics_token = args.metrics_token
+    if metrics_token is None:
+        metrics_token = os.environ.get("FRESHREC_METRICS_TOKEN") or None
+    try:
+        check_exposure(args.host, token=token, insecure=args.insecure)
+    except FreshrecError as e:
+        print(f"freshrec serve: {e}", file=sys.stderr)
+        return 2
+
     import torch
 
-    from freshrec.ps import ServingConfig, ServingReplica, SyncSubscriber
-    from freshrec.serve import AppConfig, bind_socket, create_app, serve_forever
-    from freshrec.stream.backends import open_backend
+    from freshrec.pipeline import Pipeline, PipelineConfig
+    from freshrec.ps import ServingConfig
+    from freshrec.serve import AppConfig, ServerConfig, bind_socket, serve_forever
 
     try:
+        app_config = AppConfig(
+            max_candidates=args.max_candidates,
+            max_body_bytes=args.max_body_bytes,
+            workers=args.workers,
+            max_pending=args.max_pending,
+            inline_max_ids=args.inline_max_ids,
+            api_token=token,
+            metrics_token=metrics_token,
+        )
+        server_config = ServerConfig(
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            keep_alive_s=args.keep_alive,
+            max_connections=args.max_connections,
+        )
         torch.set_num_threads(max(1, args.threads))
         snap = Path(args.snapshot)
-        config = ServingConfig(fp16=args.fp16, rank_weights=parse_weights(args.rank_weights))
-        replica = ServingReplica.from_snapshot(snap, config=config)
-        backend = open_backend(args.params)
-        plog = backend.log(args.params_log)
-        start = replica.positions.get("params")
-        sub = SyncSubscriber(replica, plog, group=args.group, start=start if start is not None else [0])
-        sub.catch_up()
+        pipe = Pipeline(
+            PipelineConfig(
+                log=args.features or args.params,
+                params_url=args.params,
+                features=args.features_log,
+                actions=args.actions_log,
+                params=args.params_log,
+                serving=ServingConfig(fp16=args.fp16, rank_weights=parse_weights(args.rank_weights)),
+            )
+        )
+        replica, sub = pipe.replica(snapshot=snap, group=args.group)
         sub.start()
-        flog = None
-        if not args.no_features:
-            fb = backend if args.features is None else open_backend(args.features)
-            flog = fb.log(args.features_log)
-        app = create_app(
+        app = pipe.app(
             replica,
-            features_log=flog,
-            subscriber=sub,
-            config=AppConfig(max_candidates=args.max_candidates, max_body_bytes=args.max_body_bytes),
+            sub,
+            features_log=None if args.no_features else pipe.log(args.features_log),
+            actions_log=None if args.no_actions else pipe.log(args.actions_log),
+            config=app_config,
         )
         sock = bind_socket(args.host, args.port)
     except (FreshrecError, OSError) as e:
@@ -96,10 +151,14 @@ def main(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     sizes = ", ".join(f"{k}={v}" for k, v in replica.table_sizes().items())
     print(f"freshrec serve: snapshot {snap} (version {replica.version}; rows {sizes})", flush=True)
+    if token is None and not is_loopback(args.host):
+        print(f"freshrec serve: WARNING: {args.host} is served without a token (--insecure)", flush=True)
     print(f"freshrec serve: listening on http://{args.host}:{port}", flush=True)
     try:
-        serve_forever(app, host=args.host, port=port, log_level=args.log_level, sock=sock)
+        serve_forever(
+            app, host=args.host, port=port, log_level=args.log_level, sock=sock, config=server_config
+        )
     finally:
         sub.stop()
-        backend.close()
+        pipe.close()
     return 0

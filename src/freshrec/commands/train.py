@@ -17,6 +17,7 @@ HELP = (
     "batch-train a model (DeepFM, DCN, DIN or your own) on a dataset's past, evaluate on its future, snapshot"
 )
 EXAMPLE = "freshrec train --dataset movielens --epochs 5 --out runs/train-movielens"
+TORCH_THREADS = 1  # `--threads` wins
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -62,11 +63,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Sparse invariant checks")  # torch Adagrad, sparse grads
-    import torch
-
     from freshrec.errors import FreshrecError
     from freshrec.model import ModelSpec, parse_tasks
     from freshrec.train.batch import (
@@ -94,7 +90,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"freshrec train: {f'cannot load {what}: ' if what else ''}{e}", file=sys.stderr)
         return 2
     dataset_name = args.dataset or (schema.name if schema is not None else "schema")
-    torch.set_num_threads(max(1, args.threads))
     hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
     buckets = None
     if args.embedding == "hashed":

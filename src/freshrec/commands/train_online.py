@@ -71,6 +71,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-every", type=int, default=10, help="every Nth snapshot is full")
     parser.add_argument("--keep", type=int, default=3, help="full snapshots kept")
     parser.add_argument(
+        "--retain-mb", type=float, default=None,
+        help="local log retention of the examples and parameter logs, MiB each (never past the "
+        "oldest kept snapshot's replay floor)",
+    )
+    parser.add_argument("--retain-hours", type=float, default=None, help="local log retention by age, hours")
+    parser.add_argument(
         "--no-fallback", action="store_true", help="refuse to recover past a corrupt snapshot"
     )
     parser.add_argument("--start", choices=("earliest", "committed"), default="earliest")
@@ -93,18 +99,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from freshrec.checkpoint.periodic import SnapshotPolicy
-    from freshrec.errors import FreshrecError
     from freshrec.model import FeatureSpec, ModelSpec, SlotSpec, parse_tasks
     from freshrec.pipeline import Pipeline, PipelineConfig
     from freshrec.table import Adagrad
     from freshrec.train.online import OnlineConfig
 
-    if args.deterministic:
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
     dense = [d for d in args.dense.split(",") if d.strip()]
     try:
         if args.init:  # the schema of the snapshot: checked against the config's, dense names from it
@@ -157,8 +157,13 @@ def main(args: argparse.Namespace) -> int:
         publisher = (
             pipe.publisher(trainer, every_batch=True, dense_every=args.dense_every) if args.params else None
         )
-        if publisher is None and pipe.snapshotter is not None:
-            trainer.add_hook(pipe.snapshotter)
+        if publisher is None:
+            pipe.snapshots_hook(trainer)
+        if args.retain_mb is not None or args.retain_hours is not None:
+            pipe.retain(
+                max_bytes=None if args.retain_mb is None else int(args.retain_mb * (1 << 20)),
+                max_age_s=None if args.retain_hours is None else args.retain_hours * 3600.0,
+            )
         snap, recovered = pipe.snapshotter, pipe.recovered
         log, consumer = pipe.examples_consumer(trainer, group=args.group, start=args.start)
         if recovered is not None:
@@ -194,9 +199,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"final snapshot: {last.path} ({last.nbytes} bytes)", flush=True)
         consumer.close()
         pipe.close()
-    except FreshrecError as e:
-        print(f"freshrec train online: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -24,6 +24,7 @@ import pyarrow.csv as pacsv
 from numba import njit
 
 from freshrec.data.dataset import Dataset
+from freshrec.errors import DataError
 
 __all__ = ["CATEGORICAL", "INTEGER", "MISSING_ID", "load_criteo", "parse_hex"]
 
@@ -74,7 +75,7 @@ def parse_hex(
         bad = _parse_hex_kernel(offsets.astype(np.int64), data, missing, out)
         if bad >= 0:
             msg = f"{what}: value {chunk[bad].as_py()!r} is not hexadecimal"
-            raise ValueError(msg)
+            raise DataError(msg)
         parts.append(out)
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 

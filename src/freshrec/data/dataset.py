@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.errors import DataError
+
 __all__ = ["RESERVED_KEYS", "Dataset", "Ragged", "concat", "stable_ids"]
 
 RESERVED_KEYS = frozenset({"dense", "label", "ts", "sample_rate"})
@@ -58,11 +60,11 @@ def _as_index(index: Any, n: int) -> np.ndarray | slice:
     if idx.dtype == np.bool_:
         if idx.shape != (n,):
             msg = f"boolean mask of shape {idx.shape} for a dataset of {n} rows"
-            raise ValueError(msg)
+            raise DataError(msg)
         return np.flatnonzero(idx)
     if idx.dtype.kind not in "iu":
         msg = f"take() wants a boolean mask, integer indices or a slice, got dtype {idx.dtype}"
-        raise TypeError(msg)
+        raise DataError(msg)
     return idx.astype(np.int64, copy=False).reshape(-1)
 
 
@@ -78,10 +80,10 @@ class Ragged:
         offsets = np.ascontiguousarray(self.offsets, dtype=np.int64)
         if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(values):
             msg = f"bad ragged offsets: need (n+1,) from 0 to {len(values)}"
-            raise ValueError(msg)
+            raise DataError(msg)
         if np.any(np.diff(offsets) < 0):
             msg = "bad ragged offsets: decreasing"
-            raise ValueError(msg)
+            raise DataError(msg)
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "offsets", offsets)
 
@@ -137,7 +139,7 @@ class Dataset:
             arr = np.ascontiguousarray(a, dtype=dtype)
             if arr.shape != (n,):
                 msg = f"dataset {self.name!r}: {what} has shape {arr.shape}, expected ({n},)"
-                raise ValueError(msg)
+                raise DataError(msg)
             return arr
 
         sparse = {}
@@ -149,16 +151,16 @@ class Dataset:
             self._check_slot(k)
             if k in sparse or len(r) != n:
                 msg = f"dataset {self.name!r}: multi-valued slot {k!r} clashes or has {len(r)} rows, not {n}"
-                raise ValueError(msg)
+                raise DataError(msg)
             multi[k] = r
         dense = np.ascontiguousarray(self.dense, dtype=np.float32)
         if dense.ndim != 2 or dense.shape[0] != n:
             msg = f"dataset {self.name!r}: dense has shape {dense.shape}, expected ({n}, k)"
-            raise ValueError(msg)
+            raise DataError(msg)
         names = tuple(self.dense_names) or tuple(f"d{i}" for i in range(dense.shape[1]))
         if len(names) != dense.shape[1]:
             msg = f"dataset {self.name!r}: {len(names)} dense names for {dense.shape[1]} dense columns"
-            raise ValueError(msg)
+            raise DataError(msg)
         set_ = object.__setattr__
         set_(self, "label", label)
         set_(self, "ts", col(self.ts, np.float64, "ts"))
@@ -189,7 +191,7 @@ class Dataset:
         if not _SLOT_RE.fullmatch(k) or k in RESERVED_KEYS:
             reserved = sorted(RESERVED_KEYS)
             msg = f"dataset {self.name!r}: slot name {k!r} must be an identifier and not one of {reserved}"
-            raise ValueError(msg)
+            raise DataError(msg)
 
     @classmethod
     def build(
@@ -291,7 +293,7 @@ class Dataset:
         """
         if batch_size < 1:
             msg = f"batch_size {batch_size} must be >= 1"
-            raise ValueError(msg)
+            raise DataError(msg)
         n = len(self)
         order = np.random.default_rng(seed).permutation(n) if shuffle else None
         stop = n - n % batch_size if drop_last else n
@@ -305,12 +307,12 @@ def concat(parts: Iterable[Dataset], *, name: str | None = None) -> Dataset:
     parts = list(parts)
     if not parts:
         msg = "concat() needs at least one dataset"
-        raise ValueError(msg)
+        raise DataError(msg)
     first = parts[0]
     for p in parts[1:]:
         if p.slots != first.slots or p.multi_slots != first.multi_slots or p.dense_names != first.dense_names:
             msg = f"concat(): {p.name!r} has other columns than {first.name!r}"
-            raise ValueError(msg)
+            raise DataError(msg)
 
     def cat_ragged(rs: list[Ragged]) -> Ragged:
         shifts = np.cumsum([0] + [len(r.values) for r in rs[:-1]])

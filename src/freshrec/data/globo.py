@@ -32,6 +32,7 @@ import pyarrow.csv as pacsv
 from numba import njit
 
 from freshrec.data.dataset import Dataset
+from freshrec.errors import ConfigError, DataError
 
 __all__ = ["CONTEXT_SLOTS", "load_globo", "sample_trailing_negatives"]
 
@@ -125,7 +126,7 @@ def sample_trailing_negatives(
     ts_ms = np.ascontiguousarray(ts_ms, dtype=np.int64)
     if len(ts_ms) > 1 and np.any(ts_ms[1:] < ts_ms[:-1]):
         msg = "sample_trailing_negatives: clicks must be sorted by time"
-        raise ValueError(msg)
+        raise DataError(msg)
     uniq, dense = np.unique(np.asarray(item, dtype=np.int64), return_inverse=True)
     src, neg, rate = _sample_kernel(
         ts_ms,
@@ -195,7 +196,7 @@ def load_globo(
     """
     if k < 0 or window_s <= 0 or (limit is not None and limit < 0):
         msg = f"load_globo: need k >= 0, window_s > 0, limit >= 0 (got {k=}, {window_s=}, {limit=})"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     path = Path(path)
     if path.is_dir():
         path = path / "clicks.csv.gz"

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from freshrec.data.dataset import Dataset, Ragged, stable_ids
+from freshrec.errors import DataError, MissingDataError
 
 __all__ = ["POSITIVE_RATING", "load_movielens", "user_history"]
 
@@ -40,7 +41,7 @@ def _find_ratings(path: Path) -> Path:
         if (path / name).is_file():
             return path / name
     msg = f"no MovieLens ratings file ({', '.join(_RATING_FILES)}) in {path}"
-    raise FileNotFoundError(msg)
+    raise MissingDataError(msg)
 
 
 def _read_table(
@@ -65,7 +66,7 @@ def _read_ratings(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
         missing = [c for c in cols if c not in t.column_names]
         if missing:
             msg = f"{path}: not a MovieLens ratings.csv (no column {missing[0]!r}; has {t.column_names})"
-            raise ValueError(msg)
+            raise DataError(msg)
     else:
         delimiter = "::" if path.name.endswith(".dat") else "\t"
         cols = ["user", "item", "rating", "ts"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from freshrec.data.dataset import Dataset
+from freshrec.errors import ConfigError
 
 __all__ = ["split_by_order", "split_by_time", "time_shards", "time_windows"]
 
@@ -19,7 +20,7 @@ __all__ = ["split_by_order", "split_by_time", "time_shards", "time_windows"]
 def _check_frac(frac: float) -> None:
     if not 0.0 <= frac <= 1.0:
         msg = f"train_frac {frac} must be in [0, 1]"
-        raise ValueError(msg)
+        raise ConfigError(msg)
 
 
 def split_by_time(
@@ -33,7 +34,7 @@ def split_by_time(
     """
     if (train_frac is None) == (cutoff_ts is None):
         msg = "split_by_time: give exactly one of train_frac or cutoff_ts"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     ds = ds.sorted_by_time()
     n = len(ds)
     if train_frac is not None:
@@ -61,7 +62,7 @@ def time_shards(ds: Dataset, n: int) -> list[Dataset]:
     """
     if n < 1:
         msg = f"time_shards: n={n} must be >= 1"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     ds = ds.sorted_by_time()
     total = len(ds)
     bounds = [0]
@@ -80,7 +81,7 @@ def time_windows(ds: Dataset, width_s: float, *, start_ts: float | None = None) 
     """
     if width_s <= 0:
         msg = f"time_windows: width_s={width_s} must be > 0"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     ds = ds.sorted_by_time()
     if len(ds) == 0:
         return []

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from freshrec.data.dataset import Dataset
+from freshrec.errors import ConfigError, NotFoundError
 
 __all__ = ["SyntheticConfig", "SyntheticPlatform"]
 
@@ -52,9 +53,11 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_users < 1 or self.n_items_start < 1 or self.dim < 1 or self.duration_s <= 0:
-            msg = f"SyntheticConfig: sizes and duration must be positive: {self}"
-            raise ValueError(msg)
+        for name in ("n_users", "n_items_start", "dim", "duration_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                msg = f"SyntheticConfig.{name} = {value!r}: must be > 0"
+                raise ConfigError(msg)
 
 
 def _sparse_ids(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -102,7 +105,7 @@ class SyntheticPlatform:
         rows = self._item_order[pos]
         if not np.array_equal(self.item_ids[rows], items):
             msg = "click_prob: unknown item id"
-            raise KeyError(msg)
+            raise NotFoundError(msg)
         return rows
 
     def _user_rows(self, users: np.ndarray) -> np.ndarray:
@@ -110,7 +113,7 @@ class SyntheticPlatform:
             return np.array([self._user_row[int(u)] for u in users], dtype=np.int64)
         except KeyError as e:
             msg = f"click_prob: unknown user id {e.args[0]}"
-            raise KeyError(msg) from None
+            raise NotFoundError(msg) from None
 
     def live_items(self, ts: float) -> np.ndarray:
         """Ids of the items born at or before `ts`."""

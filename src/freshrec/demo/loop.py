@@ -210,7 +210,6 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
     from freshrec.train.batch import TrainConfig, load_checkpoint, save_checkpoint, train_model
     from freshrec.train.online import OnlineConfig
 
-    torch.set_num_threads(1)
     out = Path(cfg.out_dir)
     work = out / "state"
     if work.exists():

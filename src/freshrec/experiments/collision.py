@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from freshrec.errors import ConfigError
+
 if TYPE_CHECKING:
     from freshrec.model.embedding import HashKind
 
@@ -42,6 +44,7 @@ __all__ = [
 
 HELP = "collisionless vs hashed embeddings at the paper's collision rates (AUC per epoch, plot)"
 EXAMPLE = "freshrec experiment collision --dataset movielens --quick --json"
+TORCH_THREADS = 1
 
 PAPER_RATES = {"user_id": 0.0773, "item_id": 0.0286}  # Monolith Table 1
 CONTROL = "hashed, 0 collisions"
@@ -232,7 +235,7 @@ def run_collision(
 
     if dataset not in _FULL:
         msg = f"collision experiment runs on {sorted(_FULL)}, not {dataset!r}"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     form = dict((_QUICK if quick else _FULL)[dataset])
     if limit != -1:
         form["limit"] = limit
@@ -324,12 +327,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import warnings
-
-    import torch
-
-    warnings.filterwarnings("ignore", message="Sparse invariant checks")  # torch Adagrad, sparse grads
-    torch.set_num_threads(1)
     limit = None if args.limit == 0 else args.limit
     try:
         report = run_collision(

@@ -32,6 +32,7 @@ __all__ = ["ModelsConfig", "run_models_experiment"]
 
 HELP = "models and tasks (DeepFM, DeepFM click+rating, DIN over a history bag): online vs frozen, one run"
 EXAMPLE = "freshrec experiment models --json"
+TORCH_THREADS = 1
 
 DEFAULT_RUNS: tuple[tuple[str, str, dict], ...] = (
     ("deepfm click", "click", {"path": "deepfm", "kwargs": {"hidden": [64, 32]}}),
@@ -65,7 +66,7 @@ QUICK = ModelsConfig(limit=12_000, epochs=1, dim=8, batch_size=256)
 def _outputs(model, batch, n_tasks: int) -> np.ndarray:
     import torch
 
-    from freshrec.model import outputs_2d
+    from freshrec.model.contract import outputs_2d
 
     model.eval()
     with torch.no_grad():
@@ -88,8 +89,6 @@ def run_models_experiment(
     config: ModelsConfig, *, path: str | Path | None = None, log=print
 ) -> dict[str, Any]:
     """Run every model of `config.runs` (module docstring); returns {"runs": [...], "seconds"}."""
-    import torch
-
     from freshrec.data.movielens import load_movielens
     from freshrec.data.paths import dataset_path
     from freshrec.model import parse_tasks
@@ -110,7 +109,6 @@ def run_models_experiment(
     with tempfile.TemporaryDirectory(prefix="freshrec-models-") as tmp:
         for label, tasks_text, model in config.runs:
             t0 = time.perf_counter()
-            torch.manual_seed(config.seed)
             tasks = parse_tasks(tasks_text)
             tc = TrainConfig(
                 epochs=config.epochs,
@@ -206,14 +204,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import warnings
-
-    import torch
-
     from freshrec.errors import FreshrecError
 
-    warnings.filterwarnings("ignore", message="Sparse invariant checks")
-    torch.set_num_threads(1)
     config = QUICK if args.quick else ModelsConfig()
     if args.limit is not None:
         from dataclasses import replace

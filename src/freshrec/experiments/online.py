@@ -42,6 +42,7 @@ __all__ = ["OnlineExperimentConfig", "OnlineReport", "run_online_experiment"]
 
 HELP = "online vs batch training on the Globo stream at several sync intervals (the paper's Table 2)"
 EXAMPLE = "freshrec experiment online --quick --json"
+TORCH_THREADS = 1
 
 PAPER_INTERVALS = (5 * 3600.0, 3600.0, 1800.0)  # Monolith Table 2
 DEFAULT_INTERVALS = (*PAPER_INTERVALS, 300.0)
@@ -232,8 +233,6 @@ def run_online_experiment(
     workdir: str | Path | None = None,
 ) -> OnlineReport:
     """Run the experiment (see the module docstring) and return its report."""
-    import torch
-
     from freshrec.experiments._globo import load_split, train_batch_model
     from freshrec.ps.serving import ServingReplica
     from freshrec.ps.sync import SyncPublisher, SyncSubscriber
@@ -312,7 +311,6 @@ def run_online_experiment(
                     f"batch AUC {bb:.4f} ({100 * (o - bb):+.2f} pts) in {time.perf_counter() - t0:.0f} s"
                 )
                 del trainer, replica
-                torch.manual_seed(0)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -343,14 +341,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import warnings
-
-    import torch
-
     from freshrec.errors import ConfigError
 
-    warnings.filterwarnings("ignore", message="Sparse invariant checks")
-    torch.set_num_threads(1)
     base = QUICK if args.quick else OnlineExperimentConfig()
     over: dict[str, Any] = {}
     if args.limit != -1:

@@ -23,10 +23,11 @@ is lost. This measures both on the Globo.com clicks stream:
      their optimizer state); training goes on from the failure point;
    - replay (freshrec): the training state is restored from the snapshot and the examples log is
      replayed from the snapshot's position up to the failure point, with the same batch boundaries.
-     Training is deterministic (one torch thread, deterministic kernels), so this reproduces the
-     state at the failure exactly: every shard's rows and the dense weights. (For the failed shard
-     alone that is the shard's snapshot + the replayed updates of its rows; the other shards and the
-     dense part come out identical to what they were.) `replay_max_abs_diff` reports the check.
+     Training is deterministic (one torch thread, deterministic kernels: the command sets them), so
+     this reproduces the state at the failure exactly: every shard's rows and the dense weights.
+     (For the failed shard alone that is the shard's snapshot + the replayed updates of its rows;
+     the other shards and the dense part come out identical to what they were.)
+     `replay_max_abs_diff` reports the check.
 5. AUC (progressive, pooled) on the rest of the stream after the failure, for: no failure, failure +
    no replay, failure + replay; `auc_drop_* = auc_no_failure - auc_*`. The replay drop is 0 by
    construction (it is an invariant of the design, not a finding); the no-replay drop is the
@@ -52,6 +53,7 @@ __all__ = ["ReliabilityConfig", "ReliabilityReport", "run_reliability_experiment
 
 HELP = "PS shard failure: recover from 1/6/24 h snapshots without (Monolith) and with log replay; AUC drop"
 EXAMPLE = "freshrec experiment reliability --quick --json"
+TORCH_DETERMINISTIC = True  # the replay's exact equality (freshrec.cli sets it)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,6 +203,20 @@ def _snapshot_positions(ts: np.ndarray, batch: int, hours: float, until: int) ->
     return last
 
 
+def _snapshot_rows(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """ids, rows, last_seen, count of one table's arrays in a training snapshot: a plain table's,
+    or every shard's of a sharded one (`shard<k>.<name>`), concatenated."""
+    from freshrec.checkpoint.format import strip_prefix
+
+    if "ids" in table:
+        parts = [table]
+    else:
+        parts = []
+        while f"shard{len(parts)}.ids" in table:
+            parts.append(strip_prefix(f"shard{len(parts)}", table))
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("ids", "rows", "last_seen", "count")}
+
+
 def _fail_shard(trainer, snapshot: Path, n_shards: int, shard: int) -> tuple[int, int]:
     """Monolith's recovery of a failed shard: its rows as of `snapshot`. Returns (rows lost: created
     since the snapshot, rows rolled back: present in both)."""
@@ -213,7 +229,7 @@ def _fail_shard(trainer, snapshot: Path, n_shards: int, shard: int) -> tuple[int
     for slot, table in trainer.tables.items():
         ids, _ = table.export()
         now_ids = ids[shard_of(ids, n_shards) == shard]
-        snap = strip_prefix(f"table.{slot}", arrays)
+        snap = _snapshot_rows(strip_prefix(f"table.{slot}", arrays))
         mask = shard_of(snap["ids"], n_shards) == shard
         back = snap["ids"][mask]
         rolled += int(np.isin(now_ids, back).sum())
@@ -267,18 +283,18 @@ def run_reliability_experiment(
     log: Callable[[str], None] = lambda s: None,
     workdir: str | Path | None = None,
 ) -> ReliabilityReport:
-    """Run the experiment (see the module docstring) and return its report."""
-    import torch
+    """Run the experiment (see the module docstring) and return its report.
 
+    The zero difference with replay needs deterministic torch (one thread, deterministic
+    algorithms): `freshrec experiment reliability` sets it (TORCH_DETERMINISTIC); a caller of this
+    function sets it itself (`torch.use_deterministic_algorithms(True)`, `torch.set_num_threads(1)`).
+    """
     from freshrec.checkpoint.periodic import load_full, save_full
     from freshrec.experiments._globo import load_split, train_batch_model
     from freshrec.train.metrics import auc
     from freshrec.train.online import OnlineConfig, OnlineTrainer
 
     t_start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
     tmp = tempfile.TemporaryDirectory() if workdir is None else None
     root = Path(tmp.name if tmp else workdir)  # type: ignore[arg-type]
     try:
@@ -290,13 +306,11 @@ def run_reliability_experiment(
         log(f"globo: {len(ds):,} examples; batch training on {len(past):,}, streaming {n:,} "
             f"({(rest.ts[-1] - t0) / 3600:.1f} h); shard fails at position {fail:,} "
             f"({(rest.ts[fail - 1] - t0) / 3600:.1f} h)")
-        torch.manual_seed(config.seed)
         model, ckpt = train_batch_model(config, past, seed=config.seed, out=root / "batch")
         del model
         oc = OnlineConfig(batch_size=B, dense_lr=config.dense_lr)
 
         def fresh():
-            torch.manual_seed(config.seed)
             return OnlineTrainer.from_checkpoint(ckpt, oc)
 
         snaps = {h: _snapshot_positions(rest.ts, B, h, fail) for h in config.intervals_h}
@@ -374,8 +388,6 @@ def run_reliability_experiment(
         report.seconds = time.perf_counter() - t_start
         return report
     finally:
-        torch.use_deterministic_algorithms(False)
-        torch.set_num_threads(threads)
         if tmp is not None:
             tmp.cleanup()
 
@@ -396,11 +408,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import warnings
-
     from freshrec.errors import ConfigError
 
-    warnings.filterwarnings("ignore", message="Sparse invariant checks")
     config = QUICK if args.quick else ReliabilityConfig()
     over: dict[str, Any] = {}
     if args.limit != -1:

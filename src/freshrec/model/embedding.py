@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from numba import njit
 from torch import nn
 
+from freshrec.errors import ConfigError
 from freshrec.table import EmbeddingTable, TableConfig
 
 __all__ = [
@@ -133,7 +134,7 @@ def unique_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 def _check_mode(mode: str) -> None:
     if mode not in ("sum", "mean"):
         msg = f"pooling mode must be 'sum' or 'mean', got {mode!r}"
-        raise ValueError(msg)
+        raise ConfigError(msg)
 
 
 def _group_call(tables: Sequence[Any], name: str) -> Any:
@@ -313,7 +314,7 @@ def hash_ids(ids: np.ndarray, num_buckets: int, kind: HashKind = "mix", seed: in
     ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
     if num_buckets < 1:
         msg = f"num_buckets must be >= 1, got {num_buckets}"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     if kind == "modulo":
         return np.mod(ids, num_buckets)
     if kind == "mix":
@@ -322,7 +323,7 @@ def hash_ids(ids: np.ndarray, num_buckets: int, kind: HashKind = "mix", seed: in
         h = _md5_u64(ids, seed)
     else:
         msg = f"unknown hash {kind!r}; expected 'mix', 'modulo' or 'md5'"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     return (h % np.uint64(num_buckets)).astype(np.int64)
 
 
@@ -361,7 +362,7 @@ class HashedEmbedding(nn.Module):
         super().__init__()
         if num_buckets < 1 or dim < 1:
             msg = f"num_buckets and dim must be >= 1, got {num_buckets}, {dim}"
-            raise ValueError(msg)
+            raise ConfigError(msg)
         self.num_buckets = int(num_buckets)
         self.dim = int(dim)
         self.hash = hash

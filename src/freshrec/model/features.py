@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from freshrec.errors import ConfigError
+from freshrec.errors import ConfigError, NotFoundError
 from freshrec.model.embedding import CollisionlessEmbedding, HashedEmbedding, HashKind
 from freshrec.table import Adagrad, Initializer, TableConfig
 from freshrec.table.optimizers import OptimizerConfig, optimizer_from_dict, optimizer_to_dict
@@ -123,7 +123,7 @@ class FeatureSpec:
             if s.name == name:
                 return s
         msg = f"no slot {name!r}; slots are {self.names}"
-        raise KeyError(msg)
+        raise NotFoundError(msg)
 
     def slot_dim(self, name: str) -> int:
         d = self.slot(name).dim

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from freshrec.errors import EventError
+from freshrec.errors import DataError, EventError
 
 __all__ = ["Delta", "DenseUpdate", "compact", "decode", "encode"]
 
@@ -172,11 +172,11 @@ def compact(deltas: Iterable[Delta]) -> Delta:
     deltas = list(deltas)
     if not deltas:
         msg = "compact() needs at least one delta"
-        raise ValueError(msg)
+        raise DataError(msg)
     table = deltas[0].table
     if any(d.table != table for d in deltas):
         msg = "compact() takes deltas of one table"
-        raise ValueError(msg)
+        raise DataError(msg)
     # Walk newest first: the first time an id is seen decides it.
     decided: set[int] = set()
     up_ids: list[np.ndarray] = []

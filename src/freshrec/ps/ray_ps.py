@@ -52,6 +52,7 @@ from freshrec.table import EmbeddingTable, TableConfig, TouchedRows
 from freshrec.table.table import as_ids
 
 __all__ = [
+    "RAY_ENVIRONMENT",
     "RayShardedTable",
     "ShardOptions",
     "ShardServer",
@@ -63,6 +64,10 @@ __all__ = [
     "start_servers",
     "stop_servers",
 ]
+
+
+# the process environment a loopback-only local cluster needs before ray is imported
+RAY_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def ray_unavailable() -> str | None:
@@ -90,15 +95,22 @@ def start_local_cluster(
 
     No dashboard, no usage stats, worker logs not echoed. Ray resolves a node address of
     "127.0.0.1" to the host's external address unless it runs in its single-host mode, which
-    `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` selects: it is set here for this process and the Ray
-    processes it starts. To use an existing cluster instead, call `ray.init(address=...)`.
+    `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` selects. That is a process-wide setting, read when ray is
+    imported and inherited by the Ray processes started here, so this function does not make it:
+    the process environment must hold `RAY_ENVIRONMENT` before ray is imported (the commands that
+    start a cluster declare it and `freshrec.cli` sets it; tests/conftest.py sets it for the tests).
+    ConfigError otherwise. To use an existing cluster instead, call `ray.init(address=...)`.
     """
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    missing = {k: v for k, v in RAY_ENVIRONMENT.items() if os.environ.get(k) != v}
+    if missing:
+        msg = f"start_local_cluster: set {missing} in the environment before ray is imported (loopback only)"
+        raise ConfigError(msg)
     ray = _ray()
     from ray._private import ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False  # read when ray was imported before the line above
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        msg = "start_local_cluster: ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set"
+        raise ConfigError(msg)
     ctx = ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,

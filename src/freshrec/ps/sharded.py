@@ -39,9 +39,9 @@ def _partition(ids, n_shards, shard_out, order_out, starts):
         shard_out[i] = s
         counts[s] += 1
     acc = 0
-    for s in range(n_shards):
-        starts[s] = acc
-        acc += counts[s]
+    for k in range(n_shards):
+        starts[k] = acc
+        acc += counts[k]
     starts[n_shards] = acc
     fill = starts[:n_shards].copy()
     for i in range(n):

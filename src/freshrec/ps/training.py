@@ -72,10 +72,8 @@ from freshrec.model import (
     SparseOptimizer,
     Task,
     build_model,
-    outputs_2d,
-    task_losses,
 )
-from freshrec.model.contract import DEFAULT_TASKS, extra_columns_of
+from freshrec.model.contract import DEFAULT_TASKS, extra_columns_of, outputs_2d, task_losses
 from freshrec.ps.sharded import ShardedTable
 from freshrec.table import EmbeddingTable, TableConfig
 
@@ -253,7 +251,7 @@ class TrainingPS:
         built = build_model(
             model_spec, spec, tasks=tasks, embedding=embedding, buckets=buckets, hash=hash, layers=layers
         )
-        self._setup(built, model_spec, dense_lr=dense_lr, hashed_lr=hashed_lr, window=window)
+        self._setup(built, model_spec, dense_lr=dense_lr, hashed_lr=hashed_lr, window=window, seed=seed)
         self.n_shards = shards
 
     @staticmethod
@@ -262,9 +260,18 @@ class TrainingPS:
         return EmbeddingTable(cfg) if shards == 1 else ShardedTable(cfg, shards=shards)
 
     def _setup(
-        self, model: nn.Module, model_spec: ModelSpec, *, dense_lr: float, hashed_lr: float, window: int
+        self,
+        model: nn.Module,
+        model_spec: ModelSpec,
+        *,
+        dense_lr: float,
+        hashed_lr: float,
+        window: int,
+        seed: int,
     ) -> None:
         self.model: Any = model
+        # the training step's randomness (dropout): the PS's own, never the process-wide torch RNG
+        self.rng = torch.Generator().manual_seed(int(seed))
         self.model_spec = model_spec
         self.spec: FeatureSpec = model.spec  # type: ignore[assignment]
         self.tasks: tuple[Task, ...] = tuple(model.tasks)  # type: ignore[arg-type]
@@ -304,7 +311,12 @@ class TrainingPS:
         The optimizers start fresh. `model_spec` defaults to what `model_spec_of(model)` finds."""
         ps = cls.__new__(cls)
         ps._setup(
-            model, model_spec or model_spec_of(model), dense_lr=dense_lr, hashed_lr=hashed_lr, window=window
+            model,
+            model_spec or model_spec_of(model),
+            dense_lr=dense_lr,
+            hashed_lr=hashed_lr,
+            window=window,
+            seed=seed,
         )
         shards = {len(t.shards) if isinstance(t, ShardedTable) else 1 for t in ps.tables.values()}
         ps.n_shards = max(shards) if shards else 1
@@ -339,7 +351,12 @@ class TrainingPS:
         t0 = clock()
         model = self.model
         model.train()
-        out = outputs_2d(model(batch.sparse, batch.dense), len(self.tasks))  # (B, T)
+        # torch layers (dropout) draw from the process-wide RNG only: run the forward pass on the
+        # PS's own generator's state, leaving the process's RNG as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng.get_state())
+            out = outputs_2d(model(batch.sparse, batch.dense), len(self.tasks))  # (B, T)
+            self.rng.set_state(torch.get_rng_state())
         loss, parts = task_losses(out, batch, self.tasks)
         t1 = clock()
         loss.backward()

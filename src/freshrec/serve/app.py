@@ -1,378 +1,217 @@
-"""The HTTP model server (FastAPI): rank and predict with a `ServingReplica`, log what was served.
+"""The HTTP model server (FastAPI): rank and predict with a `ServingReplica`, log what was served
+and what users did with it.
 
-Endpoints:
+Endpoints (details, statuses and examples: docs/http.md):
 
     POST /v1/rank      {"user_id": 42, "sparse": {"tags": [3, 7]}, "dense": {"dense_0": 0.5},
                         "candidates": [1007, 1009, {"item_id": 1011, "sparse": {"category": [2]}}],
-                        "request_id": "optional", "top_k": 10}
+                        "request_id": "optional", "top_k": 10, "ts": 1700000000.5}
                    ->  {"request_id": "r81f2", "model_version": 12,
                         "items": [{"item_id": 1009, "score": 0.031}, ...]}          best first
     POST /v1/predict   {"examples": [{"user_id": 42, "item_id": 1007, "sparse": {...}, "dense": {...}}]}
                    ->  {"probabilities": [0.02], "model_version": 12}
+    POST /v1/actions   {"actions": [{"request_id": "r81f2:0", "action": "click", "value": 1.0, "ts": ...}]}
+                   ->  202 {"accepted": 1}
     GET  /healthz      {"status": "ok", "model_version": 12, "tables": {"user_id": 1000, ...}}
     GET  /metrics      Prometheus text (see `freshrec.serve.metrics`)
 
-Scores are click probabilities. Ids are JSON integers within int64 (no floats, strings or
-booleans), dense values finite numbers; a malformed body gets 422 with pydantic's message per
-field, more than `max_candidates` candidates (or examples) 422 with the limit named, and a body over
-`max_body_bytes` 413 (the middleware checks Content-Length and, for streamed bodies, counts bytes).
+Scores are click probabilities. Input rules and the shape of a 422 are in `freshrec.serve.bodies`;
+access control, the JSON-only rule and the body limit in `freshrec.serve.guard`; connection
+limits (slow clients) in `freshrec.serve.server`.
 
-`top_k` (optional) returns only the best k items: only those are shown, so only those are
-impressions. The loop closes here: each returned candidate is logged as a `FeatureEvent` to the features log
-with request_id `"<request_id>:<position>"` (position in the returned list, 0 = best) and the
-features the model saw (context merged with the candidate's own), ts = server clock. A client
-reports an action on the item at position i with that request_id. Events are encoded and appended
-by a background thread (`FeatureLogger`), so logging adds no encoding work to a request; the log
-is flushed every `flush_interval_s` and on shutdown.
+The loop closes here. Each returned candidate is logged as a `FeatureEvent` to the features log
+with request_id `"<request_id>:<position>"` (position in the returned list, 0 = best; with
+`top_k` only the best k are returned, so only those are impressions), the features the model saw
+(context merged with the candidate's own) and ts = the request's `ts`, or the server clock when it
+has none. A client reports what the user did with the item at position i by POSTing an action on
+that request_id to /v1/actions; each becomes an `ActionEvent` on the actions log (ts: the
+action's, default the server clock). Both logs are written by background threads
+(`freshrec.serve.writers`, which also says when an accepted record is durable). Without an actions
+log, /v1/actions answers 404.
+
+Scheduling: a cheap request (a small body, few ids for the model to read: `AppConfig.inline_*`)
+is parsed and answered on the event loop, where it costs less than a hop to a thread; any other
+is parsed and scored in a small thread pool (`AppConfig.workers`) with at most `max_pending`
+requests queued or running (503 with Retry-After past it). So the event loop stays free for
+connections, /healthz and /metrics (answered on it at once), and cheap requests do not wait
+behind an expensive one.
+
+A request that makes the model's scores non-finite is a 422 when its dense values are the cause
+(the scores are finite without them), a 500 otherwise (the served parameters are broken).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import logging
-import queue
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freshrec.errors import ConfigError
-from freshrec.ps.serving import ServingReplica
+from freshrec.serve.bodies import (
+    ActionsResponse,
+    ErrorOut,
+    HealthResponse,
+    PredictResponse,
+    RankResponse,
+    ValidationErrorOut,
+    bodies,
+    parse_body,
+    unprocessable,
+)
+from freshrec.serve.guard import Guard
 from freshrec.serve.metrics import ServeMetrics
-from freshrec.stream.events import FeatureEvent, encode_feature
+from freshrec.serve.writers import ActionLogger, FeatureLogger, feature_records
+from freshrec.stream.events import ActionEvent
 from freshrec.stream.log import Log
 
-__all__ = ["AppConfig", "FeatureLogger", "create_app", "feature_records"]
+if TYPE_CHECKING:
+    from freshrec.ps.serving import ServingReplica
 
-log = logging.getLogger(__name__)
+__all__ = ["AppConfig", "create_app", "feature_records", "rank_body"]
 
-Int64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-IdList = Annotated[list[Int64], Field(max_length=1000)]
-Name = Annotated[str, Field(min_length=1, max_length=256)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CandidateIn(_Model):
-    item_id: Int64
-    sparse: dict[Name, IdList] = Field(default_factory=dict)
-    dense: dict[Name, Finite] = Field(default_factory=dict)
-
-
-class RankRequest(_Model):
-    user_id: Int64
-    candidates: Annotated[list[Int64 | CandidateIn], Field(min_length=1)]
-    sparse: dict[Name, IdList] = Field(default_factory=dict)
-    dense: dict[Name, Finite] = Field(default_factory=dict)
-    request_id: Name | None = None
-    top_k: Annotated[int, Field(ge=1)] | None = None
-
-
-class RankedItem(BaseModel):
-    item_id: int
-    score: float
-
-
-class RankResponse(BaseModel):
-    request_id: str
-    items: list[RankedItem]
-    model_version: int
-
-
-class ExampleIn(_Model):
-    user_id: Int64
-    item_id: Int64
-    sparse: dict[Name, IdList] = Field(default_factory=dict)
-    dense: dict[Name, Finite] = Field(default_factory=dict)
-
-
-class PredictRequest(_Model):
-    examples: Annotated[list[ExampleIn], Field(min_length=1)]
-
-
-class PredictResponse(BaseModel):
-    probabilities: list[float]
-    model_version: int
+BODY_PATHS = frozenset({"/v1/rank", "/v1/predict", "/v1/actions"})
+_dump = json.JSONEncoder(ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, kw_only=True)
 class AppConfig:
     """Limits and options of the HTTP app.
 
-    max_candidates: candidates per /v1/rank (examples per /v1/predict). max_body_bytes: request
-    body limit (413 past it). flush_interval_s: how often the features log is flushed.
+    max_candidates: candidates per /v1/rank (examples per /v1/predict, actions per /v1/actions).
+    max_body_bytes: request body limit (413 past it). flush_interval_s: how often the logs are
+    flushed. workers: threads that parse and score the requests that are not cheap (a body over
+    inline_max_bytes, or more than inline_max_ids ids for the model to read); cheap ones are
+    answered on the event loop. max_pending: requests queued or running in the workers at most
+    (503 past it). max_pending_actions: action batches waiting for the actions log
+    at most (503 past it). api_token: bearer token every path but /healthz and the docs needs
+    (None: open). metrics_token: bearer token /metrics needs (None: open).
     """
 
     max_candidates: int = 1000
     max_body_bytes: int = 1_000_000
     flush_interval_s: float = 1.0
+    workers: int = 1
+    max_pending: int = 64
+    max_pending_actions: int = 1024
+    inline_max_bytes: int = 65_536
+    inline_max_ids: int = 20_000
+    api_token: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.max_candidates < 1 or self.max_body_bytes < 1 or not self.flush_interval_s > 0:
-            msg = f"AppConfig limits must be positive, got {self}"
+        limits = (
+            self.max_candidates,
+            self.max_body_bytes,
+            self.workers,
+            self.max_pending,
+            self.max_pending_actions,
+        )
+        if (
+            min(limits) < 1
+            or min(self.inline_max_bytes, self.inline_max_ids) < 0
+            or not self.flush_interval_s > 0
+        ):
+            msg = f"AppConfig limits must be positive (inline_* >= 0), got {self}"
             raise ConfigError(msg)
+        for name in ("api_token", "metrics_token"):
+            tok = getattr(self, name)
+            if tok is not None and (not tok or not tok.isascii() or not tok.isprintable() or " " in tok):
+                msg = f"AppConfig {name} must be non-empty printable ASCII without spaces"
+                raise ConfigError(msg)
 
 
-_dump = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-def feature_records(
+def rank_body(
     rid: str,
-    user_id: int,
     items: list[int],
-    sparse: dict[str, list[int]],
-    dense: dict[str, float],
-    ts: float,
-    item_sparse: dict[int, dict[str, list[int]]] | None = None,
-    item_dense: dict[int, dict[str, float]] | None = None,
-) -> list[bytes]:
-    """`encode_feature` bytes of the impressions of one ranked request, candidate at position i
-    getting request_id "<rid>:<i>". Byte-identical to `encode_feature(FeatureEvent(...))` (tested);
-    the parts shared by all candidates are encoded once (about 5x faster for 100 candidates)."""
-    head = ('{"request_id":' + _dump(rid)[:-1]).encode()  # '{"request_id":"rid' (quote left open)
-    mid = f',"user_id":{int(user_id)},"item_id":'.encode()
-    tail = f',"sparse":{_dump(sparse)},"dense":{_dump(dense)},"ts":{_dump(ts)}}}'.encode()
-    out = []
-    for pos, iid in enumerate(items):
-        own_s = item_sparse.get(iid) if item_sparse is not None else None
-        own_d = item_dense.get(iid) if item_dense is not None else None
-        if own_s or own_d:
-            ev = FeatureEvent(
-                request_id=f"{rid}:{pos}",
-                user_id=int(user_id),
-                item_id=int(iid),
-                sparse={**sparse, **own_s} if own_s else sparse,
-                dense={**dense, **own_d} if own_d else dense,
-                ts=ts,
-            )
-            out.append(encode_feature(ev))
-        else:
-            out.append(b'%s:%d"%s%d%s' % (head, pos, mid, iid, tail))
-    return out
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def _parse(model: type[_M], body: bytes) -> _M:
-    """The request body validated by pydantic straight from the JSON bytes (Rust parser; a
-    third of FastAPI's json.loads + validate); errors become 422 in FastAPI's format."""
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as e:
-        detail = json.loads(e.json(include_url=False, include_context=False))
-        for d in detail:
-            d["loc"] = ["body", *d.get("loc", [])]
-        raise HTTPException(status_code=422, detail=detail) from None
-
-
-_EXTRA_SCHEMAS: dict[str, Any] = {}  # nested models of the bodies, merged into the OpenAPI components
-
-
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI requestBody of a handler that parses its body itself."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    _EXTRA_SCHEMAS.update(schema.pop("$defs", {}))
-    _EXTRA_SCHEMAS[model.__name__] = schema
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
-
-
-def _with_extra_schemas(app: FastAPI) -> None:
-    base = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = base()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(_EXTRA_SCHEMAS)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _check_finite(scores: np.ndarray) -> None:
-    if not np.isfinite(scores).all():
-        msg = "the model produced non-finite scores (check the embeddings and dense weights)"
-        raise HTTPException(status_code=500, detail=msg)
-
-
-def rank_body(rid: str, items: list[int], scores: np.ndarray, version: int) -> bytes:
+    scores: np.ndarray,
+    version: int,
+    *,
+    tasks: Sequence[str] | None = None,
+    per_task: np.ndarray | None = None,
+) -> bytes:
     """The /v1/rank response JSON. Scores are written with 9 significant digits, which round-trips
-    float32 exactly, and cost half of `json.dumps`'s 17-digit float64 repr."""
-    _check_finite(scores)
-    parts = [f'{{"item_id":{i},"score":{x:.9g}}}' for i, x in zip(items, scores.tolist(), strict=True)]
+    float32 exactly, and cost half of `json.dumps`'s 17-digit float64 repr. With several tasks each
+    item also carries `"scores": {task: score}` (`per_task` (B, T) in `tasks` order)."""
+    if tasks is not None and per_task is not None:
+        names = [_dump(t) for t in tasks]
+        parts = [
+            f'{{"item_id":{i},"score":{x:.9g},"scores":{{'
+            + ",".join(f"{n}:{v:.9g}" for n, v in zip(names, row, strict=True))
+            + "}}"
+            for i, x, row in zip(items, scores.tolist(), per_task.tolist(), strict=True)
+        ]
+    else:
+        parts = [f'{{"item_id":{i},"score":{x:.9g}}}' for i, x in zip(items, scores.tolist(), strict=True)]
     return (
-        f'{{"request_id":{_dump(rid)},"items":[{",".join(parts)}],"model_version":{int(version)}}}'.encode()
-    )
+        f'{{"request_id":{_dump(rid)},"items":[{",".join(parts)}],"model_version":{int(version)}}}'
+    ).encode()
 
 
-class FeatureLogger:
-    """Encodes served impressions as FeatureEvents and appends them to `features_log` in one thread
-    (the only thread touching the log, so the log needs no locking of its own)."""
+def _non_finite(has_dense: bool, finite_without_dense: Callable[[], bool]) -> HTTPException:
+    """The error for non-finite scores: the client's dense values (422) or the model (500)."""
+    if has_dense and finite_without_dense():
+        msg = "the scores are not finite with these dense values (they are without them): use smaller values"
+        return unprocessable("dense", msg)
+    msg = "the model produced non-finite scores (check the embeddings and dense weights)"
+    return HTTPException(status_code=500, detail=msg)
 
-    def __init__(
-        self, features_log: Log, *, flush_interval_s: float = 1.0, metrics: ServeMetrics | None = None
-    ) -> None:
-        self.log = features_log
-        self.flush_interval_s = float(flush_interval_s)
-        self.metrics = metrics
-        self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._dirty = False
-        self.logged = 0
-        self.errors = 0
-        self._thread = threading.Thread(target=self._run, name="freshrec-feature-logger", daemon=True)
-        self._thread.start()
 
-    def submit(self, item: tuple) -> None:
-        """(request_id, user_id, item_ids, sparse, dense, item_sparse, item_dense, ts) of one request."""
-        self._q.put(("req", item))
+class _Workers:
+    """Threads that parse and score; at most `max_pending` calls queued or running (503 past it).
+    `pending` is only touched on the event loop."""
 
-    def _write(self, item: tuple) -> None:
-        rid, user_id, items, sparse, dense, isparse, idense, ts = item
-        for value in feature_records(rid, user_id, items, sparse, dense, ts, isparse, idense):
-            self.log.append(value, key=str(user_id).encode())
-        self.logged += len(items)
-        if self.metrics is not None:
-            self.metrics.features_logged.inc(len(items))
-        self._dirty = True
+    def __init__(self, threads: int, max_pending: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="freshrec-score")
+        self.max_pending = max_pending
+        self.pending = 0
 
-    def _flush(self) -> None:
-        if self._dirty:
-            self._dirty = False
-            self.log.flush()
-
-    def _run(self) -> None:
-        next_flush = time.monotonic() + self.flush_interval_s
-        while True:
-            try:
-                kind, arg = self._q.get(timeout=max(0.0, next_flush - time.monotonic()))
-            except queue.Empty:
-                kind, arg = "tick", None
-            try:
-                if kind == "req":
-                    self._write(arg)
-                elif kind in ("flush", "stop"):
-                    self._flush()
-                if time.monotonic() >= next_flush:
-                    self._flush()
-                    next_flush = time.monotonic() + self.flush_interval_s
-            except Exception:
-                self.errors += 1
-                log.exception("feature logging failed")
-            finally:
-                if kind == "flush":
-                    arg.set()
-            if kind == "stop":
-                return
-
-    def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until everything submitted so far is appended and the log flushed; False on timeout."""
-        done = threading.Event()
-        self._q.put(("flush", done))
-        return done.wait(timeout_s)
+    async def run(self, fn: Callable[[Any], Response], arg: Any) -> Response:
+        if self.pending >= self.max_pending:
+            msg = f"server overloaded: {self.pending} requests in progress; retry later"
+            raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "1"})
+        self.pending += 1
+        try:
+            return await asyncio.wrap_future(self._pool.submit(fn, arg))
+        finally:
+            self.pending -= 1
 
     def close(self) -> None:
-        """Flush and stop the thread."""
-        if self._thread.is_alive():
-            self._q.put(("stop", None))
-            self._thread.join(30.0)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _BodyLimit:
-    """Pure ASGI middleware: 413 past `max_bytes` (Content-Length or counted), and request timing."""
+_ERRORS: dict[int, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing or wrong bearer token (when the server has one)"},
+    404: {"model": ErrorOut, "description": "this server logs no actions (started without an actions log)"},
+    413: {"model": ErrorOut, "description": "request body larger than the server's limit"},
+    415: {"model": ErrorOut, "description": "Content-Type is not application/json"},
+    422: {"model": ValidationErrorOut, "description": "invalid body: the first errors, without the input"},
+    500: {"model": ErrorOut, "description": "the model produced non-finite scores for a valid request"},
+    503: {"model": ErrorOut, "description": "overloaded, or the actions log is failing: retry later"},
+}
 
-    def __init__(self, app: Any, *, max_bytes: int, metrics: ServeMetrics) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.metrics = metrics
 
-    async def _reject(self, send: Callable, detail: str) -> None:
-        body = json.dumps({"detail": detail}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        path = scope.get("path", "")
-        endpoint = path if path in ("/v1/rank", "/v1/predict", "/healthz", "/metrics") else "other"
-        status = [500]
-
-        async def send_status(msg: dict) -> None:
-            if msg["type"] == "http.response.start":
-                status[0] = msg["status"]
-            await send(msg)
-
-        try:
-            for k, v in scope.get("headers", ()):
-                if k == b"content-length":
-                    if not v.isdigit() or int(v) > self.max_bytes:
-                        await self._reject(
-                            send_status,
-                            f"request body of {v.decode('latin-1')} bytes exceeds the limit "
-                            f"of {self.max_bytes} bytes",
-                        )
-                        return
-            chunks: list[bytes] = []
-            total = 0
-            while True:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    return
-                chunk = msg.get("body", b"")
-                total += len(chunk)
-                if total > self.max_bytes:
-                    await self._reject(
-                        send_status, f"request body exceeds the limit of {self.max_bytes} bytes"
-                    )
-                    return
-                chunks.append(chunk)
-                if not msg.get("more_body", False):
-                    break
-            body = b"".join(chunks)
-            replayed = False
-
-            async def replay() -> dict:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send_status)
-        finally:
-            self.metrics.observe(endpoint, status[0], time.perf_counter() - t0)
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: _ERRORS[c] for c in codes}
 
 
 def create_app(
     replica: ServingReplica,
     *,
     features_log: Log | None = None,
+    actions_log: Log | None = None,
     subscriber: Any = None,
     config: AppConfig | None = None,
     clock: Callable[[], float] = time.time,
@@ -384,41 +223,67 @@ def create_app(
         replica: the ServingReplica to score with (deltas are applied to it elsewhere, e.g. by a
             `SyncSubscriber` passed as `subscriber`, which is then stopped on shutdown).
         features_log: where served impressions go as FeatureEvents (None: not logged).
-        config: limits (AppConfig).
-        clock: wall-clock seconds for event timestamps and metric ages.
+        actions_log: where POST /v1/actions appends ActionEvents (None: that endpoint answers 404).
+        config: limits, workers and tokens (AppConfig).
+        clock: wall-clock seconds for default event timestamps and metric ages.
         new_request_id: makes a request id when the client sends none.
     """
     cfg = config or AppConfig()
+    body_models = bodies(cfg.max_candidates)
     metrics = ServeMetrics(replica, subscriber=subscriber, clock=clock)
-    logger = (
-        FeatureLogger(features_log, flush_interval_s=cfg.flush_interval_s, metrics=metrics)
-        if features_log is not None
-        else None
-    )
+    flush_s = cfg.flush_interval_s
+    features: FeatureLogger | None = None
+    actions: ActionLogger | None = None
+    if features_log is not None:
+        features = FeatureLogger(features_log, flush_interval_s=flush_s, metrics=metrics)
+    if actions_log is not None:
+        actions = ActionLogger(
+            actions_log, flush_interval_s=flush_s, max_pending=cfg.max_pending_actions, metrics=metrics
+        )
+    workers = _Workers(cfg.workers, cfg.max_pending)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        if logger is not None:
-            logger.close()
+        workers.close()
+        for writer in (features, actions):
+            if writer is not None:
+                writer.close()
         if subscriber is not None and hasattr(subscriber, "stop"):
             subscriber.stop()
 
     app = FastAPI(title="freshrec model server", version="1", lifespan=lifespan)
     app.state.replica = replica
     app.state.metrics = metrics
-    app.state.feature_logger = logger
+    app.state.feature_logger = features
+    app.state.action_logger = actions
     app.state.config = cfg
+    schemas: dict[str, Any] = {}  # nested models of the bodies, merged into the OpenAPI components
 
-    def too_many(n: int, what: str) -> None:
-        if n > cfg.max_candidates:
-            msg = f"too many {what}: {n} > max {cfg.max_candidates} per request"
-            raise HTTPException(status_code=422, detail=msg)
+    def body_doc(model: type[BaseModel], secured: bool) -> dict[str, Any]:
+        """OpenAPI requestBody of a handler that parses its body itself."""
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+        doc: dict[str, Any] = {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}
+        }
+        if secured:
+            doc["security"] = [{"bearerAuth": []}]
+        return doc
 
-    @app.post("/v1/rank", response_model=RankResponse, openapi_extra=_body_schema(RankRequest))
-    async def rank(request: Request) -> Response:
-        req = _parse(RankRequest, await request.body())
-        too_many(len(req.candidates), "candidates")
+    def json_response(data: bytes, status: int = 200) -> Response:
+        return Response(data, status_code=status, media_type="application/json")
+
+    # ---- handlers: parse, then score and log (on the event loop when cheap, else in a worker) ----
+    def rank_cost(req: Any) -> int:
+        """Ids the model reads: each candidate reads its own and the context's (a bag per row)."""
+        ctx = sum(map(len, req.sparse.values()))
+        own = sum(sum(map(len, c.sparse.values())) for c in req.candidates if not isinstance(c, int))
+        return len(req.candidates) * (2 + ctx) + own
+
+    def do_rank(req: Any) -> Response:
         rid = req.request_id or new_request_id()
         ids = [c if isinstance(c, int) else c.item_id for c in req.candidates]
         isparse: dict[int, dict[str, list[int]]] | None = None
@@ -431,41 +296,150 @@ def create_app(
             row_sparse = [isparse.get(i, {}) for i in ids]
             row_dense = [idense.get(i, {}) for i in ids]
         version = replica.version
-        items, scores = replica.rank(
-            req.user_id, ids, sparse=req.sparse, dense=req.dense, item_sparse=row_sparse, item_dense=row_dense
-        )
+        per_task = None
+        kw = {"sparse": req.sparse, "dense": req.dense, "item_sparse": row_sparse, "item_dense": row_dense}
+        if len(replica.tasks) > 1:
+            items, scores, per_task = replica.rank_tasks(req.user_id, ids, **kw)
+        else:
+            items, scores = replica.rank(req.user_id, ids, **kw)
+        if not np.isfinite(scores).all():
+            has_dense = bool(req.dense) or any(row_dense or ())
+
+            def finite_without() -> bool:
+                _, s = replica.rank(req.user_id, ids, sparse=req.sparse, item_sparse=row_sparse)
+                return bool(np.isfinite(s).all())
+
+            raise _non_finite(has_dense, finite_without)
         if req.top_k is not None:
             items, scores = items[: req.top_k], scores[: req.top_k]
+            per_task = None if per_task is None else per_task[: req.top_k]
         item_list = items.tolist()
-        if logger is not None:
-            logger.submit((rid, req.user_id, item_list, req.sparse, req.dense, isparse, idense, clock()))
-        return Response(rank_body(rid, item_list, scores, version), media_type="application/json")
+        if features is not None:
+            ts = req.ts if req.ts is not None else clock()
+            features.submit((rid, req.user_id, item_list, req.sparse, req.dense, isparse, idense, ts))
+        names = [t.name for t in replica.tasks] if per_task is not None else None
+        return json_response(rank_body(rid, item_list, scores, version, tasks=names, per_task=per_task))
 
-    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_body_schema(PredictRequest))
-    async def predict(request: Request) -> Response:
-        req = _parse(PredictRequest, await request.body())
-        too_many(len(req.examples), "examples")
+    def predict_cost(req: Any) -> int:
+        return sum(2 + sum(map(len, e.sparse.values())) for e in req.examples)
+
+    def do_predict(req: Any) -> Response:
         version = replica.version
-        p = replica.predict([e.model_dump() for e in req.examples])
-        _check_finite(p)
+        examples = [e.model_dump() for e in req.examples]
+        p = replica.predict(examples)
+        if not np.isfinite(p).all():
+            has_dense = any(e["dense"] for e in examples)
+
+            def finite_without() -> bool:
+                return bool(np.isfinite(replica.predict([{**e, "dense": {}} for e in examples])).all())
+
+            raise _non_finite(has_dense, finite_without)
         probs = ",".join([f"{x:.9g}" for x in p.tolist()])
-        return Response(
-            f'{{"probabilities":[{probs}],"model_version":{int(version)}}}'.encode(),
-            media_type="application/json",
-        )
+        return json_response(f'{{"probabilities":[{probs}],"model_version":{int(version)}}}'.encode())
 
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok", "model_version": replica.version, "tables": replica.table_sizes()}
+    def len_actions(req: Any) -> int:
+        return len(req.actions)
 
-    @app.get("/metrics")
-    def metrics_endpoint() -> Response:
+    def do_actions(req: Any) -> Response:
+        assert actions is not None
+        now = clock()
+        events = [
+            ActionEvent(a.request_id, a.action, a.value, a.ts if a.ts is not None else now)
+            for a in req.actions
+        ]
+        if not actions.submit(events):
+            msg = f"the actions log is behind ({cfg.max_pending_actions} batches waiting); retry later"
+            raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "1"})
+        return json_response(b'{"accepted":%d}' % len(events), status=202)
+
+    async def dispatch(
+        body: bytes, model: type[BaseModel], cost: Callable[[Any], int], answer: Callable[[Any], Response]
+    ) -> Response:
+        """Parse and answer on the event loop when the body is small and the answer cheap (a thread
+        hop costs more than such a request); otherwise in a worker, so the loop stays free."""
+        if len(body) <= cfg.inline_max_bytes:
+            req = parse_body(model, body)
+            if cost(req) <= cfg.inline_max_ids:
+                return answer(req)
+            return await workers.run(answer, req)
+        return await workers.run(lambda b: answer(parse_body(model, b)), body)
+
+    # ---- routes --------------------------------------------------------------------------------
+    secured = cfg.api_token is not None
+    scored = _responses(401, 413, 415, 422, 500, 503)
+
+    @app.post(
+        "/v1/rank",
+        response_model=RankResponse,
+        responses=scored,
+        openapi_extra=body_doc(body_models.rank, secured),
+    )
+    async def rank(request: Request) -> Response:
+        return await dispatch(await request.body(), body_models.rank, rank_cost, do_rank)
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses=scored,
+        openapi_extra=body_doc(body_models.predict, secured),
+    )
+    async def predict(request: Request) -> Response:
+        return await dispatch(await request.body(), body_models.predict, predict_cost, do_predict)
+
+    @app.post(
+        "/v1/actions",
+        status_code=202,
+        response_model=ActionsResponse,
+        responses=_responses(401, 404, 413, 415, 422, 503),
+        openapi_extra=body_doc(body_models.actions, secured),
+    )
+    async def post_actions(request: Request) -> Response:
+        if actions is None:
+            raise HTTPException(
+                status_code=404, detail="this server logs no actions (started without an actions log)"
+            )
+        failing = actions.failing(within_s=max(5.0, 5 * flush_s))
+        if failing is not None:
+            msg = f"the actions log is failing ({failing[:200]}); retry later"
+            raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "5"})
+        return await dispatch(await request.body(), body_models.actions, len_actions, do_actions)
+
+    @app.get("/healthz", response_model=HealthResponse)
+    async def healthz() -> Response:
+        data = {"status": "ok", "model_version": int(replica.version), "tables": replica.table_sizes()}
+        return json_response(json.dumps(data).encode())
+
+    metrics_doc: dict[str, Any] = {"security": [{"bearerAuth": []}]} if cfg.metrics_token is not None else {}
+
+    @app.get(
+        "/metrics", response_class=PlainTextResponse, responses=_responses(401), openapi_extra=metrics_doc
+    )
+    async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    _with_extra_schemas(app)
-    app.add_middleware(_BodyLimit, max_bytes=cfg.max_body_bytes, metrics=metrics)
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = base_openapi()
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(schemas)
+            if secured or cfg.metrics_token is not None:
+                components["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(
+        Guard,
+        body_paths=BODY_PATHS,
+        max_bytes=cfg.max_body_bytes,
+        metrics=metrics,
+        api_token=cfg.api_token,
+        metrics_token=cfg.metrics_token,
+    )
     return app

@@ -5,6 +5,8 @@ Exposed at `GET /metrics` (text format 0.0.4):
     freshrec_request_latency_seconds{endpoint}      histogram of request handling time (server side)
     freshrec_requests_total{endpoint,status}        requests answered, by HTTP status
     freshrec_features_logged_total                  feature events written to the features log
+    freshrec_actions_logged_total                   action events written to the actions log
+    freshrec_log_errors_total{log}                  failed writes to the features or actions log
     freshrec_model_version                          highest parameter-log version applied
     freshrec_dense_version                          version of the dense weights in use
     freshrec_last_delta_age_seconds                 wall seconds since the last frame was applied
@@ -94,6 +96,12 @@ class ServeMetrics:
         )
         self.features_logged = Counter(
             "freshrec_features_logged", "Feature events written to the features log", registry=self.registry
+        )
+        self.actions_logged = Counter(
+            "freshrec_actions_logged", "Action events written to the actions log", registry=self.registry
+        )
+        self.log_errors = Counter(
+            "freshrec_log_errors", "Failed writes to a log of the server", ["log"], registry=self.registry
         )
         self.registry.register(_ReplicaCollector(replica, subscriber, clock))
 

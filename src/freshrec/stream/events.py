@@ -228,7 +228,7 @@ def encode_dead_letter(d: DeadLetter) -> bytes:
 
 def _no_constant(name: str) -> Any:
     msg = f"non-finite number literal {name!r} is not allowed"
-    raise ValueError(msg)
+    raise EventError(msg)
 
 
 _DEC = json.JSONDecoder(parse_constant=_no_constant)

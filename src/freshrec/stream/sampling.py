@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from freshrec.errors import ConfigError
+from freshrec.errors import ConfigError, DataError
 
 __all__ = [
     "SamplingConfig",
@@ -93,7 +93,7 @@ def _log(r: Any) -> Any:
     if isinstance(r, int | float):
         if not 0.0 < r <= 1.0:
             msg = f"sample rate must be in (0, 1], got {r}"
-            raise ValueError(msg)
+            raise DataError(msg)
         return math.log(r)
     if hasattr(r, "log") and not isinstance(r, np.ndarray):  # a torch tensor
         return r.log()

@@ -29,6 +29,7 @@ import math
 import numpy as np
 from numba import njit
 
+from freshrec.errors import ConfigError, DataError
 from freshrec.table._rowptr import row_of
 
 __all__ = ["apply_rows", "init_state"]
@@ -142,10 +143,11 @@ def apply_rows(kind, hyper, chunks, chunk_bits, dim, rows, grads):
     """Update rows[i] in place with gradient grads[i] (float32 (len(rows), dim)), for every i.
 
     Rows must be distinct (gradients of duplicates summed beforehand) and allocated. `kind` is
-    one of SGD_KIND, ADAGRAD_KIND, ADAM_KIND, FTRL_KIND; an unknown kind raises ValueError.
+    one of SGD_KIND, ADAGRAD_KIND, ADAM_KIND, FTRL_KIND; an unknown kind raises ConfigError, grads of the
+    wrong shape DataError.
     """
     if grads.shape[0] != rows.shape[0] or grads.shape[1] < dim:
-        raise ValueError("apply_rows: grads must have shape (len(rows), dim)")
+        raise DataError("apply_rows: grads must have shape (len(rows), dim)")
     if kind == SGD_KIND:
         _sgd(hyper, chunks, chunk_bits, dim, rows, grads)
     elif kind == ADAGRAD_KIND:
@@ -155,7 +157,7 @@ def apply_rows(kind, hyper, chunks, chunk_bits, dim, rows, grads):
     elif kind == FTRL_KIND:
         _ftrl(hyper, chunks, chunk_bits, dim, rows, grads)
     else:
-        raise ValueError("apply_rows: unknown optimizer kind")
+        raise ConfigError("apply_rows: unknown optimizer kind")
 
 
 @njit(nogil=True, cache=True)
@@ -197,4 +199,4 @@ def init_state(kind, hyper, chunks, chunk_bits, dim, rows):
                 row[dim + j] = np.float32(z)
                 row[2 * dim + j] = np.float32(0.0)
         else:
-            raise ValueError("init_state: unknown optimizer kind")
+            raise ConfigError("init_state: unknown optimizer kind")

@@ -11,12 +11,21 @@ None of these changes results.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["prefetch", "prefetch_addr", "prefetch_row"]
+
+
+def _intrinsic(fn: Callable[..., Any]) -> Any:
+    """numba's `intrinsic`, typed as what kernels call: its stub counts `typingctx` among the
+    call's arguments, which a kernel never passes."""
+    return intrinsic(fn)
 
 
 def _emit(context, builder, ptr) -> object:
@@ -34,7 +43,7 @@ def _item_pointer(context, builder, aryty, value, indices):
     return cgutils.get_item_pointer(context, builder, aryty, ary, indices, wraparound=False)
 
 
-@intrinsic
+@_intrinsic
 def prefetch(typingctx, arr, idx):
     def codegen(context, builder, signature, args):
         ptr = _item_pointer(context, builder, signature.args[0], args[0], [args[1]])
@@ -43,7 +52,7 @@ def prefetch(typingctx, arr, idx):
     return types.void(arr, idx), codegen
 
 
-@intrinsic
+@_intrinsic
 def prefetch_row(typingctx, arr, i):
     def codegen(context, builder, signature, args):
         zero = context.get_constant(signature.args[1], 0)
@@ -53,7 +62,7 @@ def prefetch_row(typingctx, arr, i):
     return types.void(arr, i), codegen
 
 
-@intrinsic
+@_intrinsic
 def prefetch_addr(typingctx, addr):
     def codegen(context, builder, signature, args):
         return _emit(context, builder, builder.inttoptr(args[0], ir.IntType(8).as_pointer()))

@@ -14,13 +14,15 @@ run (RowStore never frees a chunk).
 
 from __future__ import annotations
 
+from typing import Any
+
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
 __all__ = ["count_of", "last_seen_of", "row_of"]
 
 
-def _pointer_cast(name: str, dtype: types.Type) -> object:
+def _pointer_cast(name: str, dtype: types.Type) -> Any:
     """An intrinsic turning an int64 address into a `dtype` pointer (for `carray`)."""
 
     def cast(typingctx, addr):

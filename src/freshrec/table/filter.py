@@ -31,7 +31,7 @@ import math
 import numpy as np
 from numba import njit
 
-from freshrec.errors import ConfigError, SnapshotError
+from freshrec.errors import ConfigError, DataError, SnapshotError
 from freshrec.table.config import FilterConfig
 
 __all__ = ["FrequencyFilter"]
@@ -204,7 +204,7 @@ class FrequencyFilter:
         counts = np.ascontiguousarray(counts, dtype=np.int64).reshape(-1)
         if ids.shape != counts.shape:
             msg = f"filter admit: ids and counts differ in length ({ids.shape[0]} vs {counts.shape[0]})"
-            raise ValueError(msg)
+            raise DataError(msg)
         n = ids.shape[0]
         if self.min_count == 1:
             return np.ones(n, dtype=np.bool_)

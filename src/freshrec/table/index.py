@@ -18,6 +18,7 @@ import mmap
 
 import numpy as np
 
+from freshrec.errors import CapacityError
 from freshrec.table import _index_kernels as K
 
 __all__ = ["CuckooIndex"]
@@ -95,7 +96,7 @@ class CuckooIndex:
         nb = max(nb, K.MIN_BUCKETS)
         if nb >= 1 << 32:
             msg = f"cuckoo index cannot hold {nb} buckets (limit 2**32 - 1)"
-            raise MemoryError(msg)
+            raise CapacityError(msg)
         words = _aligned_words(nb * K.WORDS).view(np.uint64)
         populate(words, 0, words.shape[0])  # empty slots are zeros, but the pages are all used
         self.n_buckets, self.words, self.obits = nb, words, offset_bits(nb)

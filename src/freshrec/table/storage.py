@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from freshrec.errors import CapacityError
 from freshrec.table import _row_kernels as R
 from freshrec.table.index import populate, zeroed_pages
 
@@ -93,7 +94,7 @@ class RowStore:
         while upto > self.capacity:
             if self.capacity + self.chunk_rows > 2**31 - 1:
                 msg = "a table holds at most 2**31 - 1 rows per shard; add shards"
-                raise MemoryError(msg)
+                raise CapacityError(msg)
             self._add_chunk()
         if upto <= self.committed:
             return

@@ -38,9 +38,9 @@ import torch
 from tqdm import tqdm
 
 from freshrec.errors import ConfigError
-from freshrec.model import Batch, FeatureSpec, ModelSpec, SlotModel, SlotSpec, Task, outputs_2d, parse_tasks
+from freshrec.model import Batch, FeatureSpec, ModelSpec, SlotModel, SlotSpec, Task, parse_tasks
 from freshrec.model import build_model as build_contract_model
-from freshrec.model.contract import DEFAULT_TASKS
+from freshrec.model.contract import DEFAULT_TASKS, outputs_2d
 from freshrec.ps.training import TrainingPS
 from freshrec.table import Adagrad, Initializer
 from freshrec.train.metrics import auc, log_loss_from_logits
@@ -321,7 +321,7 @@ def train_model(
             model = build_model(spec_for(train, config), config)
         ps = TrainingPS.from_model(model, dense_lr=config.dense_lr, hashed_lr=config.sparse_lr)
     model = ps.model
-    torch.manual_seed(config.seed)
+    ps.rng.manual_seed(config.seed)
     history: list[EpochMetrics] = []
     n = len(train.label)
     for epoch in range(1, config.epochs + 1):

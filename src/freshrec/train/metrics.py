@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from freshrec.errors import DataError
+
 __all__ = ["auc", "log_loss", "log_loss_from_logits", "sigmoid"]
 
 
@@ -45,7 +47,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if y.shape[0] != s.shape[0]:
         msg = f"labels ({y.shape[0]}) and scores ({s.shape[0]}) differ in length"
-        raise ValueError(msg)
+        raise DataError(msg)
     n_pos = int(y.sum())
     n_neg = y.shape[0] - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -72,7 +74,7 @@ def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     p = np.clip(np.asarray(probs, dtype=np.float64).reshape(-1), eps, 1.0 - eps)
     if y.shape[0] != p.shape[0]:
         msg = f"labels ({y.shape[0]}) and probs ({p.shape[0]}) differ in length"
-        raise ValueError(msg)
+        raise DataError(msg)
     if y.shape[0] == 0:
         return float("nan")
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
@@ -84,7 +86,7 @@ def log_loss_from_logits(labels: np.ndarray, logits: np.ndarray) -> float:
     z = np.asarray(logits, dtype=np.float64).reshape(-1)
     if y.shape[0] != z.shape[0]:
         msg = f"labels ({y.shape[0]}) and logits ({z.shape[0]}) differ in length"
-        raise ValueError(msg)
+        raise DataError(msg)
     if y.shape[0] == 0:
         return float("nan")
     return float(np.mean(np.logaddexp(0.0, z) - y * z))

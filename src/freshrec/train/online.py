@@ -84,9 +84,11 @@ class OnlineConfig:
     auc_window: int = 20_000
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.auc_window < 1 or self.evict_every < 0 or self.commit_every < 0:
-            msg = f"OnlineConfig: batch_size, auc_window >= 1 and evict_every, commit_every >= 0: {self}"
-            raise ConfigError(msg)
+        for name, low in (("batch_size", 1), ("auc_window", 1), ("evict_every", 0), ("commit_every", 0)):
+            value = getattr(self, name)
+            if value < low:
+                msg = f"OnlineConfig.{name} = {value!r}: must be >= {low}"
+                raise ConfigError(msg)
 
 
 @dataclass(frozen=True)

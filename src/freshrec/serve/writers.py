@@ -1,0 +1,219 @@
+"""Background log writers of the model server: what was served (features) and what users did (actions).
+
+Each writer is one thread that owns one log: requests hand it plain data (`submit`, which never
+blocks), the thread encodes and appends it, and flushes the log every `flush_interval_s` when
+something was appended, on `flush()` and on `close()`. Nothing else touches the log, so it needs
+no locking of its own, and a request pays for no encoding or I/O.
+
+Durability: a submitted record is durable once the next flush returns (`Log.flush`: fsynced, or
+acknowledged by Kafka), i.e. at most about `flush_interval_s` after it was submitted, and at
+shutdown (`close()`, run by the app's lifespan on SIGINT/SIGTERM). A crash (kill -9, power loss)
+loses what was submitted since the last flush. A write that fails is logged and counted
+(`errors`, `last_error`); the records of that call are lost.
+
+Keys: every record is keyed by its own request_id ("<request>:<position>" for an impression, the
+impression's id for an action), so an impression and its actions land in the same partition
+number of their logs (docs/wire-format.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from freshrec.serve.metrics import ServeMetrics
+from freshrec.stream.events import ActionEvent, FeatureEvent, encode_action, encode_feature
+from freshrec.stream.log import Log
+
+__all__ = ["ActionLogger", "FeatureLogger", "feature_records"]
+
+log = logging.getLogger(__name__)
+
+_dump = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def feature_records(
+    rid: str,
+    user_id: int,
+    items: list[int],
+    sparse: dict[str, list[int]],
+    dense: dict[str, float],
+    ts: float,
+    item_sparse: dict[int, dict[str, list[int]]] | None = None,
+    item_dense: dict[int, dict[str, float]] | None = None,
+) -> list[bytes]:
+    """`encode_feature` bytes of the impressions of one ranked request, candidate at position i
+    getting request_id "<rid>:<i>". Byte-identical to `encode_feature(FeatureEvent(...))` (tested);
+    the parts shared by all candidates are encoded once (about 5x faster for 100 candidates)."""
+    head = ('{"request_id":' + _dump(rid)[:-1]).encode()  # '{"request_id":"rid' (quote left open)
+    mid = f',"user_id":{int(user_id)},"item_id":'.encode()
+    tail = f',"sparse":{_dump(sparse)},"dense":{_dump(dense)},"ts":{_dump(ts)}}}'.encode()
+    out = []
+    for pos, iid in enumerate(items):
+        own_s = item_sparse.get(iid) if item_sparse is not None else None
+        own_d = item_dense.get(iid) if item_dense is not None else None
+        if own_s or own_d:
+            ev = FeatureEvent(
+                request_id=f"{rid}:{pos}",
+                user_id=int(user_id),
+                item_id=int(iid),
+                sparse={**sparse, **own_s} if own_s else sparse,
+                dense={**dense, **own_d} if own_d else dense,
+                ts=ts,
+            )
+            out.append(encode_feature(ev))
+        else:
+            out.append(b'%s:%d"%s%d%s' % (head, pos, mid, iid, tail))
+    return out
+
+
+class _LogWriter:
+    """The writer thread (see the module docstring); subclasses say how an item is written.
+
+    max_pending: items queued at most (0: unbounded); `submit` returns False past it.
+    """
+
+    what = "records"
+
+    def __init__(
+        self,
+        target: Log,
+        *,
+        flush_interval_s: float = 1.0,
+        max_pending: int = 0,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
+        self.log = target
+        self.flush_interval_s = float(flush_interval_s)
+        self.metrics = metrics
+        self._q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max_pending)
+        self._dirty = False
+        self.logged = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._failed_at = -float("inf")
+        self._thread = threading.Thread(target=self._run, name=f"freshrec-{self.what}-logger", daemon=True)
+        self._thread.start()
+
+    def _write(self, item: Any) -> int:
+        """Append one item's records; returns how many."""
+        raise NotImplementedError
+
+    def _put(self, item: Any) -> bool:
+        try:
+            self._q.put_nowait(("item", item))
+        except queue.Full:
+            return False
+        return True
+
+    def failing(self, within_s: float) -> str | None:
+        """The last error when a write failed less than `within_s` seconds ago, else None."""
+        return self.last_error if time.monotonic() - self._failed_at < within_s else None
+
+    def _flush(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self.log.flush()
+
+    def _run(self) -> None:
+        next_flush = time.monotonic() + self.flush_interval_s
+        while True:
+            try:
+                kind, arg = self._q.get(timeout=max(0.0, next_flush - time.monotonic()))
+            except queue.Empty:
+                kind, arg = "tick", None
+            try:
+                if kind == "item":
+                    n = self._write(arg)
+                    self.logged += n
+                    self._dirty = True
+                elif kind in ("flush", "stop"):
+                    self._flush()
+                if time.monotonic() >= next_flush:
+                    self._flush()
+                    next_flush = time.monotonic() + self.flush_interval_s
+            except Exception as e:
+                self.errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                self._failed_at = time.monotonic()
+                if self.metrics is not None:
+                    self.metrics.log_errors.labels(self.what).inc()
+                log.exception("%s logging failed", self.what)
+            finally:
+                if kind == "flush":
+                    arg.set()
+            if kind == "stop":
+                return
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything submitted so far is appended and the log flushed; False on timeout."""
+        done = threading.Event()
+        try:
+            self._q.put(("flush", done), timeout=timeout_s)
+        except queue.Full:
+            return False
+        return done.wait(timeout_s)
+
+    def close(self) -> None:
+        """Flush and stop the thread."""
+        if self._thread.is_alive():
+            self._q.put(("stop", None))
+            self._thread.join(30.0)
+
+
+class FeatureLogger(_LogWriter):
+    """Encodes served impressions as FeatureEvents (`feature_records`) and appends them to the
+    features log, each keyed by its request_id. Unbounded: impressions come no faster than scoring."""
+
+    what = "features"
+
+    def __init__(
+        self, features_log: Log, *, flush_interval_s: float = 1.0, metrics: ServeMetrics | None = None
+    ) -> None:
+        super().__init__(features_log, flush_interval_s=flush_interval_s, metrics=metrics)
+
+    def submit(self, item: tuple) -> None:
+        """(request_id, user_id, item_ids, sparse, dense, item_sparse, item_dense, ts) of one request."""
+        self._put(item)
+
+    def _write(self, item: tuple) -> int:
+        rid, user_id, items, sparse, dense, isparse, idense, ts = item
+        for pos, value in enumerate(feature_records(rid, user_id, items, sparse, dense, ts, isparse, idense)):
+            self.log.append(value, key=f"{rid}:{pos}".encode())
+        if self.metrics is not None:
+            self.metrics.features_logged.inc(len(items))
+        return len(items)
+
+
+class ActionLogger(_LogWriter):
+    """Appends user actions (`ActionEvent`s, `encode_action`) to the actions log, each keyed by its
+    request_id. Bounded: `submit` refuses a batch (returns False) while `max_pending` batches wait."""
+
+    what = "actions"
+
+    def __init__(
+        self,
+        actions_log: Log,
+        *,
+        flush_interval_s: float = 1.0,
+        max_pending: int = 1024,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
+        super().__init__(
+            actions_log, flush_interval_s=flush_interval_s, max_pending=max_pending, metrics=metrics
+        )
+
+    def submit(self, actions: list[ActionEvent]) -> bool:
+        """Queue one request's actions; False when the queue is full (nothing queued)."""
+        return self._put(actions)
+
+    def _write(self, actions: list[ActionEvent]) -> int:
+        for a in actions:
+            self.log.append(encode_action(a), key=a.request_id.encode())
+        if self.metrics is not None:
+            self.metrics.actions_logged.inc(len(actions))
+        return len(actions)
