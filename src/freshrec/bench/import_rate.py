@@ -174,6 +174,12 @@ def run(rows: int = 1_000_000, *, repeat: int = 2, folder: str | None = None, se
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.rows < 1 or args.repeat < 1:
+        print(
+            f"freshrec bench import: --rows and --repeat must be >= 1 (got {args.rows}, {args.repeat})",
+            file=sys.stderr,
+        )
+        return 2
     out = run(args.rows, repeat=args.repeat, folder=args.dir, seed=args.seed)
     for fmt in ("csv", "parquet"):
         r = out[fmt]
