@@ -2,6 +2,7 @@
 
     FreshrecError
     ├── ConfigError            a configuration value or argument is out of range or inconsistent
+    │   └── SchemaError            a data schema does not fit its files, its snapshot or a request
     ├── DataError              data handed in (arrays, a dataset, a file's rows) is malformed or inconsistent
     │   └── MissingDataError       a data file or folder is not there
     ├── NotFoundError          a name or id asked for is not there (a slot, a user of the synthetic platform)
@@ -42,6 +43,7 @@ __all__ = [
     "NotFoundError",
     "OffsetOutOfRange",
     "RoleError",
+    "SchemaError",
     "SnapshotError",
     "StoreError",
 ]
@@ -68,6 +70,22 @@ class NotFoundError(FreshrecError, KeyError):
 
     def __str__(self) -> str:  # KeyError's str() would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class SchemaError(ConfigError):
+    """A data schema (`freshrec.data.schema`) does not fit its files, the snapshot it is used with,
+    or a request: a slot or label not in the data, a label with no positives, a timestamp that does
+    not sort, a schema other than the snapshot's, unknown feature names.
+
+    Attributes:
+        field: the schema field at fault (a slot, label or column name; "" when the schema as a whole).
+        file: the file (a data file, config file or snapshot) it was checked against, or "".
+    """
+
+    def __init__(self, message: str, *, field: str = "", file: str = "") -> None:
+        self.field = field
+        self.file = str(file)
+        super().__init__(message)
 
 
 class SnapshotError(FreshrecError):

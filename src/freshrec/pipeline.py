@@ -134,8 +134,10 @@ class Pipeline:
                 c.features_spec, c.online, model=c.model, tasks=c.tasks, dense=c.dense_names
             )
         if c.snapshots is not None:
-            self.snapshotter = PeriodicSnapshotter(c.snapshots, c.policy)
+            carried: dict = {}  # the data schema of the snapshot trained from, kept in every snapshot
+            self.snapshotter = PeriodicSnapshotter(c.snapshots, c.policy, extra_state=lambda: carried)
             self.recovered = self.snapshotter.recover(trainer, fallback=fallback)
+            carried.update(_schema_extra(c.init, self.recovered))
         return trainer
 
     def publisher(
@@ -269,3 +271,15 @@ class Pipeline:
 def role_names() -> Sequence[str]:
     """The roles a pipeline builds, in data-flow order."""
     return ("joiner", "trainer", "publisher", "replica", "app")
+
+
+def _schema_extra(init: Path | None, recovered: RecoveryInfo | None) -> dict:
+    """{"schema": ...} of the recovered chain, else of the `init` snapshot, else {}."""
+    if recovered is not None and "schema" in recovered.extra:
+        return {"schema": recovered.extra["schema"]}
+    if init is None:
+        return {}
+    from freshrec.ps.schema_check import SCHEMA_KEY, snapshot_schema
+
+    stored = snapshot_schema(init)
+    return {SCHEMA_KEY: stored.to_dict()} if stored is not None else {}

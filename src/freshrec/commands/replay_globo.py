@@ -1,11 +1,16 @@
-"""`freshrec replay globo`: write the Globo clicks into the features/actions logs as a live stream."""
+"""`freshrec replay globo`: write the Globo clicks into the features/actions logs as a live stream.
+
+It is `freshrec import` with the shipped schema `examples/globo.toml` (shape c, positives only:
+each click serves `--k` more articles drawn from the trailing hour's clicks), so it is resumable and
+never writes an event twice; `--k`, `--delay` and `--seed` set the schema's `negatives`, `delay_s`
+and `seed`. The library generator `freshrec.stream.replay.globo_events` stays for in-process use.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 
 from freshrec.errors import FreshrecError
 
@@ -24,41 +29,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delay", type=float, default=1.0, help="seconds from impression to click")
     parser.add_argument("--speedup", type=float, default=0.0, help="data time / wall time (0: no pacing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the negative draws")
+    parser.add_argument("--state", default=None, help="resume state file (default: LOG/_import/globo.json)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from dataclasses import replace
 
+    from freshrec.commands.import_events import run_import
     from freshrec.data.paths import dataset_path
-    from freshrec.stream.backends import open_backend
-    from freshrec.stream.replay import globo_events, load_globo_clicks, replay_to_logs
+    from freshrec.data.schema import shipped_schema
 
     path = args.data or dataset_path("globo") / "clicks.csv.gz"
     try:
-        clicks = load_globo_clicks(path, limit=args.limit)
-        backend = open_backend(args.log)
-        features = backend.log(args.features, partitions=args.partitions)
-        actions = backend.log(args.actions, partitions=args.partitions)
+        schema = shipped_schema("globo", path)
+        imp = replace(schema.impressions, negatives=args.k, delay_s=args.delay, seed=args.seed)
+        schema = replace(schema, impressions=imp)
     except FreshrecError as e:
         print(f"freshrec replay globo: {e}", file=sys.stderr)
         return 2
-    total = len(clicks) * (args.k + 2)  # an upper bound: k + 1 impressions and 1 click per click
-    bar = tqdm(total=total, unit="ev", disable=args.no_progress, file=sys.stderr)
-    try:
-        stats = replay_to_logs(
-            globo_events(clicks, k=args.k, seed=args.seed, click_delay_s=args.delay),
-            features,
-            actions,
-            speedup=args.speedup,
-            clock=time.monotonic,
-            sleep=time.sleep,
-            flush_every=20_000,
-            progress=bar.update,
+    code, summary = run_import(schema, args, command="freshrec replay globo")
+    if summary is None:
+        return code
+    print(
+        json.dumps(
+            {
+                "clicks": summary["clicks"],
+                "features": summary["features_written"],
+                "actions": summary["actions_written"],
+                "already_written": summary["already_written"],
+                "first_ts": summary["first_ts"],
+                "last_ts": summary["last_ts"],
+            }
         )
-    finally:
-        bar.close()
-        backend.close()
-    print(json.dumps({"clicks": len(clicks), "features": stats.features, "actions": stats.actions,
-                      "first_ts": stats.first_ts, "last_ts": stats.last_ts}))
-    return 0
+    )
+    return code

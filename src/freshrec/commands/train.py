@@ -21,7 +21,12 @@ TORCH_THREADS = 1  # `--threads` wins
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=("movielens", "globo", "criteo"), required=True)
+    parser.add_argument(
+        "--dataset",
+        choices=("movielens", "globo", "criteo"),
+        default=None,
+        help="a built-in loader; without it, the files of the config's [schema] table (--config FILE)",
+    )
     parser.add_argument(
         "--data", default=None, help="dataset folder or file (default: the shared data folder)"
     )
@@ -68,13 +73,23 @@ def main(args: argparse.Namespace) -> int:
         train_model,
     )
 
+    schema = None
     try:
-        train, test = load_train_test(
-            args.dataset, args.data, test_fraction=args.test_fraction, limit=args.limit
-        )
+        if args.dataset is None:
+            from freshrec.train.schema_train import load_train_test_schema
+
+            train, test, schema = load_train_test_schema(
+                args.config, args.data, test_fraction=args.test_fraction, limit=args.limit
+            )
+        else:
+            train, test = load_train_test(
+                args.dataset, args.data, test_fraction=args.test_fraction, limit=args.limit
+            )
     except (FileNotFoundError, ValueError, ModuleNotFoundError, FreshrecError) as e:
-        print(f"freshrec train: cannot load {args.dataset}: {e}", file=sys.stderr)
+        what = args.dataset or args.config
+        print(f"freshrec train: {f'cannot load {what}: ' if what else ''}{e}", file=sys.stderr)
         return 2
+    dataset_name = args.dataset or (schema.name if schema is not None else "schema")
     hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
     buckets = None
     if args.embedding == "hashed":
@@ -121,9 +136,9 @@ def main(args: argparse.Namespace) -> int:
     except FreshrecError as e:
         print(f"freshrec train: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out or f"runs/train-{args.dataset}")
+    out = Path(args.out or f"runs/train-{dataset_name}")
     meta = {
-        "dataset": args.dataset,
+        "dataset": dataset_name,
         "train_examples": len(train),
         "test_examples": len(test),
         "config": config_dict(config),
@@ -138,6 +153,8 @@ def main(args: argparse.Namespace) -> int:
             for m in result.epochs
         ],
     }
+    if schema is not None:
+        meta["schema"] = schema.to_dict()  # read back by freshrec.ps.schema_check.snapshot_schema
     assert result.ps is not None
     save_checkpoint(result.ps, out, meta)
     print(f"snapshot: {out}")
@@ -146,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
-                    "dataset": args.dataset,
+                    "dataset": dataset_name,
                     "embedding": args.embedding,
                     "auc": f.auc,
                     "log_loss": f.log_loss,

@@ -114,6 +114,10 @@ def main(args: argparse.Namespace) -> int:
 
     dense = [d for d in args.dense.split(",") if d.strip()]
     try:
+        if args.init:  # the schema of the snapshot: checked against the config's, dense names from it
+            from freshrec.train.schema_train import check_init_schema
+
+            dense = dense or list(check_init_schema(args.config, args.init))
         config = OnlineConfig(
             batch_size=args.batch_size,
             dense_lr=args.dense_lr,
