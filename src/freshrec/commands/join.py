@@ -31,12 +31,13 @@ def parse_windows(text: str) -> dict[str, float]:
     for part in text.split(","):
         name, sep, value = part.strip().partition("=")
         try:
-            if not sep or not name:
-                raise ValueError
-            out[name] = float(value)
+            seconds = float(value) if sep and name else None
         except ValueError:
+            seconds = None
+        if seconds is None:
             msg = f"--windows: expected ACTION=SECONDS[,ACTION=SECONDS...], got {text!r}"
-            raise ConfigError(msg) from None
+            raise ConfigError(msg)
+        out[name] = seconds
     return out
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from freshrec.errors import ConfigError, FreshrecError, SnapshotError
 
 HELP = "serve a model over HTTP from a snapshot, applying parameter-log deltas while serving"
+TORCH_THREADS = 1  # torch's intra-op threads for scoring; `--threads` wins (set by freshrec.cli)
 EXAMPLE = "freshrec serve --params ./logs --snapshot ./snapshots --host 127.0.0.1 --port 8080"
 
 
@@ -101,8 +102,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"freshrec serve: {e}", file=sys.stderr)
         return 2
 
-    import torch
-
     from freshrec.pipeline import Pipeline, PipelineConfig
     from freshrec.ps import ServingConfig
     from freshrec.serve import AppConfig, ServerConfig, bind_socket, serve_forever
@@ -123,7 +122,6 @@ def main(args: argparse.Namespace) -> int:
             keep_alive_s=args.keep_alive,
             max_connections=args.max_connections,
         )
-        torch.set_num_threads(max(1, args.threads))
         snap = Path(args.snapshot)
         pipe = Pipeline(
             PipelineConfig(

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from freshrec.errors import ConfigError
+from freshrec.errors import ConfigError, RoleError
 
 __all__ = ["ServerConfig", "ServerThread", "bind_socket", "check_exposure", "is_loopback", "serve_forever"]
 
@@ -286,11 +286,11 @@ class ServerThread:
         deadline = time.monotonic() + timeout_s
         while not self.server.started:
             if self.error is not None or not self._thread.is_alive():
-                msg = f"uvicorn failed to start: {self.error!r}"
-                raise RuntimeError(msg)
+                msg = f"the HTTP server on {self.host}:{self.port} failed to start: {self.error!r}"
+                raise RoleError(msg)
             if time.monotonic() > deadline:
-                msg = f"uvicorn did not start within {timeout_s} s"
-                raise RuntimeError(msg)
+                msg = f"the HTTP server on {self.host}:{self.port} did not start within {timeout_s} s"
+                raise RoleError(msg)
             time.sleep(0.01)
         return self
 
