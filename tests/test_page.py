@@ -182,7 +182,7 @@ def test_every_asset_is_package_data():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     src = ROOT / "src" / "freshrec"
     declared = {p for pattern in data["freshrec"] for p in src.glob(pattern)}
-    for package, folder in (("freshrec.serve", "serve"),):
+    for package, folder in (("freshrec.serve", "serve"), ("freshrec.demo", "demo")):
         names = set(read_assets(package))
         assert names, package
         missing = {n for n in names if src / folder / "static" / n not in declared}
