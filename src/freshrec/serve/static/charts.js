@@ -122,9 +122,10 @@ const Charts = (() => {
         `height="${h.toFixed(1)}" fill="${color}" opacity="0.85"/>`;
     });
     for (const m of opt.marks || []) {
-      const x = X(Math.min(Math.max(m.at, xs[0]), xs[1])).toFixed(1);
-      s += `<line x1="${x}" x2="${x}" y1="${M.t}" y2="${M.t + PH}" stroke="${m.color}" stroke-dasharray="4 3"/>` +
-        `<text x="${+x + 4}" y="${M.t + 10}" fill="${m.color}">${esc(m.label)}</text>`;
+      const x = X(Math.min(Math.max(m.at, xs[0]), xs[1]));
+      const right = x > M.l + PW - 60; // a label near the right edge goes on the line's left
+      s += `<line x1="${x.toFixed(1)}" x2="${x.toFixed(1)}" y1="${M.t}" y2="${M.t + PH}" stroke="${m.color}" stroke-dasharray="4 3"/>` +
+        `<text x="${(right ? x - 4 : x + 4).toFixed(1)}" y="${M.t + 10}" text-anchor="${right ? "end" : "start"}" fill="${m.color}">${esc(m.label)}</text>`;
     }
     el.innerHTML = `<svg viewBox="0 0 ${W} ${H}" role="img">${s}</svg>`;
     el.dataset.points = String(n);
