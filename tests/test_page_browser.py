@@ -121,13 +121,16 @@ def foreign_requests(d: Any, origin: str) -> list[str]:
 
 
 def load_figures(d: Any) -> dict[str, float]:
-    """Navigation timing of the page (ms from navigation start) and bytes transferred."""
+    """Navigation timing of the page (ms from navigation start), bytes of the document, and the
+    requests the page made so far (their count and bytes)."""
     return d.execute_script(
         """const n = performance.getEntriesByType('navigation')[0];
         return {document_bytes: n.transferSize, document_body_bytes: n.encodedBodySize,
                 response_end_ms: n.responseEnd, dom_content_loaded_ms: n.domContentLoadedEventEnd,
                 load_ms: n.loadEventEnd, first_data_ms: window.freshrecFirstData || null,
-                requests: performance.getEntriesByType('resource').length};"""
+                requests: performance.getEntriesByType('resource').length,
+                requests_bytes: performance.getEntriesByType('resource')
+                    .reduce((a, e) => a + e.transferSize, 0)};"""
     )
 
 

@@ -22,7 +22,7 @@ const Charts = (() => {
     const raw = span / Math.max(1, n);
     const mag = Math.pow(10, Math.floor(Math.log10(raw)));
     const r = raw / mag;
-    const step = (r >= 5 ? 10 : r >= 2 ? 5 : r >= 1.5 ? 2 : 1) * mag;
+    const step = (r < 1.5 ? 1 : r < 3.5 ? 2 : r < 7.5 ? 5 : 10) * mag; // the round step nearest raw
     const out = [];
     for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toFixed(10));
     return out;
@@ -84,6 +84,7 @@ const Charts = (() => {
     let s = frame(xs, ys, opt, (opt.x && opt.x.format) || fmt);
     let lx = M.l + 6;
     let legend = "";
+    let hidden = 0;
     for (const ser of opt.series) {
       let d = "", pen = "M";
       for (const [x, y] of ser.points) {
@@ -96,11 +97,17 @@ const Charts = (() => {
         s += `<path d="${d}" fill="none" stroke="${ser.color}" stroke-width="1.8"${dash} stroke-linejoin="round"/>`;
       }
       if (opt.series.length > 1 || ser.name) {
-        legend += `<rect x="${lx}" y="${M.t - 14}" width="10" height="3" fill="${ser.color}"/>` +
-          `<text x="${lx + 14}" y="${M.t - 9}" fill="#1d2330">${esc(ser.name)}</text>`;
-        lx += 24 + 6.5 * String(ser.name).length;
+        const width = 24 + 6.5 * String(ser.name).length;
+        if (lx + width > W - 40) {
+          hidden += 1; // no room left on the legend's line
+        } else {
+          legend += `<rect x="${lx}" y="${M.t - 14}" width="10" height="3" fill="${ser.color}"/>` +
+            `<text x="${lx + 14}" y="${M.t - 9}" fill="#1d2330">${esc(ser.name)}</text>`;
+          lx += width;
+        }
       }
     }
+    if (hidden) legend += `<text x="${lx}" y="${M.t - 9}">+${hidden} more</text>`;
     el.innerHTML = `<svg viewBox="0 0 ${W} ${H}" role="img">${s}<g class="legend">${legend}</g></svg>`;
     el.dataset.points = String(pts.length);
   }
