@@ -246,8 +246,10 @@ def _live_page(cfg, app, pipe, trainer, publisher, replica, clock, trace, world,
             for item, ts in list(recent):
                 first.setdefault(item, ts)
             newest = list(first)[-200:]
-            pick = rng.choice(len(newest), size=min(n, len(newest)), replace=False) if newest else []
-            return [(int(newest[i]), now - first[newest[i]]) for i in pick]
+            if not newest:
+                return []
+            pick = rng.choice(len(newest), size=min(n, len(newest)), replace=False)
+            return [(int(newest[i]), now - first[newest[i]]) for i in pick.tolist()]
 
     facts = {
         "data": cfg.data,
