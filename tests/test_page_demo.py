@@ -148,3 +148,17 @@ def test_the_demo_page_is_self_contained():
         assert path in html, path
     assert re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html) == ["data:,", "/", "/docs"]
     assert page.csp.count("'sha256-") == 5  # 3 scripts, 2 styles
+
+
+def test_status_sees_trained_and_served_without_waiting_for_the_next_poll():
+    loop = Loop()
+    rid = "page-z:0"
+    loop.tracker.status(rid)
+    loop.join(rid)
+    loop.tracker.poll()
+    loop.t += 0.2
+    loop.batch()
+    loop.t += 0.5
+    loop.served = 4
+    st = loop.tracker.status(rid)  # no poll since the batch
+    assert st["trained_s"] == 0.2 and st["served_s"] == 0.7

@@ -19,8 +19,8 @@ publisher's version then). A click's example is
 
 Times are seconds on `now` (monotonic) from when a request id was first asked about
 (`status`), which the page does right after its POST /v1/actions returned (a stage reached
-before that reads 0). `poll` reads the
-log and moves the stages on; the demo's loop calls it every tick, the trainer's thread calls
+before that reads 0). `poll` reads the log and moves the stages on, `status` moves the trained
+and served stages on; the demo's loop calls `poll` every tick, the trainer's thread calls
 `on_batch`, the HTTP server's thread calls `status`: one lock keeps them apart.
 """
 
@@ -140,7 +140,7 @@ class ClickTracker:
                 c = self._clicks[request_id] = _Click(asked=t)
                 while len(self._clicks) > self.keep:
                     self._clicks.popitem(last=False)
-                self._advance(request_id, c, self.served_version(), t)
+            self._advance(request_id, c, self.served_version(), t)  # trained and served move on here too
 
             def since(x: float | None) -> float | None:
                 return None if x is None else round(max(0.0, x - c.asked), 4)
