@@ -184,7 +184,7 @@ def test_the_token_comes_from_the_flag_or_the_environment(tmp_path, monkeypatch,
 def test_openapi_lists_every_status_and_metrics_as_text(secured):
     o = secured.get("/openapi.json").json()
     paths = o["paths"]
-    assert set(paths) == {"/v1/rank", "/v1/predict", "/v1/actions", "/healthz", "/metrics"}
+    assert set(paths) == {"/v1/rank", "/v1/predict", "/v1/actions", "/v1/stats", "/healthz", "/metrics"}
     for p in ("/v1/rank", "/v1/predict"):
         assert set(paths[p]["post"]["responses"]) == {"200", "401", "413", "415", "422", "500", "503"}
         assert paths[p]["post"]["security"] == [{"bearerAuth": []}]

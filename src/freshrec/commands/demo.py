@@ -1,4 +1,7 @@
-"""`freshrec demo`: watch a recommender learn in real time (the whole loop, one process, no servers)."""
+"""`freshrec demo`: watch a recommender learn in real time (the whole loop, one process, no servers).
+
+It prints the URL of its live page at start (`--no-ui`: none): a feed to click in as a user,
+and the run's charts (`freshrec.demo.page`)."""
 
 from __future__ import annotations
 
@@ -37,6 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="folder for state, logs and plots"
     )
+    parser.add_argument(
+        "--no-ui", action="store_true", help="do not serve the live page (its URL is printed at start)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port of the model server and page (0: any free one)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
 
@@ -55,6 +64,8 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         data=args.data,
         globo_path=args.globo_path,
+        ui=not args.no_ui,
+        port=args.port,
     )
     trace, stats = run_demo(cfg)
     s = summary(trace)

@@ -16,6 +16,10 @@ of the two over time shows what learning in real time buys.
 
 Data time runs `speedup` times faster than wall time; the model server's impressions are stamped
 with it. Every role runs in its own thread here; `freshrec join|train|serve` run them as processes.
+
+With `ui` (the default) the model server also serves the demo's live page at /demo
+(`freshrec.demo.page`): a feed to click in, through the same /v1/rank and /v1/actions, and the
+charts of the run; and the replica's health at /.
 """
 
 from __future__ import annotations
@@ -59,7 +63,10 @@ class DemoConfig:
     n_users: int = 3000
     new_items_per_hour: float = 240.0
     drift_per_hour: float = 0.35
-    report_every_s: float = 5.0
+    report_every_s: float = 5.0  # a progress line this often
+    sample_every_s: float = 1.0  # a point of the time series (the page's charts, the plots) this often
+    ui: bool = True  # serve the live page at /demo
+    port: int = 0  # of the model server (0: a free one)
     seed: int = 0
     out_dir: Path = Path("runs/demo")
     data: str = "synthetic"  # or "globo": replay the real Globo stream instead of the simulation
@@ -160,10 +167,13 @@ class GloboStream:
         return self._pos >= len(self.live)
 
 
-def _globo_tick(globo: GloboStream, now: float, client: httpx.Client, frozen_rep, features, actions):
+def _globo_tick(
+    globo: GloboStream, now: float, client: httpx.Client, frozen_rep, features, actions, recent=None
+):
     """Replay the Globo events up to `now`: score the impressions (online over HTTP, frozen in
-    process) before logging them, then log impressions and clicks. Returns (online, frozen,
-    clicked, click data times) or None when nothing was due."""
+    process) before logging them, then log impressions and clicks (their items, newest last, to
+    `recent` when given). Returns (online, frozen, clicked, click data times) or None when nothing
+    was due."""
     from freshrec.stream.events import FeatureEvent, encode_feature
 
     due = globo.until(now)
@@ -187,6 +197,8 @@ def _globo_tick(globo: GloboStream, now: float, client: httpx.Client, frozen_rep
         frozen.extend(frozen_rep.predict(body).tolist())
     for e in imps:
         features.append(encode_feature(e), key=e.request_id.encode())
+        if recent is not None:
+            recent.append((e.item_id, e.ts))
     features.flush()
     click_ts = []
     for e in due:
@@ -196,6 +208,78 @@ def _globo_tick(globo: GloboStream, now: float, client: httpx.Client, frozen_rep
     actions.flush()
     clicked = np.array([e.request_id in globo.clicked for e in imps], dtype=bool)
     return np.array(online), np.array(frozen), clicked, click_ts
+
+
+def _live_page(cfg, app, pipe, trainer, publisher, replica, clock, trace, world, globo, recent):
+    """With `cfg.ui`: the page's state and routes on the demo's app (`freshrec.demo.page`), its
+    click tracker on the examples log (from its end) and the trainer; else None."""
+    if not cfg.ui:
+        return None
+    from freshrec.demo.page import DemoLive, mount
+    from freshrec.demo.tracker import ClickTracker
+
+    ex_log = pipe.log(pipe.config.examples)
+    watch = ex_log.consumer("demo-page")
+    for p, end in enumerate(ex_log.end_offsets()):
+        watch.seek(p, end)
+    tracker = ClickTracker(
+        watch, published_version=lambda: publisher.version, served_version=lambda: replica.version
+    )
+    trainer.add_hook(tracker.on_batch)
+    rng = np.random.default_rng(cfg.seed + 2)  # used by the server's thread only
+    if world is not None:
+        born = dict(zip(world.item_ids.tolist(), world.item_born.tolist(), strict=True))
+        users = [int(u) for u in rng.choice(world.user_ids, size=8, replace=False)]
+
+        def candidates(n: int) -> list[tuple[int, float]]:
+            now = clock()
+            newest = world.live_items(now)[-200:]  # as the simulated requests: the newest items
+            pick = rng.choice(newest, size=min(n, len(newest)), replace=False)
+            return [(int(i), now - born[int(i)]) for i in pick]
+
+    else:
+        counts = collections.Counter(e.user_id for e in globo.history)
+        users = [u for u, _ in counts.most_common(8)]
+
+        def candidates(n: int) -> list[tuple[int, float]]:
+            now, first = clock(), dict[int, float]()
+            for item, ts in list(recent):
+                first.setdefault(item, ts)
+            newest = list(first)[-200:]
+            if not newest:
+                return []
+            pick = rng.choice(len(newest), size=min(n, len(newest)), replace=False)
+            return [(int(newest[i]), now - first[newest[i]]) for i in pick.tolist()]
+
+    facts = {
+        "data": cfg.data,
+        "speedup": cfg.speedup,
+        "sync_interval_s": cfg.sync_interval_s,
+        "minutes": cfg.minutes,
+        "click_window_s": cfg.click_window_s,
+        "requests_per_s": cfg.requests_per_s,
+    }
+    live = DemoLive(
+        candidates=candidates,
+        users=users,
+        clock=clock,
+        tracker=tracker,
+        freshness=trace.freshness_s,
+        facts=facts,
+    )
+    mount(app, live)
+    return live
+
+
+def _progress_line(s: Sample, events_per_s: float, t_live: float) -> str:
+    hours = (s.data_ts - t_live) / 3600
+    return (
+        f"[{s.wall_s:5.0f}s | data +{hours:4.1f}h] {events_per_s:6.0f} events/s | AUC online "
+        f"{s.auc_online:.3f} vs frozen {s.auc_frozen:.3f} | fresh p50 {s.freshness_p50_s:.1f}s "
+        f"p99 {s.freshness_p99_s:.1f}s | rows "
+        + " ".join(f"{k}={v}" for k, v in s.rows.items())
+        + f" | evicted {s.evictions} | v{s.model_version} | examples {s.examples}"
+    )
 
 
 def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[DemoTrace, dict]:
@@ -301,12 +385,17 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
     replica, subscriber = pipe.replica(publisher=publisher, group="demo-serving")
     clock = SimClock(t_live, cfg.speedup)
     app = pipe.app(replica, subscriber, clock=clock)
-    server = ServerThread(app).start()
+    trace = DemoTrace()
+    seen: collections.deque[tuple[int, float]] = collections.deque(maxlen=2000)  # globo: (item, ts)
+    page = _live_page(cfg, app, pipe, trainer, publisher, replica, clock, trace, world, globo, seen)
+    server = ServerThread(app, port=cfg.port).start()
     subscriber.start()
     log(
         f"[demo] model server on {server.url}; sync every {cfg.sync_interval_s:g} s, serving: "
         f"{cfg.minutes:g} min at {cfg.speedup:g}x data time."
     )
+    if page is not None:
+        log(f"[demo] live page: {server.url}/demo  (the model server's health: {server.url}/)")
 
     examples_log, consumer = pipe.examples_consumer(trainer, group="demo-trainer")
     threads = [
@@ -322,7 +411,6 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
     joiner_ready.wait(30)
     joiner = joiner_box["j"]
 
-    trace = DemoTrace()
     roll_on, roll_fr = RollingAUC(4000), RollingAUC(4000)
     pending_fresh: collections.deque[tuple[float, float]] = collections.deque()
     rng = np.random.default_rng(cfg.seed + 1)
@@ -330,6 +418,8 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
     n_imp = n_click = 0
     events_mark, wall_mark = 0, 0.0
     next_report = cfg.report_every_s
+    next_sample = cfg.sample_every_s
+    sample_mark, sample_wall = 0, 0.0
     clock.start()
     deadline = cfg.minutes * 60.0
     budget = 0.0
@@ -339,7 +429,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
                 if globo.done:
                     log("[demo] the Globo stream is exhausted")
                     break
-                got = _globo_tick(globo, clock(), client, frozen_rep, features, actions)
+                got = _globo_tick(globo, clock(), client, frozen_rep, features, actions, seen)
                 if got is not None:
                     online, frozen_scores, clicks, click_ts = got
                     for ts_c in click_ts:
@@ -396,10 +486,12 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
             served_ts = replica.data_ts
             while pending_fresh and served_ts is not None and pending_fresh[0][0] <= served_ts:
                 trace.freshness_s.append(time.monotonic() - pending_fresh.popleft()[1])
-            if elapsed >= next_report:
-                next_report += cfg.report_every_s
-                ev_rate = (n_imp + n_click - events_mark) / max(elapsed - wall_mark, 1e-9)
-                events_mark, wall_mark = n_imp + n_click, elapsed
+            if page is not None:
+                page.tracker.poll()
+            if elapsed >= next_sample:
+                next_sample += cfg.sample_every_s
+                ev_rate = (n_imp + n_click - sample_mark) / max(elapsed - sample_wall, 1e-9)
+                sample_mark, sample_wall = n_imp + n_click, elapsed
                 m = trainer.metrics()
                 f = trace.freshness_s[-500:]
                 s = Sample(
@@ -418,16 +510,17 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> tuple[De
                     model_version=replica.version,
                 )
                 trace.samples.append(s)
-                hours = (s.data_ts - t_live) / 3600
-                log(
-                    f"[{elapsed:5.0f}s | data +{hours:4.1f}h] {ev_rate:6.0f} events/s | AUC online "
-                    f"{s.auc_online:.3f} vs frozen {s.auc_frozen:.3f} | fresh p50 {s.freshness_p50_s:.1f}s "
-                    f"p99 {s.freshness_p99_s:.1f}s | rows "
-                    + " ".join(f"{k}={v}" for k, v in s.rows.items())
-                    + f" | evicted {s.evictions} | v{s.model_version} | examples {s.examples}"
-                )
+                if page is not None:
+                    page.add(s)
+                if elapsed >= next_report:
+                    next_report += cfg.report_every_s
+                    rate = (n_imp + n_click - events_mark) / max(elapsed - wall_mark, 1e-9)
+                    events_mark, wall_mark = n_imp + n_click, elapsed
+                    log(_progress_line(s, rate, t_live))
             time.sleep(0.05)
     finally:
+        if page is not None:
+            page.done = True
         stop.set()
         pub_stop.set()
         for th in threads:

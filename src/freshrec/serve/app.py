@@ -14,6 +14,9 @@ Endpoints (details, statuses and examples: docs/http.md):
                    ->  202 {"accepted": 1}
     GET  /healthz      {"status": "ok", "model_version": 12, "tables": {"user_id": 1000, ...}}
     GET  /metrics      Prometheus text (see `freshrec.serve.metrics`)
+    GET  /v1/stats     the replica's health as JSON: versions, delta age, rows, request rates,
+                       latency percentiles, errors (`freshrec.serve.page.StatsResponse`)
+    GET  /             a live page of those stats (HTML, self-contained; `freshrec.serve.page`)
 
 Scores are click probabilities. Input rules and the shape of a 422 are in `freshrec.serve.bodies`;
 access control, the JSON-only rule and the body limit in `freshrec.serve.guard`; connection
@@ -73,6 +76,7 @@ from freshrec.serve.bodies import (
 )
 from freshrec.serve.guard import Guard
 from freshrec.serve.metrics import ServeMetrics
+from freshrec.serve.page import ServerStats, StatsResponse, serve_page
 from freshrec.serve.writers import ActionLogger, FeatureLogger, feature_records
 from freshrec.stream.events import ActionEvent
 from freshrec.stream.log import Log
@@ -416,6 +420,23 @@ def create_app(
     )
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    stats = ServerStats(replica, metrics, clock=clock)
+    page = serve_page()
+
+    @app.get(
+        "/v1/stats",
+        summary="The replica's health: versions, delta age, rows, request rates, latency, errors",
+        response_model=StatsResponse,
+        responses=_responses(401),
+        openapi_extra={"security": [{"bearerAuth": []}]} if secured else None,
+    )
+    async def stats_endpoint() -> Response:
+        return json_response(json.dumps(stats.snapshot(), allow_nan=False).encode())
+
+    @app.get("/", include_in_schema=False)
+    async def page_endpoint() -> Response:
+        return Response(page.html, media_type="text/html; charset=utf-8", headers=page.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

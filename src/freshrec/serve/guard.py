@@ -2,9 +2,10 @@
 
 For every HTTP request, in this order, before any of the body is read:
 
-1. access: with an API token set, every path but the open ones (`OPEN_PATHS`: /healthz and the
-   OpenAPI docs) needs `Authorization: Bearer <token>`; `/metrics` needs the metrics token when
-   one is set (and is open when none is). Otherwise 401 with `WWW-Authenticate: Bearer`.
+1. access: with an API token set, every path but the open ones (`OPEN_PATHS`: /healthz, the
+   OpenAPI docs and the page at /, which holds no data and asks for the token itself) needs
+   `Authorization: Bearer <token>`; `/metrics` needs the metrics token when one is set (and is
+   open when none is). Otherwise 401 with `WWW-Authenticate: Bearer`.
 2. media type: a POST to a body endpoint needs `Content-Type: application/json` (a `charset`
    parameter, if any, must be utf-8): 415 otherwise. A page in a browser can POST text/plain to a
    local server without a CORS preflight, but not application/json.
@@ -27,8 +28,8 @@ from freshrec.serve.metrics import ServeMetrics
 
 __all__ = ["OPEN_PATHS", "Guard"]
 
-OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-ENDPOINTS = frozenset({"/v1/rank", "/v1/predict", "/v1/actions", "/healthz", "/metrics"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+ENDPOINTS = frozenset({"/v1/rank", "/v1/predict", "/v1/actions", "/v1/stats", "/healthz", "/metrics", "/"})
 
 
 def _bearer_ok(headers: list[tuple[bytes, bytes]], token: bytes) -> bool:
