@@ -4,6 +4,7 @@ snapshot needs, and recovery from the snapshots still ends exactly where an unin
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from freshrec.checkpoint.periodic import SnapshotPolicy
 from freshrec.data.dataset import Dataset
@@ -99,4 +100,77 @@ def test_retention_deletes_only_before_the_snapshot_floor_and_recovery_stays_exa
     assert sorted(a) == sorted(b)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    again.close()
+
+
+def test_recovery_fails_loudly_when_retention_removed_what_the_snapshot_needs(tmp_path):
+    """Retention not held by the snapshots' floor deletes records a recovery needs: the restarted
+    trainer refuses to start (OffsetOutOfRange naming the positions) rather than skipping them."""
+    import pytest
+
+    from freshrec.errors import OffsetOutOfRange
+
+    pipe = pipeline(tmp_path / "logs", tmp_path / "snaps")
+    elog = pipe.log("examples")
+    write_examples(elog, dataset_to_examples(dataset()))
+    tr = pipe.trainer()
+    pipe.snapshots_hook(tr)
+    log, consumer = pipe.examples_consumer(tr)
+    tr.run(consumer, max_batches=6, log=log)  # snapshots at batch 5: positions 1,000
+    elog.retain(groups=["someone-else"], max_bytes=16 << 10)  # not held by "snapshots"
+    c = elog.consumer("someone-else")
+    c.commit({0: N})
+    c.close()
+    elog.apply_retention()
+    assert min(s.base for s in elog.segments()) > 5 * BATCH  # the records after the snapshot are gone
+    pipe.close()
+    again = pipeline(tmp_path / "logs", tmp_path / "snaps")
+    tr2 = again.trainer()
+    assert tr2.positions == {0: 5 * BATCH}
+    with pytest.raises(OffsetOutOfRange, match="retention removed records the recovery needs"):
+        again.examples_consumer(tr2)
+    again.close()
+
+
+@pytest.mark.kafka
+def test_kafka_recovery_fails_loudly_when_broker_retention_removed_what_it_needs(tmp_path, kafka_bootstrap):
+    """On Kafka the broker's retention decides; a recovery whose offsets are gone is refused by name."""
+    import time
+
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from freshrec.errors import OffsetOutOfRange
+
+    prefix = f"retain-{int(time.time() * 1000)}."
+    url = f"kafka://{kafka_bootstrap}?prefix={prefix}"
+
+    def kpipe() -> Pipeline:
+        return Pipeline(
+            PipelineConfig(
+                log=url,
+                online=OnlineConfig(batch_size=BATCH, poll_timeout_s=0.5),
+                features_spec=SPEC,
+                snapshots=tmp_path / "snaps",
+                policy=SnapshotPolicy(every_batches=5, full_every=2, keep=1),
+            )
+        )
+
+    pipe = kpipe()
+    write_examples(pipe.log("examples"), dataset_to_examples(dataset())[:3000])
+    tr = pipe.trainer()
+    pipe.snapshots_hook(tr)
+    log, consumer = pipe.examples_consumer(tr)
+    tr.run(consumer, max_batches=6, log=log)
+    consumer.close()
+    pipe.close()
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    futures = admin.delete_records([TopicPartition(f"{prefix}examples", 0, 2000)])
+    for f in futures.values():
+        f.result(30)  # the broker's retention moved the low watermark past the snapshot's 1,000
+    again = kpipe()
+    tr2 = again.trainer()
+    assert tr2.positions == {0: 5 * BATCH}
+    with pytest.raises(OffsetOutOfRange, match="retention removed records the recovery needs"):
+        again.examples_consumer(tr2)
     again.close()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from freshrec.checkpoint.periodic import PeriodicSnapshotter, RecoveryInfo, SnapshotPolicy
-from freshrec.errors import ConfigError
+from freshrec.errors import ConfigError, OffsetOutOfRange
 from freshrec.model import FeatureSpec, ModelSpec, Task
 from freshrec.ps.serving import ServingConfig, ServingReplica
 from freshrec.ps.sync import SyncPublisher, SyncSubscriber
@@ -214,7 +214,16 @@ class Pipeline:
         log = self.log(self.config.examples)
         consumer = log.consumer(group)
         if trainer.positions:
-            trainer.seek(consumer)
+            try:
+                trainer.seek(consumer)
+            except OffsetOutOfRange as e:
+                consumer.close()
+                msg = (
+                    f"cannot replay the examples log from the positions the snapshot holds "
+                    f"({trainer.positions}): {e}; retention removed records the recovery needs (register "
+                    f"retention with the group {SNAPSHOT_GROUP!r}, or start from a newer snapshot)"
+                )
+                raise OffsetOutOfRange(msg) from e
         elif start == "earliest":
             for p in range(log.partitions):
                 consumer.seek(p, 0)
