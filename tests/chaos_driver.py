@@ -146,6 +146,7 @@ class LoopResult:
     failures: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, why)
     ok_times: list[float] = field(default_factory=list)  # start times of successful polls
     serving_kills: list[float] = field(default_factory=list)  # monotonic times
+    broker_faults: list[tuple[float, str, float]] = field(default_factory=list)  # (wall time, how, down s)
     seconds: float = 0.0
     starts: dict[str, int] = field(default_factory=dict)
     trainer_output: str = ""
@@ -240,10 +241,17 @@ def run_loop(
     timeout_s: float = 240.0,
     keep_serving: bool = True,
     serving: bool = True,
+    broker=None,
+    broker_faults: int = 0,
 ) -> tuple[LoopResult, Role | None]:
     """Run the loop with `kills` kill -9s on a seeded schedule; returns the result and the (still
     running, when `keep_serving`) serving role. The first kills go to each role once, in a seeded
-    order, while it still runs; the rest to a random running role."""
+    order, while it still runs; the rest to a random running role.
+
+    With `broker` (a `tests.kafka_broker.Broker` the run's URL points at), `broker_faults` of the
+    kills hit the broker instead, alternately a clean stop and a kill -9, each followed, after a
+    seeded 1-4 s outage, by a restart with its data on its port; the roles must ride them out. The
+    faults are made from this thread (the broker process dies with the thread that started it)."""
     (work / "logs").mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -277,9 +285,26 @@ def run_loop(
     first = ["trainer", "serving"]
     rng.shuffle(first)
     first.insert(0, "joiner")  # it finishes first
+    faults_left = broker_faults if broker is not None else 0
     ok = False
     try:
         while len(result.kills) < kills:
+            if faults_left and rng.random() < faults_left / max(1, kills - len(result.kills)):
+                faults_left -= 1
+                how = "stop" if len(result.broker_faults) % 2 == 0 else "kill -9"
+                running_roles = [r for r in roles.values() if r.alive()]
+                if running_roles:  # during the work of a running role
+                    running_roles[0].wait_progress(rng.randint(1, 3))
+                t_fault = time.monotonic()
+                if how == "stop":
+                    broker.stop(keep_data=True)
+                else:
+                    broker.kill()
+                time.sleep(rng.uniform(1.0, 4.0))
+                broker.restart()
+                result.broker_faults.append((t_fault - t_start, how, time.monotonic() - t_fault))
+                result.kills.append((t_fault - t_start, "broker"))
+                continue
             if time.monotonic() - t_start > timeout_s:
                 raise RuntimeError(f"chaos loop: no time left after {len(result.kills)} kills")
             for r in roles.values():

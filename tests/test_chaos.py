@@ -144,7 +144,16 @@ def _joiner_alone(url: str, work: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _chaos(url_for, tmp_path: Path, *, n: int, kills: int, seed: int | None = None) -> None:
+def _chaos(
+    url_for,
+    tmp_path: Path,
+    *,
+    n: int,
+    kills: int,
+    seed: int | None = None,
+    broker=None,
+    broker_faults: int = 0,
+) -> None:
     seed = int(os.environ.get("FRESHREC_CHAOS_SEED", seed if seed is not None else 12345))
     print(f"chaos seed {seed} (FRESHREC_CHAOS_SEED={seed} reproduces the kill schedule)")
     init = _serving_snapshot(_trainer(), tmp_path / "serving-init")
@@ -162,13 +171,19 @@ def _chaos(url_for, tmp_path: Path, *, n: int, kills: int, seed: int | None = No
     # 2. the same input under kill -9s
     url, work = url_for("chaos"), tmp_path / "chaos"
     cd.write_inputs(url, n, seed=1)
-    result, serving = cd.run_loop(url, work, expect=expect, init_snapshot=init, kills=kills, seed=seed)
+    result, serving = cd.run_loop(
+        url, work, expect=expect, init_snapshot=init, kills=kills, seed=seed, broker=broker,
+        broker_faults=broker_faults,
+    )  # fmt: skip
     assert serving is not None
     try:
         print(f"{kills} kills in {result.seconds:.1f} s: {result.kills}; starts {result.starts}; "
-              f"{result.polls} polls, {len(result.failures)} failed, serving down {len(result.down)}x")
+              f"{result.polls} polls, {len(result.failures)} failed, serving down {len(result.down)}x; "
+              f"broker faults {result.broker_faults}")
         assert len(result.kills) == kills
-        assert {name for _, name in result.kills} == {"joiner", "trainer", "serving"}
+        roles = {"joiner", "trainer", "serving"} | ({"broker"} if broker_faults else set())
+        assert {name for _, name in result.kills} == roles
+        assert len(result.broker_faults) == broker_faults
 
         # exactly-once examples
         examples = _examples(url)
@@ -230,6 +245,25 @@ def test_chaos_local_short(tmp_path):
 def test_chaos_kafka_short(tmp_path, kafka_bootstrap):
     run = uuid.uuid4().hex[:8]
     _chaos(lambda tag: f"kafka://{kafka_bootstrap}?prefix=chaos-{run}-{tag}.", tmp_path, n=2000, kills=6)
+
+
+@pytest.mark.kafka
+def test_chaos_kafka_with_broker_faults(tmp_path, kafka_bootstrap):
+    """The roles as processes under kill -9s AND a broker of their own that is stopped and killed
+    (then restarted with its data): nothing lost or twice, exact parameters, serving up throughout
+    the broker's outages (it answers from its replica)."""
+    import kafka_broker
+
+    del kafka_bootstrap  # the session broker proves Kafka can run here; this test faults its own
+    broker = kafka_broker.start()
+    try:
+        run = uuid.uuid4().hex[:8]
+        _chaos(
+            lambda tag: f"kafka://{broker.bootstrap}?prefix=fault-{run}-{tag}.",
+            tmp_path, n=1500, kills=6, broker=broker, broker_faults=2,
+        )  # fmt: skip
+    finally:
+        broker.stop()
 
 
 @pytest.mark.slow
