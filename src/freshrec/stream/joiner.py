@@ -97,6 +97,8 @@ from freshrec.stream.store import JoinStore, LruCache
 
 __all__ = ["JOIN_TABLES", "Joiner", "JoinerConfig", "JoinerStats"]
 
+RECOVERY_READ_S = 60.0  # how long a restarted joiner waits for the examples it wrote ahead of its state
+
 JOIN_TABLES = ("pending", "due", "early", "early_due", "ahead", "meta")
 _STATE_KEY = b"state"
 _HEAD = struct.Struct("<dIB")  # pending value: ts, len(labels json), emitted flag; labels, feature
@@ -332,11 +334,20 @@ class Joiner:
             c = self.examples.consumer(f"{self.config.group}-recovery", partitions=[p])
             c.seek(p, start)
             pos = start
+            idle_since = time.monotonic()
             while pos < end:
                 recs = c.poll(max_records=10_000, timeout_s=1.0)
                 if not recs:
-                    msg = f"examples log {self.examples.name!r} partition {p}: cannot read {pos}..{end}"
+                    # an empty poll proves nothing (a first Kafka poll, a broker just restarted):
+                    # give up only after RECOVERY_READ_S without a record while some are due
+                    if time.monotonic() - idle_since < RECOVERY_READ_S:
+                        continue
+                    msg = (
+                        f"examples log {self.examples.name!r} partition {p}: cannot read {pos}..{end} "
+                        f"(nothing for {RECOVERY_READ_S:g} s)"
+                    )
                     raise EventError(msg)
+                idle_since = time.monotonic()
                 for r in recs:
                     if r.offset >= end:
                         break
