@@ -155,7 +155,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"freshrec serve: snapshot {snap} (version {replica.version}; rows {sizes})", flush=True)
     if token is None and not is_loopback(args.host):
         print(f"freshrec serve: WARNING: {args.host} is served without a token (--insecure)", flush=True)
-    print(f"freshrec serve: listening on http://{args.host}:{port}", flush=True)
+    url = f"http://{args.host}:{port}"
+    print(f"freshrec serve: health page {url}/, API docs {url}/docs", flush=True)
+    print(f"freshrec serve: listening on {url}", flush=True)
     try:
         serve_forever(
             app, host=args.host, port=port, log_level=args.log_level, sock=sock, config=server_config
