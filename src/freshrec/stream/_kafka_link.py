@@ -81,6 +81,7 @@ _TRANSIENT = frozenset((
     KafkaError._TIMED_OUT,
     KafkaError._MSG_TIMED_OUT,
     KafkaError._RESOLVE,
+    KafkaError._DESTROY_BROKER,  # a broker handle the client tore down in a restart's reconnects
 ))
 
 
