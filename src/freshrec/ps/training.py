@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -574,10 +574,12 @@ class TrainingPS:
             raise SnapshotError(msg) from e
 
     @classmethod
-    def from_state(
-        cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, source: str = "<state>"
+    def _rebuild(
+        cls, meta: Mapping[str, Any], table: Callable[[str, Mapping[str, Any]], Table], source: str
     ) -> TrainingPS:
-        """A PS rebuilt from a full `state()`: the model from its spec, the tables from their rows."""
+        """A PS of the model `meta` describes (model spec, features, tasks, embedding kinds,
+        optimizer rates), each collisionless slot over `table(slot, table meta)`; hashed slots
+        start at zeros (their rows are dense weights, loaded with them)."""
         try:
             spec = FeatureSpec.from_dict(meta["features"])
             model_spec = ModelSpec.from_dict(meta["model"])
@@ -594,10 +596,10 @@ class TrainingPS:
                         init="zeros",
                         name=name,
                     )
-                else:
-                    t = _table_from_state(meta["tables"][name], strip_prefix(f"table.{name}", arrays), source)
-                    shards = max(shards, len(t.shards) if isinstance(t, ShardedTable) else 1)
-                    layers[name] = CollisionlessEmbedding(t.config, table=t)  # type: ignore[arg-type]
+                    continue
+                t = table(name, meta["tables"][name])
+                shards = max(shards, len(t.shards) if isinstance(t, ShardedTable) else 1)
+                layers[name] = CollisionlessEmbedding(t.config, table=t)  # type: ignore[arg-type]
             optim = meta.get("optim", {})
             model = build_model(model_spec, spec, tasks=tasks, layers=layers)
         except (KeyError, TypeError, ValueError, ConfigError) as e:
@@ -610,6 +612,18 @@ class TrainingPS:
             hashed_lr=float(optim.get("hashed_lr", 0.05)),
         )
         ps.n_shards = shards
+        return ps
+
+    @classmethod
+    def from_state(
+        cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, source: str = "<state>"
+    ) -> TrainingPS:
+        """A PS rebuilt from a full `state()`: the model from its spec, the tables from their rows."""
+        ps = cls._rebuild(
+            meta,
+            lambda name, tm: _table_from_state(tm, strip_prefix(f"table.{name}", arrays), source),
+            source,
+        )
         try:
             ps._load_rest(meta, arrays)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -632,42 +646,13 @@ class TrainingPS:
     def empty_like(cls, meta: Mapping[str, Any], *, source: str = "<state>") -> TrainingPS:
         """A PS of the model a snapshot's meta describes, with new empty tables of the snapshot's
         configs and shard counts (what `recover` restores into)."""
-        try:
-            spec = FeatureSpec.from_dict(meta["features"])
-            model_spec = ModelSpec.from_dict(meta["model"])
-            tasks = tuple(Task.from_dict(t) for t in meta["tasks"])
-            layers: dict[str, nn.Module] = {}
-            shards = 1
-            for name, lm in meta["embeddings"].items():
-                if lm["kind"] == "hashed":
-                    layers[name] = HashedEmbedding(
-                        lm["num_buckets"],
-                        lm["dim"],
-                        hash=lm["hash"],
-                        hash_seed=lm["hash_seed"],
-                        init="zeros",
-                        name=name,
-                    )
-                    continue
-                tm = meta["tables"][name]
-                cfg = TableConfig.from_dict(tm["config"])
-                n = len(tm.get("shards", [None]))
-                shards = max(shards, n)
-                t: Table = EmbeddingTable(cfg) if n == 1 else ShardedTable(cfg, shards=n)
-                layers[name] = CollisionlessEmbedding(cfg, table=t)  # type: ignore[arg-type]
-            optim = meta.get("optim", {})
-            model = build_model(model_spec, spec, tasks=tasks, layers=layers)
-        except (KeyError, TypeError, ValueError, ConfigError) as e:
-            msg = f"{source}: not a usable training snapshot ({e})"
-            raise SnapshotError(msg) from e
-        ps = cls.from_model(
-            model,
-            model_spec=model_spec,
-            dense_lr=float(optim.get("dense_lr", 1e-3)),
-            hashed_lr=float(optim.get("hashed_lr", 0.05)),
-        )
-        ps.n_shards = shards
-        return ps
+
+        def empty(name: str, tm: Mapping[str, Any]) -> Table:
+            cfg = TableConfig.from_dict(tm["config"])
+            n = len(tm.get("shards", [None]))
+            return EmbeddingTable(cfg) if n == 1 else ShardedTable(cfg, shards=n)
+
+        return cls._rebuild(meta, empty, source)
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[TrainingPS, dict[str, Any]]:
