@@ -162,9 +162,7 @@ class Pipeline:
         if every_batch:
             every = max(1, int(dense_every))
             trainer.hooks.insert(0, lambda tr, info: pub.publish_once(dense=tr.step % every == 0))
-        if self.snapshotter is not None and self.snapshotter not in trainer.hooks:
-            trainer.add_hook(self.snapshotter)
-            trainer.add_hook(self._commit_replay_floor)
+        self.snapshots_hook(trainer)
         return pub
 
     def snapshots_hook(self, trainer: OnlineTrainer) -> None:
@@ -275,11 +273,6 @@ class Pipeline:
             self.params_backend.close()
         if self._own_backend:
             self.backend.close()
-
-
-def role_names() -> Sequence[str]:
-    """The roles a pipeline builds, in data-flow order."""
-    return ("joiner", "trainer", "publisher", "replica", "app")
 
 
 def _schema_extra(init: Path | None, recovered: RecoveryInfo | None) -> dict:

@@ -46,7 +46,7 @@ same numbers (tests/test_embedding_layer.py).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -378,6 +378,29 @@ class HashedEmbedding(nn.Module):
         else:
             w.zero_()
         self.weight = nn.Parameter(w)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data that rebuilds this layer's shape and hashing (`from_description`): what
+        snapshots record for a hashed slot (the rows themselves are dense weights)."""
+        return {
+            "kind": "hashed",
+            "num_buckets": self.num_buckets,
+            "dim": self.dim,
+            "hash": self.hash,
+            "hash_seed": self.hash_seed,
+        }
+
+    @classmethod
+    def from_description(cls, d: Mapping[str, Any], *, name: str = "") -> HashedEmbedding:
+        """A layer of `describe()`'s shape and hashing, rows at zeros (load the weights after)."""
+        return cls(
+            int(d["num_buckets"]),
+            int(d["dim"]),
+            hash=d["hash"],
+            hash_seed=int(d["hash_seed"]),
+            init="zeros",
+            name=name,
+        )
 
     def buckets(self, ids: torch.Tensor | np.ndarray) -> np.ndarray:
         """Bucket of each id, int64 (N,)."""

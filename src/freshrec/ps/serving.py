@@ -186,14 +186,7 @@ class ServingReplica:
     def _fresh_model(self) -> nn.Module:
         layers: dict[str, nn.Module] = dict(self._layers)
         for n, h in self._hashed.items():
-            layers[n] = HashedEmbedding(
-                int(h["num_buckets"]),
-                int(h["dim"]),
-                hash=h["hash"],
-                hash_seed=int(h["hash_seed"]),
-                init="zeros",
-                name=n,
-            )
+            layers[n] = HashedEmbedding.from_description(h, name=n)
         m = build_model(self.model_spec, self.spec, tasks=self.tasks, layers=layers)
         m.eval()
         for p in m.parameters():

@@ -176,13 +176,7 @@ class StepResult:
 
 def _layer_meta(layer: nn.Module) -> dict[str, Any]:
     if isinstance(layer, HashedEmbedding):
-        return {
-            "kind": "hashed",
-            "num_buckets": layer.num_buckets,
-            "dim": layer.dim,
-            "hash": layer.hash,
-            "hash_seed": layer.hash_seed,
-        }
+        return layer.describe()
     if isinstance(layer, CollisionlessEmbedding):
         return {"kind": "collisionless"}
     msg = f"embedding layer {type(layer).__name__} is neither collisionless nor hashed"
@@ -588,14 +582,7 @@ class TrainingPS:
             shards = 1
             for name, lm in meta["embeddings"].items():
                 if lm["kind"] == "hashed":
-                    layers[name] = HashedEmbedding(
-                        lm["num_buckets"],
-                        lm["dim"],
-                        hash=lm["hash"],
-                        hash_seed=lm["hash_seed"],
-                        init="zeros",
-                        name=name,
-                    )
+                    layers[name] = HashedEmbedding.from_description(lm, name=name)
                     continue
                 t = table(name, meta["tables"][name])
                 shards = max(shards, len(t.shards) if isinstance(t, ShardedTable) else 1)

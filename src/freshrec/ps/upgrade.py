@@ -35,14 +35,7 @@ def _from_model_checkpoint(path: Path) -> TrainingPS:
     layers: dict[str, nn.Module] = {}
     for slot, lm in meta["layers"].items():
         if lm["kind"] == "hashed":
-            layers[slot] = HashedEmbedding(
-                lm["num_buckets"],
-                lm["dim"],
-                hash=lm["hash"],
-                hash_seed=lm["hash_seed"],
-                init="zeros",
-                name=slot,
-            )
+            layers[slot] = HashedEmbedding.from_description(lm, name=slot)
         else:
             table = EmbeddingTable.load(path / lm["table"])
             layers[slot] = CollisionlessEmbedding(TableConfig.from_dict(lm["config"]), table=table)

@@ -387,12 +387,10 @@ def load_checkpoint(path: str | Path) -> tuple[SlotModel, dict[str, Any]]:
 
     Raises `freshrec.errors.CorruptSnapshotError` naming the file on a damaged snapshot, and
     `SnapshotError` on another layout (with how to convert it)."""
-    ps, _ = TrainingPS.load(path)
-    from freshrec.checkpoint.format import read_manifest
-    from freshrec.ps.training import resolve_snapshot
+    from freshrec.ps.training import load_training_snapshot
 
-    _, p = resolve_snapshot(path)
-    meta = dict(read_manifest(p)["meta"].get("extra", {}))
+    ps, snap_meta = load_training_snapshot(path)
+    meta = dict(snap_meta.get("extra", {}))
     ps.model.eval()
     return ps.model, meta
 
