@@ -46,10 +46,13 @@ def serve_command(root: Path, *flags: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def serve_process(root: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `freshrec serve` on root's snapshot; yields its URL; terminates it on exit."""
+def serve_process(
+    root: Path, *flags: str, env: dict[str, str] | None = None, command: list[str] | None = None
+) -> Iterator[str]:
+    """Start `freshrec serve` on root's snapshot (or run `command`, a whole `freshrec serve` command
+    line); yields its URL; terminates it on exit."""
     proc = subprocess.Popen(
-        serve_command(root, *flags),
+        command or serve_command(root, *flags),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -30,10 +30,10 @@ TOP_LEVEL = {
     "ShardedTable", "TrainingPS", "ServingReplica", "ServingConfig", "SyncPublisher", "SyncSubscriber",
     "Delta", "DenseUpdate", "TrainConfig", "train_model", "OnlineTrainer", "OnlineConfig", "auc", "log_loss",
     "PeriodicSnapshotter", "SnapshotPolicy", "Pipeline", "PipelineConfig",
-    "Dataset", "SyntheticPlatform", "SyntheticConfig",
+    "Dataset", "SyntheticPlatform", "SyntheticConfig", "Schema", "load_schema", "stable_hash",
     # errors
     "FreshrecError", "ConfigError", "SnapshotError", "CorruptSnapshotError", "LogError", "OffsetOutOfRange",
-    "CorruptLogError", "StoreError", "CorruptStoreError", "EventError", "CapacityError",
+    "CorruptLogError", "StoreError", "CorruptStoreError", "EventError", "CapacityError", "SchemaError",
 }
 
 

@@ -295,3 +295,14 @@ def test_rank_top_k_returns_and_logs_only_the_best_k(stack):
             if e.request_id.startswith(top["request_id"] + ":"):
                 mine.append(e.request_id)
     assert sorted(mine) == want
+
+
+def test_unknown_feature_names_are_a_422_naming_them(stack):
+    c = stack["client"]
+    r = rank(c, user_id=1, candidates=[1, 2], sparse={"tagz": [1]})
+    assert r.status_code == 422 and "tagz" in r.text and "'tags'" in r.text, r.text
+    r = rank(c, user_id=1, candidates=[1, {"item_id": 2, "dense": {"price": 1.0}}])
+    assert r.status_code == 422 and "price" in r.text and "dense_0" in r.text, r.text
+    r = c.post("/v1/predict", json={"examples": [{"user_id": 1, "item_id": 2, "sparse": {"colour": [3]}}]})
+    assert r.status_code == 422 and "colour" in r.text, r.text
+    assert rank(c, user_id=1, candidates=[1], sparse={"tags": [1]}, dense={"dense_0": 0.5}).status_code == 200

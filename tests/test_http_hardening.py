@@ -196,6 +196,7 @@ def test_finite_scores_are_required_and_the_fault_is_placed():
 
     class Replica:  # the replica interface; NaN scores as configured
         spec, version, dense_version = SPEC, 3, 3
+        dense_names = tuple(f"dense_{i}" for i in range(SPEC.dense_dim))
         tasks = (Task(name="click"),)
         last_apply_wall = data_ts = None
         deltas_applied = rows_applied = rows_deleted = dense_applied = 0
@@ -410,6 +411,7 @@ def test_integer_dense_values_are_numbers(served):
 def test_overload_is_503_and_healthz_stays_fast():
     class SlowReplica:
         spec, version, dense_version = SPEC, 1, 1
+        dense_names = ("dense_0", "dense_1")
         tasks = (Task(name="click"),)
         last_apply_wall = data_ts = None
         deltas_applied = rows_applied = rows_deleted = dense_applied = 0
@@ -452,6 +454,7 @@ def test_cheap_requests_do_not_wait_behind_an_expensive_one():
 
     class Replica:
         spec, version, dense_version = SPEC, 1, 1
+        dense_names = ("dense_0", "dense_1")
         tasks = (Task(name="click"),)
         last_apply_wall = data_ts = None
         deltas_applied = rows_applied = rows_deleted = dense_applied = 0

@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 
+import httpx
 import numpy as np
 import pytest
 
@@ -24,6 +25,7 @@ from freshrec.data.schema_request import encode_predict_body
 from freshrec.ps import ServingReplica
 from freshrec.ps.schema_check import snapshot_schema
 from schema_fixtures import EXAMPLES, write_ads, write_behaviour, write_clicks
+from serve_process import serve_process
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -145,9 +147,54 @@ def test_the_loop_from_one_config(tmp_path, shape, write, n):
     carried = snapshot_schema(snaps, required=True)
     assert carried is not None and carried.to_dict() == stored.to_dict()
     replica = ServingReplica.from_snapshot(snaps)
-    body = {"examples": [{**r, "sparse": {}} for r in _raw_rows(shape, data)]}
-    scores = replica.predict(encode_predict_body(carried, body)["examples"])
+    rows = [_example(carried, r) for r in _raw_rows(shape, data)]
+    encoded = encode_predict_body(carried, {"examples": rows})["examples"]
+    assert all(e["user_id"] != 0 and e["item_id"] != 0 for e in encoded)
+    scores = replica.predict(encoded)
     assert len(scores) > 5 and np.all((scores > 0) & (scores < 1))
+    _served_raw(tmp_path, config, logs, snaps, rows, scores)
+
+
+def _example(schema, row: dict) -> dict:
+    """A file's row as a /v1/predict example: its user and item ids, the other columns as features."""
+    ukey = "user_id" if "user_id" in row else schema.user
+    ikey = "item_id" if "item_id" in row else schema.item
+    rest = {k: v for k, v in row.items() if k not in (ukey, ikey)}
+    return {"user_id": row[ukey], "item_id": row[ikey], "features": rest}
+
+
+def _served_raw(tmp_path, config, logs, snaps, rows, scores) -> None:
+    """`freshrec serve` on the online snapshots speaks the schema: raw values score as in-process,
+    a misspelled feature is a 422 naming it, and another config is refused at start."""
+    cmd = [sys.executable, "-m", "freshrec.cli", "serve", "--params", logs, "--snapshot", snaps]
+    cmd += ["--port", "0", "--config", config, "--no-features"]
+    with serve_process(tmp_path, command=cmd) as url, httpx.Client(base_url=url, timeout=30) as http:
+        got = http.post("/v1/predict", json={"examples": rows})
+        assert got.status_code == 200, got.text
+        assert np.allclose(got.json()["probabilities"], scores, atol=1e-6)
+        user = rows[0]["user_id"]
+        cands = [r["item_id"] for r in rows[:5]]
+        ranked = http.post("/v1/rank", json={"user_id": user, "candidates": cands})
+        assert ranked.status_code == 200, ranked.text
+        assert len(ranked.json()["items"]) == len(cands)
+        one = http.post(
+            "/v1/rank",
+            json={"user_id": user, "features": rows[0]["features"], "candidates": [rows[0]["item_id"]]},
+        )
+        assert one.status_code == 200 and abs(one.json()["items"][0]["score"] - scores[0]) < 1e-6, one.text
+        misplaced = http.post("/v1/predict", json={"examples": [{**rows[0], "colour": "red"}]})
+        assert misplaced.status_code == 422 and "colour" in misplaced.text, misplaced.text
+        bad = http.post(
+            "/v1/rank", json={"user_id": user, "features": {"colour": "red"}, "candidates": cands}
+        )
+        assert bad.status_code == 422 and "colour" in bad.text, bad.text
+    text = open(config).read()
+    if "[schema.slots.device]" in text:
+        other = tmp_path / "other.toml"
+        other.write_text(text.replace("[schema.slots.device]", "[schema.slots.os]"))
+        cmd = ["serve", "--params", logs, "--snapshot", snaps, "--port", "0", "--config", str(other)]
+        res = _run(*cmd, check=False)
+        assert res.returncode == 2 and "does not match the snapshot" in res.stderr, res.stderr
 
 
 def test_a_trainer_resumed_with_another_schema_is_refused(tmp_path):

@@ -7,6 +7,7 @@ sync and a model server, in one pip-installable package. The names most programs
     from freshrec import DeepFM, FeatureSpec, SlotSpec, ModelSpec  # models and their inputs
     from freshrec import Joiner, TrainingPS, ServingReplica        # the roles
     from freshrec import Pipeline, PipelineConfig                  # the roles wired to one set of logs
+    from freshrec import Schema, load_schema, stable_hash          # your own columns (docs/schema.md)
     from freshrec import FreshrecError, ConfigError                # the error tree (freshrec.errors)
 
 Each is imported on first use (torch and numba load then, not at `import freshrec`). The rest
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from freshrec.checkpoint import PeriodicSnapshotter, SnapshotPolicy
-    from freshrec.data import Dataset, SyntheticConfig, SyntheticPlatform
+    from freshrec.data import Dataset, Schema, SyntheticConfig, SyntheticPlatform, load_schema, stable_hash
     from freshrec.errors import (
         CapacityError,
         ConfigError,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         FreshrecError,
         LogError,
         OffsetOutOfRange,
+        SchemaError,
         SnapshotError,
         StoreError,
     )
@@ -137,6 +139,9 @@ else:  # type checkers read the imports above; a module __getattr__ would hide t
                 "Dataset",
                 "SyntheticPlatform",
                 "SyntheticConfig",
+                "Schema",
+                "load_schema",
+                "stable_hash",
             ),
             "freshrec.pipeline": (
                 "Pipeline",
@@ -154,6 +159,7 @@ else:  # type checkers read the imports above; a module __getattr__ would hide t
                 "CorruptStoreError",
                 "EventError",
                 "CapacityError",
+                "SchemaError",
             ),
         },
     )
@@ -195,6 +201,8 @@ __all__ = [
     "Pipeline",
     "PipelineConfig",
     "SGD",
+    "Schema",
+    "SchemaError",
     "ServingConfig",
     "ServingReplica",
     "ShardedTable",
@@ -215,7 +223,9 @@ __all__ = [
     "auc",
     "build_model",
     "check_model",
+    "load_schema",
     "log_loss",
     "open_backend",
+    "stable_hash",
     "train_model",
 ]

@@ -9,6 +9,12 @@ in it, keeps following it in the background, and answers /v1/rank, /v1/predict, 
 backend (`--no-actions`: 404). With several tasks, /v1/rank returns every task's score and ranks by
 `--rank-weights`.
 
+A snapshot trained from a config (`freshrec train --config`) holds its schema; the server then
+speaks it: /v1/rank and /v1/predict take raw feature values (string ids, lists, numbers) and
+encode them as import and training did (`freshrec.serve.schema_body`). `--ids` serves integer ids
+instead (values already encoded by the client). `--config FILE` checks that the config's schema
+is the snapshot's and refuses to start otherwise.
+
 Access (docs/http.md): `--token` (or the environment variable FRESHREC_TOKEN) makes every path
 but /healthz and the docs need `Authorization: Bearer <token>`; `--metrics-token` (or
 FRESHREC_METRICS_TOKEN) does the same for /metrics. A non-loopback `--host` is refused without a
@@ -39,6 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--rank-weights",
         default="",
         help="rank by a blend of task scores, e.g. click=1,watch=0.01 (default: the first task)",
+    )
+    parser.add_argument(
+        "--ids", action="store_true", help="take encoded integer ids even when the snapshot holds a schema"
     )
     parser.add_argument("--features", default=None, help="features log backend (default: --params)")
     parser.add_argument("--features-log", default="features", help="features log name")
@@ -73,7 +82,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_weights(text: str) -> dict[str, float] | None:
-    """"click=1,watch=0.01" -> {"click": 1.0, "watch": 0.01}; "" -> None."""
+    """ "click=1,watch=0.01" -> {"click": 1.0, "watch": 0.01}; "" -> None."""
     out: dict[str, float] = {}
     for part in text.split(","):
         if not part.strip():
@@ -87,6 +96,29 @@ def parse_weights(text: str) -> dict[str, float] | None:
             msg = f"--rank-weights: {part!r} is not task=weight"
             raise ConfigError(msg)
     return out or None
+
+
+def _has_schema(config: Path) -> bool:
+    import tomllib
+
+    with open(config, "rb") as f:
+        return "schema" in tomllib.load(f)
+
+
+def _schema(snap: Path, config: Path | None, *, ids: bool):
+    """The schema the server speaks: the snapshot's (None with `--ids`, or when it holds none);
+    `config`'s [schema] must match it."""
+    from freshrec.data.schema import load_schema
+    from freshrec.ps.schema_check import snapshot_schema
+
+    try:
+        stored = snapshot_schema(snap, required=config is not None and _has_schema(config))
+    except SnapshotError as e:
+        msg = f"--snapshot {e}"
+        raise SnapshotError(msg) from e
+    if config is not None and _has_schema(config):
+        load_schema(config).check_matches(stored, where=str(snap))
+    return None if ids else stored
 
 
 def main(args: argparse.Namespace) -> int:
@@ -123,6 +155,7 @@ def main(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
         )
         snap = Path(args.snapshot)
+        schema = _schema(snap, args.config, ids=args.ids)  # --config: the command line's TOML file
         pipe = Pipeline(
             PipelineConfig(
                 log=args.features or args.params,
@@ -145,6 +178,7 @@ def main(args: argparse.Namespace) -> int:
             features_log=None if args.no_features else pipe.log(args.features_log),
             actions_log=None if args.no_actions else pipe.log(args.actions_log),
             config=app_config,
+            schema=schema,
         )
         sock = bind_socket(args.host, args.port)
     except (FreshrecError, OSError) as e:
@@ -153,6 +187,11 @@ def main(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     sizes = ", ".join(f"{k}={v}" for k, v in replica.table_sizes().items())
     print(f"freshrec serve: snapshot {snap} (version {replica.version}; rows {sizes})", flush=True)
+    if schema is not None:
+        print(
+            f"freshrec serve: speaks schema {schema.name!r} (raw feature values; --ids: encoded ids)",
+            flush=True,
+        )
     if token is None and not is_loopback(args.host):
         print(f"freshrec serve: WARNING: {args.host} is served without a token (--insecure)", flush=True)
     url = f"http://{args.host}:{port}"

@@ -4,6 +4,9 @@
 - `load_movielens`, `load_globo`, `load_criteo`: the shared data (`dataset_path(name)`) or the
   official downloads.
 - `SyntheticPlatform(SyntheticConfig(...))`: users and items whose tastes drift, for demos.
+- `Schema`, `load_schema(config)`, `shipped_schema(name)`: a user's own columns as slots, labels
+  and impressions (docs/schema.md); `stable_hash`: the one hash of string ids;
+  `encode_features` / `encode_rank_body` / `encode_predict_body`: raw request values -> ids.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
     from freshrec.data.globo import load_globo
     from freshrec.data.movielens import load_movielens
     from freshrec.data.paths import dataset_path, shared_data_dir
+    from freshrec.data.schema import Schema, load_schema, shipped_schema, stable_hash
+    from freshrec.data.schema_request import encode_features, encode_predict_body, encode_rank_body
     from freshrec.data.splits import split_by_time
     from freshrec.data.synthetic import SyntheticConfig, SyntheticPlatform
 else:  # type checkers read the imports above; a module __getattr__ would hide typos from them
@@ -42,6 +47,17 @@ else:  # type checkers read the imports above; a module __getattr__ would hide t
                 "dataset_path",
                 "shared_data_dir",
             ),
+            "freshrec.data.schema": (
+                "Schema",
+                "load_schema",
+                "shipped_schema",
+                "stable_hash",
+            ),
+            "freshrec.data.schema_request": (
+                "encode_features",
+                "encode_predict_body",
+                "encode_rank_body",
+            ),
             "freshrec.data.splits": (
                 "split_by_time",
             ),
@@ -55,13 +71,20 @@ else:  # type checkers read the imports above; a module __getattr__ would hide t
 __all__ = [
     "Dataset",
     "Ragged",
+    "Schema",
     "SyntheticConfig",
     "SyntheticPlatform",
     "dataset_path",
+    "encode_features",
+    "encode_predict_body",
+    "encode_rank_body",
     "load_criteo",
     "load_globo",
     "load_movielens",
+    "load_schema",
     "shared_data_dir",
+    "shipped_schema",
     "split_by_time",
+    "stable_hash",
     "stable_ids",
 ]

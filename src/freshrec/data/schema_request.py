@@ -163,6 +163,20 @@ def encode_features(
     return sparse, dense
 
 
+_EXAMPLE_KEYS = frozenset({"user_id", "item_id", "features", "sparse", "dense"})
+_CANDIDATE_KEYS = frozenset({"item_id", "features", "sparse", "dense"})
+
+
+def _only(obj: Mapping[str, Any], keys: frozenset[str], what: str) -> None:
+    extra = sorted(k for k in obj if k not in keys)
+    if extra:
+        msg = (
+            f"{what} fields {extra[:20]} are not known (feature values go under 'features');"
+            f" known: {sorted(keys)}"
+        )
+        raise SchemaError(msg, field=str(extra[0])[:64])
+
+
 def _merged(body: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("sparse", "dense", "features"):
@@ -200,6 +214,7 @@ def encode_rank_body(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
     item_slot = schema.slot(schema.item)
     for c in body.get("candidates", []):
         if isinstance(c, Mapping):
+            _only(c, _CANDIDATE_KEYS, "candidate")
             iid, cs, cd = _context(schema, c, "item")
             if iid is None:
                 msg = "a candidate object needs an item_id"
@@ -225,6 +240,7 @@ def encode_predict_body(schema: Schema, body: Mapping[str, Any]) -> dict[str, An
         if not isinstance(e, Mapping):
             msg = "each example must be an object"
             raise SchemaError(msg, field="examples")
+        _only(e, _EXAMPLE_KEYS, "example")
         user, sparse, dense = _context(schema, e, "user")
         item_raw = e.get("item_id", _merged(e).get(schema.item))
         iid = 0 if item_raw is None else _id(schema.slot(schema.item), item_raw)

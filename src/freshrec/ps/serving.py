@@ -103,6 +103,13 @@ def serving_table_config(cfg: TableConfig, *, initial_capacity: int = 1024) -> T
     )
 
 
+def _with_dense_names(config: ServingConfig | None, names: tuple[str, ...] | None) -> ServingConfig | None:
+    """`config` with the dense features named as the snapshot's schema names them (unless given)."""
+    if not names or (config is not None and config.dense_names is not None):
+        return config
+    return replace(config or ServingConfig(), dense_names=tuple(names))
+
+
 class ServingReplica:
     """Serving tables + dense model of any model over `spec`; see the module docstring.
 
@@ -286,6 +293,9 @@ class ServingReplica:
         """A replica holding the embeddings and dense weights of a full training state
         (`TrainingPS.state()`, a snapshot's meta and arrays)."""
         ps = TrainingPS.from_state(meta, arrays, source=source)
+        schema = meta.get("extra", {}).get("schema")
+        dense = tuple(s["name"] for s in schema["slots"] if s.get("kind") == "dense") if schema else None
+        config = _with_dense_names(config, dense)
         return cls.from_ps(ps, positions=meta.get("positions", {}), config=config, clock=clock)
 
     @classmethod
@@ -299,7 +309,11 @@ class ServingReplica:
         """A replica from any snapshot a command wrote: a snapshot folder (`freshrec train --out`,
         `TrainingPS.save`, `SyncPublisher.snapshot`), a snapshot store, or a periodic-snapshot folder
         (`freshrec train online --snapshots`: its newest full snapshot plus incrementals)."""
+        from freshrec.ps.schema_check import snapshot_schema
+
         ps, positions = TrainingPS.load(path)
+        schema = snapshot_schema(path)
+        config = _with_dense_names(config, schema.dense_names if schema is not None else None)
         return cls.from_ps(ps, positions=positions, config=config, clock=clock)
 
     # ---- scoring -------------------------------------------------------------------------------

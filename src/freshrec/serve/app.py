@@ -77,11 +77,13 @@ from freshrec.serve.bodies import (
 from freshrec.serve.guard import Guard
 from freshrec.serve.metrics import ServeMetrics
 from freshrec.serve.page import ServerStats, StatsResponse, serve_page
+from freshrec.serve.schema_body import RawPredictIn, RawRankIn, refuse_unknown, schema_parser
 from freshrec.serve.writers import ActionLogger, FeatureLogger, feature_records
 from freshrec.stream.events import ActionEvent
 from freshrec.stream.log import Log
 
 if TYPE_CHECKING:
+    from freshrec.data.schema import Schema
     from freshrec.ps.serving import ServingReplica
 
 __all__ = ["AppConfig", "create_app", "feature_records", "rank_body"]
@@ -220,6 +222,7 @@ def create_app(
     config: AppConfig | None = None,
     clock: Callable[[], float] = time.time,
     new_request_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
+    schema: Schema | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `replica` (see the module docstring).
 
@@ -231,6 +234,8 @@ def create_app(
         config: limits, workers and tokens (AppConfig).
         clock: wall-clock seconds for default event timestamps and metric ages.
         new_request_id: makes a request id when the client sends none.
+        schema: the data schema the model was trained with: /v1/rank and /v1/predict then take raw
+            feature values and encode them as training did (`freshrec.serve.schema_body`).
     """
     cfg = config or AppConfig()
     body_models = bodies(cfg.max_candidates)
@@ -245,6 +250,13 @@ def create_app(
             actions_log, flush_interval_s=flush_s, max_pending=cfg.max_pending_actions, metrics=metrics
         )
     workers = _Workers(cfg.workers, cfg.max_pending)
+    sparse_names = frozenset(s.name for s in replica.spec.slots)
+    dense_names = frozenset(replica.dense_names)
+    parse_rank: Callable[[Any, bytes], Any] = parse_body
+    parse_predict: Callable[[Any, bytes], Any] = parse_body
+    if schema is not None:
+        parse_rank = schema_parser(schema, "rank", max_items=cfg.max_candidates)
+        parse_predict = schema_parser(schema, "predict", max_items=cfg.max_candidates)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -299,6 +311,11 @@ def create_app(
             idense = {c.item_id: c.dense for c in req.candidates if not isinstance(c, int)}
             row_sparse = [isparse.get(i, {}) for i in ids]
             row_dense = [idense.get(i, {}) for i in ids]
+            refuse_unknown(
+                sparse_names, dense_names, [req.sparse, *isparse.values()], [req.dense, *idense.values()]
+            )
+        else:
+            refuse_unknown(sparse_names, dense_names, [req.sparse], [req.dense])
         version = replica.version
         per_task = None
         kw = {"sparse": req.sparse, "dense": req.dense, "item_sparse": row_sparse, "item_dense": row_dense}
@@ -330,6 +347,9 @@ def create_app(
     def do_predict(req: Any) -> Response:
         version = replica.version
         examples = [e.model_dump() for e in req.examples]
+        refuse_unknown(
+            sparse_names, dense_names, [e["sparse"] for e in examples], [e["dense"] for e in examples]
+        )
         p = replica.predict(examples)
         if not np.isfinite(p).all():
             has_dense = any(e["dense"] for e in examples)
@@ -357,16 +377,20 @@ def create_app(
         return json_response(b'{"accepted":%d}' % len(events), status=202)
 
     async def dispatch(
-        body: bytes, model: type[BaseModel], cost: Callable[[Any], int], answer: Callable[[Any], Response]
+        body: bytes,
+        model: type[BaseModel],
+        cost: Callable[[Any], int],
+        answer: Callable[[Any], Response],
+        parse: Callable[[Any, bytes], Any] = parse_body,
     ) -> Response:
         """Parse and answer on the event loop when the body is small and the answer cheap (a thread
         hop costs more than such a request); otherwise in a worker, so the loop stays free."""
         if len(body) <= cfg.inline_max_bytes:
-            req = parse_body(model, body)
+            req = parse(model, body)
             if cost(req) <= cfg.inline_max_ids:
                 return answer(req)
             return await workers.run(answer, req)
-        return await workers.run(lambda b: answer(parse_body(model, b)), body)
+        return await workers.run(lambda b: answer(parse(model, b)), body)
 
     # ---- routes --------------------------------------------------------------------------------
     secured = cfg.api_token is not None
@@ -376,19 +400,21 @@ def create_app(
         "/v1/rank",
         response_model=RankResponse,
         responses=scored,
-        openapi_extra=body_doc(body_models.rank, secured),
+        openapi_extra=body_doc(body_models.rank if schema is None else RawRankIn, secured),
     )
     async def rank(request: Request) -> Response:
-        return await dispatch(await request.body(), body_models.rank, rank_cost, do_rank)
+        return await dispatch(await request.body(), body_models.rank, rank_cost, do_rank, parse_rank)
 
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
         responses=scored,
-        openapi_extra=body_doc(body_models.predict, secured),
+        openapi_extra=body_doc(body_models.predict if schema is None else RawPredictIn, secured),
     )
     async def predict(request: Request) -> Response:
-        return await dispatch(await request.body(), body_models.predict, predict_cost, do_predict)
+        return await dispatch(
+            await request.body(), body_models.predict, predict_cost, do_predict, parse_predict
+        )
 
     @app.post(
         "/v1/actions",
