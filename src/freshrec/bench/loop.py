@@ -11,7 +11,7 @@ What `freshrec train online` does per batch is timed as it ships, against the pu
    dense weights every 10, as `train online --params` runs), `OnlineTrainer.run` draining the log:
    poll, decode, batch assembly, step, publish, all in one thread (`OnlineConfig.prefetch = 0`);
 4. **loop, prefetch**: the same with `--prefetch` batches prepared ahead in a background thread
-   while the current one trains (what `train online` runs by default).
+   while the current one trains (`train online --prefetch N`).
 
 Every side starts from the same fresh model (same seed) and trains the same batches in the same
 order, so all end with the same parameters: the benchmark checks it (a digest of the whole
