@@ -29,6 +29,7 @@ BAD = {
     ("bench", "table"): ["--dim", "0"],
     ("bench", "filter"): ["--data", MISSING],
     ("bench", "train"): ["--batch-size", "0"],
+    ("bench", "loop"): ["--batch-size", "0"],
     ("bench", "joiner"): ["--synthetic", "--no-kafka", "--clicks", "-1"],
     ("bench", "freshness"): ["--no-kafka", "--seconds", "-1"],
     ("bench", "serve"): ["--users", "0"],

@@ -69,6 +69,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("bench", "table"): "freshrec.bench.table",
     ("bench", "filter"): "freshrec.bench.filter",
     ("bench", "train"): "freshrec.bench.train",
+    ("bench", "loop"): "freshrec.bench.loop",
     ("bench", "joiner"): "freshrec.bench.joiner",
     ("bench", "freshness"): "freshrec.bench.freshness",
     ("bench", "serve"): "freshrec.bench.serve",

@@ -10,6 +10,11 @@ per slot (Adagrad in the table), and the same model with a `HashedEmbedding` per
 next `--batches` are timed for each side in turn (whole step: forward, backward, dense Adam step,
 sparse step). Prints a table and the ratio collisionless / hashed; `--json` prints one JSON object
 last.
+
+`--against torchrec` compares instead the collisionless DeepFM with the same model over TorchRec's
+fused static table (`freshrec.bench._torchrec`), in `--rounds` interleaved rounds, with the
+versions printed; TorchRec lives in its own venv (`scripts/torchrec-venv.sh`), and without it the
+command says so in one line and exits 0.
 """
 
 from __future__ import annotations
@@ -41,6 +46,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=at_least(1), default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="print where each step spends its time")
+    parser.add_argument(
+        "--against",
+        choices=("torchrec",),
+        default=None,
+        help="compare freshrec's collisionless DeepFM with the same model over TorchRec's fused static "
+        "table instead of the hashed baseline (TorchRec's own venv: scripts/torchrec-venv.sh)",
+    )
+    parser.add_argument("--rounds", type=at_least(1), default=3, help="interleaved rounds with --against")
     parser.add_argument("--json", action="store_true")
 
 
@@ -69,14 +82,11 @@ def synthetic_batches(n_batches: int, batch_size: int, *, max_vocab: int, zipf: 
     return out
 
 
-def _run_side(kind: str, batches, args, profile: dict | None = None) -> tuple[float, float, Any]:
-    import torch
-
-    from freshrec.model import Batch, FeatureSpec, ModelSpec, SlotSpec
-    from freshrec.ps.training import TrainingPS
+def _spec(args):
+    from freshrec.model import FeatureSpec, SlotSpec
     from freshrec.table import Adagrad, Initializer
 
-    spec = FeatureSpec(
+    return FeatureSpec(
         slots=tuple(SlotSpec(name=f"C{j + 1}", table={"initial_capacity": 1 << 16}) for j in range(N_SLOTS)),
         dense_dim=N_DENSE,
         dim=args.dim,
@@ -84,6 +94,30 @@ def _run_side(kind: str, batches, args, profile: dict | None = None) -> tuple[fl
         initializer=Initializer(kind="normal", scale=0.01),
         seed=args.seed,
     )
+
+
+def _tensors(batches) -> list:
+    import torch
+
+    from freshrec.model import Batch
+
+    return [
+        Batch(
+            sparse={k: torch.from_numpy(v) for k, v in s.items()},
+            dense=torch.from_numpy(d),
+            targets=torch.from_numpy(y).reshape(-1, 1),
+            offset=None,
+            now=float(i),
+        )
+        for i, (s, d, y) in enumerate(batches)
+    ]
+
+
+def _ps(kind: str, args):
+    from freshrec.model import ModelSpec
+    from freshrec.ps.training import TrainingPS
+
+    spec = _spec(args)
     buckets = {s: args.buckets for s in spec.names} if kind == "hashed" else None
     # the shipped training state and step (freshrec.ps.training), as batch and online training use it
     ps = TrainingPS(
@@ -95,17 +129,13 @@ def _run_side(kind: str, batches, args, profile: dict | None = None) -> tuple[fl
         dense_lr=1e-3,
         hashed_lr=0.05,
     )
+    return ps
+
+
+def _run_side(kind: str, batches, args, profile: dict | None = None) -> tuple[float, float, Any]:
+    ps = _ps(kind, args)
     model = ps.model
-    tensors = [
-        Batch(
-            sparse={k: torch.from_numpy(v) for k, v in s.items()},
-            dense=torch.from_numpy(d),
-            targets=torch.from_numpy(y).reshape(-1, 1),
-            offset=None,
-            now=float(i),
-        )
-        for i, (s, d, y) in enumerate(batches)
-    ]
+    tensors = _tensors(batches)
     parts: dict[str, float] = {}
     clock = time.perf_counter
     for i in range(args.warmup):
@@ -123,6 +153,19 @@ def _run_side(kind: str, batches, args, profile: dict | None = None) -> tuple[fl
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    if args.against == "torchrec":
+        from freshrec.bench._torchrec import available
+
+        reason = available()
+        if reason is not None:
+            print(
+                f"bench train --against torchrec: skipped, TorchRec is not importable here ({reason}); "
+                "make its venv with `bash scripts/torchrec-venv.sh` and run "
+                "`.venv-torchrec/bin/python -m freshrec.cli bench train --against torchrec`"
+            )
+            if args.json:
+                print(json.dumps({"against": "torchrec", "skipped": reason}))
+            return 0
     n = args.warmup + args.batches
     print(
         f"bench train: DeepFM, {N_SLOTS} sparse slots (Zipf {args.zipf}, vocab up to {args.max_vocab:,}), "
@@ -131,6 +174,10 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     batches = synthetic_batches(n, args.batch_size, max_vocab=args.max_vocab, zipf=args.zipf, seed=args.seed)
+    if args.against == "torchrec":
+        from freshrec.bench._torchrec import against_torchrec
+
+        return against_torchrec(args, batches, _ps("collisionless", args), _tensors(batches))
     prof_c: dict = {}
     prof_h: dict = {}
     print("  running collisionless ...", flush=True)

@@ -93,6 +93,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params-log", default="params", help="parameter log name")
     parser.add_argument("--dense-every", type=int, default=10, help="publish dense weights every N batches")
     parser.add_argument(
+        "--prefetch",
+        type=at_least(0),
+        default=0,
+        help="batches polled, decoded and assembled ahead in a background thread while one trains "
+        "(trains exactly the same; 0: one thread)",
+    )
+    parser.add_argument(
         "--whole-batches",
         action="store_true",
         help="train batches of exactly --batch-size records (fixed boundaries: replays repeat them)",
@@ -124,6 +131,7 @@ def main(args: argparse.Namespace) -> int:
             evict_every=args.evict_every,
             poll_timeout_s=1.0 if args.follow else 0.2,
             whole_batches=args.whole_batches,
+            prefetch=args.prefetch,
             stop_at=args.stop_at,
         )
         spec = mspec = tasks = None

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from freshrec.errors import EventError
@@ -232,7 +233,18 @@ def _no_constant(name: str) -> Any:
 
 
 _DEC = json.JSONDecoder(parse_constant=_no_constant)
-_decode_json = _DEC.decode
+_FAST = msgspec.json.Decoder().decode  # strict JSON (no NaN/Infinity), about twice the stdlib's speed
+_FAST_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+def _decode_json(text: str) -> Any:
+    """A JSON document as Python values: the fast decoder, or where it refuses the text (malformed,
+    a number out of float range, a lone surrogate escape), the stdlib's, which accepts exactly what
+    it always did and names the fault in its error."""
+    try:
+        return _FAST(text)
+    except _FAST_ERRORS:
+        return _DEC.decode(text)
 
 
 def _text(data: bytes | bytearray | memoryview | str) -> str:

@@ -49,6 +49,7 @@ from freshrec.ps.training import TrainingPS
 from freshrec.train.batch import Batch, iter_batches
 from freshrec.train.examples import ExampleSchema, decode_records, examples_to_dataset
 from freshrec.train.metrics import auc
+from freshrec.train.prefetch import Idle, Prefetcher, Prepared, SerialSource
 
 __all__ = [
     "BatchInfo",
@@ -78,6 +79,10 @@ class OnlineConfig:
         remainder at the end is one short batch, when the log is drained or at `stop_at`).
     stop_at: stop once the trained positions add up to this many records (None: never); the
         batch before it is cut to end there.
+    prefetch: batches prepared ahead by a background thread in `run` (poll, decode, batch
+        assembly of the next batches while the current one trains; 0: all in the calling thread).
+        Exact: the same batches, trained in the same order on the same parameters as with 0
+        (preparing a batch reads no parameter); only when they are built changes.
     """
 
     batch_size: int = 1024
@@ -90,9 +95,13 @@ class OnlineConfig:
     auc_window: int = 20_000
     whole_batches: bool = False
     stop_at: int | None = None
+    prefetch: int = 0
 
     def __post_init__(self) -> None:
-        for name, low in (("batch_size", 1), ("auc_window", 1), ("evict_every", 0), ("commit_every", 0)):
+        checks = (
+            ("batch_size", 1), ("auc_window", 1), ("evict_every", 0), ("commit_every", 0), ("prefetch", 0)
+        )
+        for name, low in checks:
             value = getattr(self, name)
             if value < low:
                 msg = f"OnlineConfig.{name} = {value!r}: must be >= {low}"
@@ -184,6 +193,10 @@ class OnlineTrainer:
         self._seconds = 0.0
         self._examples_here = 0
         self._pending: list = []  # records polled for a whole batch that is not complete yet
+        self._ready: list[Prepared] = []  # batches prepared ahead and not trained yet (next run first)
+        # seconds per stage of the loop: poll, decode, assemble (batch tensors), step, hooks
+        # (publishing, snapshots), wait (for a batch prepared ahead); see `OnlineConfig.prefetch`
+        self.timings: dict[str, float] = {}
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -283,7 +296,7 @@ class OnlineTrainer:
     # -- training ----------------------------------------------------------------------------------
     def train_step(self, b: Batch) -> float:
         """One optimizer step on a batch; returns its mean loss (pre-update outputs are recorded)."""
-        return self.ps.train_step(b).loss
+        return self.ps.train_step(b, timings=self.timings).loss
 
     def _after_batch(self, info: BatchInfo) -> None:
         every = self.config.evict_every
@@ -293,27 +306,50 @@ class OnlineTrainer:
         for hook in self.hooks:
             hook(self, info)
 
+    def prepare(self, examples: Sequence, *, positions: Mapping[int, int], bad: int = 0) -> Prepared:
+        """Decoded examples -> the batch `train_prepared` trains (reads no parameter: any thread)."""
+        batch = None
+        if examples:
+            t0 = time.perf_counter()
+            ds: Any = examples_to_dataset(examples, self.schema)
+            batch = next(
+                iter_batches(ds, len(ds), tasks=self.ps.tasks, correction=self.config.sampling_correction)
+            )
+            self._time("assemble", t0)
+        return Prepared(batch, len(examples), dict(positions), bad)
+
+    def train_prepared(self, p: Prepared) -> BatchInfo | None:
+        """Train a prepared batch and run the after-batch work (module docstring); positions move
+        to `p.positions`. Returns the `BatchInfo` (None when the batch held no example)."""
+        self.positions = p.positions
+        self.ps.bad_records += p.bad
+        if p.batch is None:
+            return None
+        b = p.batch
+        t0 = time.perf_counter()
+        loss = self.train_step(b)
+        self._seconds += self._time("step", t0)
+        self._examples_here += len(b)
+        info = BatchInfo(self.step, p.examples, loss, float(b.now), dict(self.positions), p.bad)
+        t1 = time.perf_counter()
+        self._after_batch(info)
+        self._time("hooks", t1)
+        return info
+
+    def _time(self, stage: str, t0: float) -> float:
+        dt = time.perf_counter() - t0
+        self.timings[stage] = self.timings.get(stage, 0.0) + dt
+        return dt
+
     def train_examples(self, examples: Sequence, *, positions: Mapping[int, int] | None = None, bad: int = 0):
         """Train one mini-batch of decoded `Example`s; `positions` = log positions right after them.
 
         Returns the `BatchInfo` (None when `examples` is empty: positions still advance).
         """
-        if positions is not None:
-            self.positions = positions
-        self.ps.bad_records += bad
-        if not examples:
-            return None
         t0 = time.perf_counter()
-        ds: Any = examples_to_dataset(examples, self.schema)
-        b = next(
-            iter_batches(ds, len(ds), tasks=self.ps.tasks, correction=self.config.sampling_correction)
-        )
-        loss = self.train_step(b)
+        p = self.prepare(examples, positions=self.positions if positions is None else positions, bad=bad)
         self._seconds += time.perf_counter() - t0
-        self._examples_here += len(b)
-        info = BatchInfo(self.step, len(examples), loss, float(b.now), dict(self.positions), bad)
-        self._after_batch(info)
-        return info
+        return self.train_prepared(p)
 
     def train_dataset(self, ds: Any, *, batch_size: int | None = None) -> list[BatchInfo]:
         """Train on a columnar dataset in row order (no log): the same step as `run`, for
@@ -334,26 +370,36 @@ class OnlineTrainer:
             out.append(info)
         return out
 
-    def poll_batch(self, consumer) -> tuple[list, int, dict[int, int]]:
+    def poll_batch(
+        self, consumer, *, ahead: Mapping[int, int] | None = None
+    ) -> tuple[list, int, dict[int, int]]:
         """(examples, bad record count, positions after them): up to `batch_size` records from
-        `consumer` (exactly that many, or none yet, with `whole_batches`; fewer before `stop_at`)."""
+        `consumer` (exactly that many, or none yet, with `whole_batches`; fewer before `stop_at`).
+
+        `ahead`: the positions the consumer is at when batches are polled ahead of training
+        (default: the trained positions)."""
+        base = dict(self.positions) if ahead is None else dict(ahead)
         want = self.config.batch_size
         if self.config.stop_at is not None:
-            want = max(0, min(want, self.config.stop_at - self.trained_records()))
+            want = max(0, min(want, self.config.stop_at - int(sum(base.values()))))
         records: list = self._pending
         self._pending = []
         timeout = self.config.poll_timeout_s
+        t0 = time.perf_counter()
         while len(records) < want:
             got = consumer.poll(max_records=want - len(records), timeout_s=timeout if not records else 0.0)
             if not got:
                 break
             records.extend(got)
+        self._time("poll", t0)
         if self.config.whole_batches and 0 < len(records) < want:
             self._pending = records  # the batch is not whole yet: wait for the rest (run() trains
             # the remainder once the log is drained)
-            return [], 0, dict(self.positions)
+            return [], 0, base
+        t1 = time.perf_counter()
         examples, bad = decode_records(records)
-        return examples, len(bad), consumer.position() if records else dict(self.positions)
+        self._time("decode", t1)
+        return examples, len(bad), consumer.position() if records else base
 
     def trained_records(self) -> int:
         """Records of the examples log trained (or skipped as bad) so far: the positions' sum."""
@@ -386,38 +432,54 @@ class OnlineTrainer:
         """
         done = 0
         idle_since: float | None = None
-        while max_batches is None or done < max_batches:
-            if stop is not None and stop():
-                break
-            if self.config.stop_at is not None and self.trained_records() >= self.config.stop_at:
-                break
-            examples, bad, positions = self.poll_batch(consumer)
-            if not examples and not bad:
-                if until_idle:
-                    if consumer.at_end():
-                        if self._pending:  # whole_batches: the remainder, one short batch
-                            rest, self._pending = self._pending, []
-                            examples, bad_records = decode_records(rest)
-                            self.train_examples(examples, positions=consumer.position(), bad=len(bad_records))
-                        break
-                    idle_since = idle_since or time.monotonic()
-                    if time.monotonic() - idle_since > idle_timeout_s:
-                        ends = f" (end offsets {log.end_offsets()})" if log is not None else ""
-                        msg = (
-                            f"the examples log has records past position {consumer.position()}{ends} "
-                            f"but none arrived for {idle_timeout_s:g} s"
-                        )
-                        raise LogError(msg)
-                    time.sleep(0.05)
-                continue
-            idle_since = None
-            info = self.train_examples(examples, positions=positions, bad=bad)
-            if info is None:
-                continue
-            done += 1
-            every = self.config.commit_every
-            if every and self.step % every == 0:
-                consumer.commit(self.positions)
+        depth = self.config.prefetch
+        source: SerialSource | Prefetcher = (
+            Prefetcher(self, consumer, depth=depth, until_idle=until_idle)
+            if depth
+            else SerialSource(self, consumer, until_idle=until_idle)
+        )
+        try:
+            while max_batches is None or done < max_batches:
+                if stop is not None and stop():
+                    break
+                if self.config.stop_at is not None and self.trained_records() >= self.config.stop_at:
+                    break
+                item = source.next()
+                if item is None:
+                    continue
+                if isinstance(item, Idle):
+                    if until_idle:
+                        if item.at_end:
+                            source.close()
+                            if self._pending:  # whole_batches: the remainder, one short batch
+                                rest, self._pending = self._pending, []
+                                examples, bad_records = decode_records(rest)
+                                self.train_examples(
+                                    examples, positions=consumer.position(), bad=len(bad_records)
+                                )
+                            break
+                        idle_since = idle_since or time.monotonic()
+                        if time.monotonic() - idle_since > idle_timeout_s:
+                            ends = f" (end offsets {log.end_offsets()})" if log is not None else ""
+                            msg = (
+                                f"the examples log has records past position {consumer.position()}{ends} "
+                                f"but none arrived for {idle_timeout_s:g} s"
+                            )
+                            raise LogError(msg)
+                        if depth == 0:
+                            time.sleep(0.05)
+                    continue
+                idle_since = None
+                info = self.train_prepared(item)
+                if info is None:
+                    continue
+                done += 1
+                every = self.config.commit_every
+                if every and self.step % every == 0:
+                    with source.lock:
+                        consumer.commit(self.positions)
+        finally:
+            source.close()
         if self.positions and self.config.commit_every:
             consumer.commit(self.positions)
         return self.metrics()
