@@ -81,6 +81,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("experiment", "online"): "freshrec.experiments.online",
     ("experiment", "reliability"): "freshrec.experiments.reliability",
     ("experiment", "models"): "freshrec.experiments.models",
+    ("experiment", "shapes"): "freshrec.experiments.shapes",
 }
 
 
