@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serve_process import make_snapshot, serve_command
 
 from freshrec.ps import ServingReplica
 from freshrec.ps.delta import Delta, encode
 from freshrec.stream.events import decode_feature
 from freshrec.stream.local_log import LocalBackend
 from freshrec.table.shared import BATCH, SharedTableReader, SharedTableWriter
+from serve_process import make_snapshot, serve_command
 
 ROWS = 3 * BATCH  # rows the torn-row writer rewrites per version: several seqlock windows
 
@@ -94,7 +94,10 @@ def test_a_reader_in_another_process_never_sees_a_torn_row(tmp_path):
 @contextlib.contextmanager
 def workers(root: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
     proc = subprocess.Popen(
-        serve_command(root, "--workers", "2", *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        serve_command(root, "--workers", "2", *flags),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     lines: list[str] = []
@@ -115,14 +118,19 @@ def workers(root: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str, li
         proc.wait(60)
 
 
-def by_worker(url: str, path: str = "/healthz", *, body: dict | None = None, tries: int = 400) -> dict[str, dict]:
+def by_worker(
+    url: str, path: str = "/healthz", *, body: dict | None = None, tries: int = 400
+) -> dict[str, dict]:
     """The answer of each worker (by its x-freshrec-worker index), one new connection a request."""
     out: dict[str, dict] = {}
     for _ in range(tries):
         with httpx.Client(timeout=30) as c:
             r = c.post(url + path, json=body) if body is not None else c.get(url + path)
         assert r.status_code == 200, r.text
-        out[r.headers["x-freshrec-worker"].split("/")[0]] = {"pid": r.headers["x-freshrec-worker"], **r.json()}
+        out[r.headers["x-freshrec-worker"].split("/")[0]] = {
+            "pid": r.headers["x-freshrec-worker"],
+            **r.json(),
+        }
         if len(out) == 2:
             return out
     raise AssertionError(f"only workers {sorted(out)} answered in {tries} requests")
@@ -143,7 +151,9 @@ def test_two_workers_share_one_port_and_see_every_delta(tmp_path):
         for a in before.values():
             assert score(a) == pytest.approx(want0, abs=1e-6)
         # a delta on the parameter log: item 7's row changes, in every worker
-        delta = Delta(table="item_id", version=5, ids=np.array([7]), embeddings=np.full((1, 5), 0.7, np.float32))
+        delta = Delta(
+            table="item_id", version=5, ids=np.array([7]), embeddings=np.full((1, 5), 0.7, np.float32)
+        )
         backend = LocalBackend(tmp_path / "logs")
         try:
             plog = backend.log("params")
@@ -171,7 +181,9 @@ def test_ranks_during_a_stream_of_deltas_see_whole_rows_only(tmp_path):
     values = [-2.0, -1.0, 0.5, 1.5, 3.0]  # item 7's row: every float equal to one of these
     want = []
     for v in values:
-        expected.apply(Delta(table="item_id", version=9, ids=np.array([7]), embeddings=np.full((1, 5), v, np.float32)))
+        expected.apply(
+            Delta(table="item_id", version=9, ids=np.array([7]), embeddings=np.full((1, 5), v, np.float32))
+        )
         want.append(float(expected.rank(3, [7])[1][0]))
     assert len({round(w, 5) for w in want}) == len(values)
     stop = threading.Event()
@@ -184,7 +196,9 @@ def test_ranks_during_a_stream_of_deltas_see_whole_rows_only(tmp_path):
         try:
             while not stop.is_set():
                 emb = np.full((ROWS, 5), values[v % len(values)], np.float32)
-                plog.append(encode(Delta(table="item_id", version=v, ids=ids, embeddings=emb)), key=b"item_id")
+                plog.append(
+                    encode(Delta(table="item_id", version=v, ids=ids, embeddings=emb)), key=b"item_id"
+                )
                 plog.flush()
                 v += 1
                 time.sleep(0.005)
@@ -240,7 +254,9 @@ def test_kill_9_of_a_worker_restarts_it_and_sigterm_stops_the_tree(tmp_path):
     assert not Path(root).exists()
     backend = LocalBackend(tmp_path / "logs")
     try:
-        events = [decode_feature(rec.value) for rec in backend.log("features").consumer("check").poll(100_000)]
+        events = [
+            decode_feature(rec.value) for rec in backend.log("features").consumer("check").poll(100_000)
+        ]
     finally:
         backend.close()
     assert len(events) == n
