@@ -33,6 +33,7 @@ BAD = {
     ("bench", "joiner"): ["--synthetic", "--no-kafka", "--clicks", "-1"],
     ("bench", "freshness"): ["--no-kafka", "--seconds", "-1"],
     ("bench", "serve"): ["--users", "0"],
+    ("bench", "workers"): ["--rows", "0"],
     ("bench", "snapshot"): ["--rows", "0"],
     ("bench", "scale"): ["--no-ray", "--batch-size", "0"],
     ("bench", "soak"): ["--rate", "0"],

@@ -73,6 +73,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("bench", "joiner"): "freshrec.bench.joiner",
     ("bench", "freshness"): "freshrec.bench.freshness",
     ("bench", "serve"): "freshrec.bench.serve",
+    ("bench", "workers"): "freshrec.bench.workers",
     ("bench", "snapshot"): "freshrec.bench.snapshot",
     ("bench", "scale"): "freshrec.bench.scale",
     ("bench", "import"): "freshrec.bench.import_rate",

@@ -67,7 +67,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp16", action="store_true", help="round embeddings through float16 on apply")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for scoring")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
-    parser.add_argument("--workers", type=int, default=1, help="threads that parse and score requests")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="server processes on one port sharing one copy of the tables (default: the CPU count; "
+        "1: one process)",
+    )
+    parser.add_argument(
+        "--score-threads",
+        type=int,
+        default=1,
+        help="threads per server process that parse and score requests",
+    )
     parser.add_argument("--max-pending", type=int, default=64, help="requests in progress (503 past it)")
     parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send the headers")
     parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds to send the body")
@@ -142,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
         app_config = AppConfig(
             max_candidates=args.max_candidates,
             max_body_bytes=args.max_body_bytes,
-            workers=args.workers,
+            workers=args.score_threads,
             max_pending=args.max_pending,
             inline_max_ids=args.inline_max_ids,
             api_token=token,
@@ -156,6 +168,9 @@ def main(args: argparse.Namespace) -> int:
         )
         snap = Path(args.snapshot)
         schema = _schema(snap, args.config, ids=args.ids)  # --config: the command line's TOML file
+        if args.workers < 1:
+            msg = f"--workers must be >= 1, got {args.workers}"
+            raise ConfigError(msg)
         pipe = Pipeline(
             PipelineConfig(
                 log=args.features or args.params,
@@ -166,6 +181,10 @@ def main(args: argparse.Namespace) -> int:
                 serving=ServingConfig(fp16=args.fp16, rank_weights=parse_weights(args.rank_weights)),
             )
         )
+        if args.workers > 1:
+            from freshrec.commands.serve_workers import serve_workers
+
+            return serve_workers(args, pipe, app_config, server_config, schema)
         try:
             replica, sub = pipe.replica(snapshot=snap, group=args.group)
         except SnapshotError as e:

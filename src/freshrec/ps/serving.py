@@ -121,6 +121,9 @@ class ServingReplica:
             slots the model embeds with hashed tables (their rows are dense weights).
         config: ServingConfig.
         clock: wall-clock seconds, stamped on each apply (`last_apply_wall`, for metrics).
+        tables: slot -> a table to read instead of a new `EmbeddingTable` per collisionless slot
+            (e.g. `freshrec.table.shared.SharedTableReader`s of tables another process applies
+            deltas to, see `freshrec.serve.shared_replica`); such a replica is not `apply`-ed to.
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class ServingReplica:
         hashed: Mapping[str, Mapping[str, Any]] | None = None,
         config: ServingConfig | None = None,
         clock: Callable[[], float] = time.time,
+        tables: Mapping[str, Any] | None = None,
     ) -> None:
         self.spec = spec
         if isinstance(model, str):
@@ -161,14 +165,20 @@ class ServingReplica:
             msg = f"{len(self.dense_names)} dense_names for a model with {spec.dense_dim} dense features"
             raise ConfigError(msg)
         extra = extra_columns_of(self.model_spec.resolve())
-        self.tables: dict[str, EmbeddingTable] = {}
+        self.tables: dict[str, Any] = {}  # EmbeddingTable, or the tables given (read-only here)
         for n in spec.names:
             if n in self._hashed:
                 continue
             cfg = serving_table_config(
                 spec.table_config(n, extra_columns=extra), initial_capacity=self.config.initial_capacity
             )
-            self.tables[n] = EmbeddingTable(cfg)
+            if tables is None:
+                self.tables[n] = EmbeddingTable(cfg)
+            elif n in tables:
+                self.tables[n] = tables[n]
+            else:
+                msg = f"ServingReplica: no table given for the slot {n!r}"
+                raise ConfigError(msg)
         self._layers = {n: CollisionlessEmbedding(t.config, table=t) for n, t in self.tables.items()}
         self._model = self._fresh_model()
         self._dense_keys = frozenset(self._model.state_dict().keys())
