@@ -152,6 +152,7 @@ class Supervisor:
             "logs": [list(x) if x is not None else None for x in spec.logs],
             "threads": spec.threads,
             "log_level": spec.log_level,
+            "schema": spec.schema,
         }
         (self.root / "worker.json").write_text(json.dumps(doc))
         self._stopping = False
