@@ -40,9 +40,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from freshrec.errors import ConfigError, RoleError
 
-__all__ = ["ServerConfig", "ServerThread", "bind_socket", "check_exposure", "is_loopback", "serve_forever"]
+__all__ = ["ARRIVED", "ServerConfig", "ServerThread", "bind_socket", "check_exposure", "is_loopback", "serve_forever"]
 
 log = logging.getLogger(__name__)
+
+ARRIVED = "freshrec.arrived"  # scope["extensions"][ARRIVED]: time.monotonic() when a request's headers were in
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,6 +170,7 @@ class _GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._waiting.pop(self, None)
         self._arm(self.limits.body_timeout_s, "body not complete in time")
+        self.scope["extensions"] = {ARRIVED: time.monotonic()}  # for the app's shedding (AppConfig.max_queue_s)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
