@@ -106,9 +106,9 @@ class AppConfig:
     (503 past it). max_queue_s: a body request that waited longer than this for its turn (from
     its headers being in, as the connection layer stamps it in `scope["extensions"][ARRIVED]`, to
     the app taking it up) is answered 503 at once, unparsed, so an overloaded event loop sheds
-    its backlog instead of queueing without limit. max_pending_actions: action batches waiting for the actions log
-    at most (503 past it). api_token: bearer token every path but /healthz and the docs needs
-    (None: open). metrics_token: bearer token /metrics needs (None: open).
+    its backlog instead of queueing without limit. max_pending_actions: action batches waiting
+    for the actions log at most (503 past it). api_token: bearer token every path but /healthz
+    and the docs needs (None: open). metrics_token: bearer token /metrics needs (None: open).
     """
 
     max_candidates: int = 1000
@@ -382,7 +382,7 @@ def create_app(
             raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "1"})
         return json_response(b'{"accepted":%d}' % len(events), status=202)
 
-    def shed(scope: dict) -> None:
+    def shed(scope: Any) -> None:
         """503 for a request that waited past `max_queue_s` for its turn (see AppConfig)."""
         arrived = scope.get("extensions", {}).get(ARRIVED)
         if arrived is not None:
@@ -406,15 +406,15 @@ def create_app(
             return await workers.run(answer, req)
         return await workers.run(lambda b: answer(parse_body(model, b)), body)
 
-    async def answer_rank(body: bytes, scope: dict) -> Response:
+    async def answer_rank(body: bytes, scope: Any) -> Response:
         shed(scope)
         return await dispatch(body, body_models.rank, rank_cost, do_rank)
 
-    async def answer_predict(body: bytes, scope: dict) -> Response:
+    async def answer_predict(body: bytes, scope: Any) -> Response:
         shed(scope)
         return await dispatch(body, body_models.predict, predict_cost, do_predict)
 
-    async def answer_actions(body: bytes, scope: dict) -> Response:
+    async def answer_actions(body: bytes, scope: Any) -> Response:
         if actions is None:
             raise HTTPException(
                 status_code=404, detail="this server logs no actions (started without an actions log)"
@@ -507,7 +507,7 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    guard = {
+    guard: dict[str, Any] = {
         "body_paths": BODY_PATHS,
         "max_bytes": cfg.max_body_bytes,
         "metrics": metrics,
