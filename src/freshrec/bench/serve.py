@@ -10,10 +10,15 @@ from that snapshot and follows the log. Meanwhile, in this process:
 - `--clients` client threads, each with its own httpx.Client (keep-alive), send /v1/rank with
   `--candidates` random candidates back to back for `--seconds` (after a 1 s warm-up).
 
+With `--connections N` the clients are instead N keep-alive connections from a load generator in
+another process (`freshrec.bench.loadgen`: wrk when installed, `bash scripts/wrk.sh`; else an
+asyncio client), which also counts the statuses (503s apart) and names itself in the output.
+
 Reported: client-side p50 / p99 / max latency, requests/s, errors (non-200 or transport errors),
 and how many parameter versions the server applied during the run. Baselines measured in the same
 run: GET /healthz over the same HTTP path (transport + framework floor), and `ServingReplica.rank`
-called in-process on the same snapshot (the scoring alone).
+called in-process on the same snapshot (the scoring alone); `server_cpu_over_inprocess_rank` is
+the server's CPU per request (deltas and impression logging included) over that baseline's p50.
 """
 
 from __future__ import annotations

@@ -37,7 +37,13 @@ is parsed and answered on the event loop, where it costs less than a hop to a th
 is parsed and scored in a small thread pool (`AppConfig.workers`) with at most `max_pending`
 requests queued or running (503 with Retry-After past it). So the event loop stays free for
 connections, /healthz and /metrics (answered on it at once), and cheap requests do not wait
-behind an expensive one.
+behind an expensive one. A body request that waited past `AppConfig.max_queue_s` for its turn
+(from its headers being in, as the connection layer stamps it) is answered 503 with Retry-After
+at once, unparsed: an overloaded loop sheds its backlog cheaply instead of queueing without limit.
+
+The POST body endpoints are answered by a plain ASGI handler (`body_endpoints`) ahead of
+Starlette's stack, behind the same `Guard`; FastAPI serves everything else (and documents those
+three routes, whose handlers are the same functions).
 
 A request that makes the model's scores non-finite is a 422 when its dense values are the cause
 (the scores are finite without them), a 500 otherwise (the served parameters are broken).
