@@ -10,10 +10,15 @@ from that snapshot and follows the log. Meanwhile, in this process:
 - `--clients` client threads, each with its own httpx.Client (keep-alive), send /v1/rank with
   `--candidates` random candidates back to back for `--seconds` (after a 1 s warm-up).
 
+With `--connections N` the clients are instead N keep-alive connections from a load generator in
+another process (`freshrec.bench.loadgen`: wrk when installed, `bash scripts/wrk.sh`; else an
+asyncio client), which also counts the statuses (503s apart) and names itself in the output.
+
 Reported: client-side p50 / p99 / max latency, requests/s, errors (non-200 or transport errors),
 and how many parameter versions the server applied during the run. Baselines measured in the same
 run: GET /healthz over the same HTTP path (transport + framework floor), and `ServingReplica.rank`
-called in-process on the same snapshot (the scoring alone).
+called in-process on the same snapshot (the scoring alone); `server_cpu_over_inprocess_rank` is
+the server's CPU per request (deltas and impression logging included) over that baseline's p50.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from freshrec.bench.loadgen import run_load, wrk_path
 from freshrec.commands.options import at_least, positive
 from freshrec.errors import RoleError
 
@@ -50,8 +56,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-interval", type=float, default=1.0, help="seconds between syncs")
     parser.add_argument("--dense-interval", type=float, default=5.0, help="seconds between dense updates")
     parser.add_argument("--threads", type=at_least(1), default=1, help="torch threads of the server")
+    parser.add_argument("--connections", type=at_least(1), default=None,
+                        help="instead of --clients: this many keep-alive connections from a load generator "
+                             "in another process (wrk when installed: bash scripts/wrk.sh; else asyncio)")
+    parser.add_argument("--load-generator", choices=("auto", "wrk", "asyncio"), default="auto",
+                        help="with --connections: wrk, the asyncio client, or wrk when installed (auto)")
     parser.add_argument("--quick", action="store_true", help="short run: 20k users/items, 4 s")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def _body(g: np.random.Generator, args: argparse.Namespace) -> dict:
+    """A /v1/rank body: a random user, `--candidates` random items, a category and two dense values."""
+    return {
+        "user_id": int(g.integers(args.users)),
+        "candidates": g.integers(0, args.items, args.candidates).tolist(),
+        "sparse": {"category": [int(g.integers(1000))]},
+        "dense": {"dense_0": float(g.random()), "dense_1": 1.0},
+    }
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -217,12 +238,7 @@ def main(args: argparse.Namespace) -> int:
                         now = time.monotonic()
                         if now >= t_end:
                             return
-                        body = {
-                            "user_id": int(g.integers(args.users)),
-                            "candidates": g.integers(0, args.items, args.candidates).tolist(),
-                            "sparse": {"category": [int(g.integers(1000))]},
-                            "dense": {"dense_0": float(g.random()), "dense_1": 1.0},
-                        }
+                        body = _body(g, args)
                         t0 = time.perf_counter()
                         try:
                             r = c.post("/v1/rank", json=body)
@@ -239,19 +255,43 @@ def main(args: argparse.Namespace) -> int:
 
             sproc = psutil.Process(proc.pid)
             pth.start()
-            say(
-                f"{args.clients} clients x {args.seconds:.0f} s of /v1/rank ({args.candidates} candidates), "
-                f"deltas of {args.delta_rows} users + {args.delta_rows} items every {args.sync_interval} s"
-            )
-            threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
-            for th in threads:
-                th.start()
-            while time.monotonic() < t_start:  # warm-up: clients run, not measured
-                time.sleep(0.005)
-            c0 = sproc.cpu_times()
-            for th in threads:
-                th.join()
-            c1 = sproc.cpu_times()
+            load = None
+            if args.connections is not None:
+                if args.load_generator == "wrk" and wrk_path() is None:
+                    msg = "--load-generator wrk: wrk is not installed (bash scripts/wrk.sh installs it)"
+                    raise RoleError(msg)
+                say(
+                    f"{args.connections} keep-alive connections x {args.seconds:.0f} s of /v1/rank "
+                    f"({args.candidates} candidates), deltas every {args.sync_interval} s ..."
+                )
+                g = np.random.default_rng(7)
+                bodies = [json.dumps(_body(g, args)).encode() for _ in range(256)]
+                with httpx.Client(base_url=url, timeout=10.0) as c:  # warm-up, as the clients' second
+                    t_warm = time.monotonic() + 1.0
+                    while time.monotonic() < t_warm:
+                        c.post("/v1/rank", content=bodies[0], headers={"content-type": "application/json"})
+                c0 = sproc.cpu_times()
+                load = run_load(
+                    url + "/v1/rank", bodies, connections=args.connections, seconds=args.seconds,
+                    use_wrk=args.load_generator != "asyncio",
+                )  # fmt: skip
+                c1 = sproc.cpu_times()
+                say(f"load generator: {load.generator}")
+            else:
+                say(
+                    f"{args.clients} clients x {args.seconds:.0f} s of /v1/rank ({args.candidates} "
+                    f"candidates), deltas of {args.delta_rows} users + {args.delta_rows} items every "
+                    f"{args.sync_interval} s"
+                )
+                threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+                for th in threads:
+                    th.start()
+                while time.monotonic() < t_start:  # warm-up: clients run, not measured
+                    time.sleep(0.005)
+                c0 = sproc.cpu_times()
+                for th in threads:
+                    th.join()
+                c1 = sproc.cpu_times()
             stop_pub.set()
             pth.join()
             with httpx.Client(base_url=url, timeout=10.0) as c:
@@ -268,22 +308,37 @@ def main(args: argparse.Namespace) -> int:
     n_err = sum(errors)
     v1 = _metric(mtext, "freshrec_model_version")
     b1 = _rank_buckets(mtext)
+    n_req = len(all_lat)
+    p50, p99 = round(_pct(all_lat, 50), 3), round(_pct(all_lat, 99), 3)
+    worst = round(max(all_lat) * 1000.0, 3) if all_lat else float("nan")
+    rps = round(len(all_lat) / args.seconds, 1)
+    extra: dict = {}
+    if load is not None:
+        n_req, p50, p99, worst, rps = load.requests, load.p50_ms, load.p99_ms, load.max_ms, load.rps
+        n_err = load.requests - load.statuses.get("200", 0) + load.transport_errors
+        extra = {
+            "load_generator": load.generator,
+            "connections": load.connections,
+            "statuses": load.statuses,
+            "status_503": load.statuses.get("503", 0),
+            "transport_errors": load.transport_errors,
+            "p99_over_p50": round(load.p99_ms / load.p50_ms, 2) if load.p50_ms > 0 else None,
+        }
+    cpu_ms = 1000.0 * ((c1.user + c1.system) - (c0.user + c0.system)) / max(n_req, 1)
     result = {
-        "p50_ms": round(_pct(all_lat, 50), 3),
-        "p99_ms": round(_pct(all_lat, 99), 3),
-        "max_ms": round(max(all_lat) * 1000.0, 3) if all_lat else float("nan"),
-        "rps": round(len(all_lat) / args.seconds, 1),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "max_ms": worst,
+        "rps": rps,
         "errors": n_err,
-        "requests": len(all_lat),
+        "requests": n_req,
         "clients": args.clients,
         "candidates": args.candidates,
         "users": args.users,
         "items": args.items,
         "server_threads": args.threads,
         "versions_applied": int(v1 - v0) if v1 == v1 and v0 == v0 else None,
-        "server_cpu_ms_per_request": round(
-            1000.0 * ((c1.user + c1.system) - (c0.user + c0.system)) / max(len(all_lat), 1), 3
-        ),
+        "server_cpu_ms_per_request": round(cpu_ms, 3),
         "server_p50_ms_le": _bucket_quantile(b0, b1, 0.50),
         "server_p99_ms_le": _bucket_quantile(b0, b1, 0.99),
         "syncs": len(syncs),
@@ -293,8 +348,10 @@ def main(args: argparse.Namespace) -> int:
         "baseline_healthz_p99_ms": round(_pct(health_lat, 99), 3),
         "baseline_inprocess_rank_p50_ms": round(_pct(score_lat, 50), 3),
         "baseline_inprocess_rank_p99_ms": round(_pct(score_lat, 99), 3),
+        "server_cpu_over_inprocess_rank": round(cpu_ms / _pct(score_lat, 50), 2),
         "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        **extra,
     }
     rows = [
         ("/v1/rank over HTTP, deltas applying", result["p50_ms"], result["p99_ms"], result["rps"]),
@@ -317,10 +374,17 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"server-side handling time (histogram buckets): p50 <= {result['server_p50_ms_le']} ms, "
         f"p99 <= {result['server_p99_ms_le']} ms; server CPU {result['server_cpu_ms_per_request']} ms/req "
+        f"({result['server_cpu_over_inprocess_rank']}x the in-process rank) "
         f"(deltas and feature logging included); load avg {result['load_avg_1m']} on {os.cpu_count()} cpus"
     )
+    if load is not None:
+        print(
+            f"load: {load.generator}, {load.connections} connections: p50 {p50} ms, p99 {p99} ms "
+            f"({extra['p99_over_p50']}x p50), max {worst} ms, {rps} req/s, statuses {load.statuses}, "
+            f"503s {extra['status_503']}, transport errors {load.transport_errors}"
+        )
     print(
-        f"errors {n_err} of {len(all_lat)}; max {result['max_ms']} ms; versions applied in the run: "
+        f"errors {n_err} of {n_req}; max {result['max_ms']} ms; versions applied in the run: "
         f"{result['versions_applied']} ({result['syncs']} syncs of {2 * args.delta_rows} rows, "
         f"publish p50 {result['sync_publish_ms_p50']} ms)"
     )

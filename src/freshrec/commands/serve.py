@@ -80,6 +80,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="threads per server process that parse and score requests",
     )
+    parser.add_argument(
+        "--max-queue", type=float, default=0.5, help="seconds a request may wait for its turn (503 past it)"
+    )
     parser.add_argument("--max-pending", type=int, default=64, help="requests in progress (503 past it)")
     parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send the headers")
     parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds to send the body")
@@ -156,6 +159,7 @@ def main(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             workers=args.score_threads,
             max_pending=args.max_pending,
+            max_queue_s=args.max_queue,
             inline_max_ids=args.inline_max_ids,
             api_token=token,
             metrics_token=metrics_token,

@@ -37,7 +37,13 @@ is parsed and answered on the event loop, where it costs less than a hop to a th
 is parsed and scored in a small thread pool (`AppConfig.workers`) with at most `max_pending`
 requests queued or running (503 with Retry-After past it). So the event loop stays free for
 connections, /healthz and /metrics (answered on it at once), and cheap requests do not wait
-behind an expensive one.
+behind an expensive one. A body request that waited past `AppConfig.max_queue_s` for its turn
+(from its headers being in, as the connection layer stamps it) is answered 503 with Retry-After
+at once, unparsed: an overloaded loop sheds its backlog cheaply instead of queueing without limit.
+
+The POST body endpoints are answered by a plain ASGI handler (`body_endpoints`) ahead of
+Starlette's stack, behind the same `Guard`; FastAPI serves everything else (and documents those
+three routes, whose handlers are the same functions).
 
 A request that makes the model's scores non-finite is a 422 when its dense values are the cause
 (the scores are finite without them), a 500 otherwise (the served parameters are broken).
@@ -48,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -78,6 +85,7 @@ from freshrec.serve.guard import Guard
 from freshrec.serve.metrics import ServeMetrics
 from freshrec.serve.page import ServerStats, StatsResponse, serve_page
 from freshrec.serve.schema_body import RawPredictIn, RawRankIn, refuse_unknown, schema_parser
+from freshrec.serve.server import ARRIVED
 from freshrec.serve.writers import ActionLogger, FeatureLogger, feature_records
 from freshrec.stream.events import ActionEvent
 from freshrec.stream.log import Log
@@ -87,6 +95,8 @@ if TYPE_CHECKING:
     from freshrec.ps.serving import ServingReplica
 
 __all__ = ["AppConfig", "create_app", "feature_records", "rank_body"]
+
+log = logging.getLogger(__name__)
 
 BODY_PATHS = frozenset({"/v1/rank", "/v1/predict", "/v1/actions"})
 _dump = json.JSONEncoder(ensure_ascii=False).encode
@@ -101,9 +111,12 @@ class AppConfig:
     flushed. workers: threads that parse and score the requests that are not cheap (a body over
     inline_max_bytes, or more than inline_max_ids ids for the model to read); cheap ones are
     answered on the event loop. max_pending: requests queued or running in the workers at most
-    (503 past it). max_pending_actions: action batches waiting for the actions log
-    at most (503 past it). api_token: bearer token every path but /healthz and the docs needs
-    (None: open). metrics_token: bearer token /metrics needs (None: open).
+    (503 past it). max_queue_s: a body request that waited longer than this for its turn (from
+    its headers being in, as the connection layer stamps it in `scope["extensions"][ARRIVED]`, to
+    the app taking it up) is answered 503 at once, unparsed, so an overloaded event loop sheds
+    its backlog instead of queueing without limit. max_pending_actions: action batches waiting
+    for the actions log at most (503 past it). api_token: bearer token every path but /healthz
+    and the docs needs (None: open). metrics_token: bearer token /metrics needs (None: open).
     """
 
     max_candidates: int = 1000
@@ -111,6 +124,7 @@ class AppConfig:
     flush_interval_s: float = 1.0
     workers: int = 1
     max_pending: int = 64
+    max_queue_s: float = 0.5
     max_pending_actions: int = 1024
     inline_max_bytes: int = 65_536
     inline_max_ids: int = 20_000
@@ -129,6 +143,7 @@ class AppConfig:
             min(limits) < 1
             or min(self.inline_max_bytes, self.inline_max_ids) < 0
             or not self.flush_interval_s > 0
+            or not self.max_queue_s > 0
         ):
             msg = f"AppConfig limits must be positive (inline_* >= 0), got {self}"
             raise ConfigError(msg)
@@ -159,11 +174,22 @@ def rank_body(
             + "}}"
             for i, x, row in zip(items, scores.tolist(), per_task.tolist(), strict=True)
         ]
-    else:
-        parts = [f'{{"item_id":{i},"score":{x:.9g}}}' for i, x in zip(items, scores.tolist(), strict=True)]
+    else:  # one %-format of the whole list: a third of the cost of a join over one f-string per item
+        flat: list[Any] = [None] * (2 * len(items))
+        flat[::2] = items
+        flat[1::2] = scores.tolist()
+        parts = [(_RANKED * len(items) % tuple(flat))[:-1]]
     return (
         f'{{"request_id":{_dump(rid)},"items":[{",".join(parts)}],"model_version":{int(version)}}}'
     ).encode()
+
+
+_RANKED = '{"item_id":%d,"score":%.9g},'
+
+
+def _with_features(candidates: list[Any]) -> list[Any]:
+    """The candidates given as objects (with features of their own), in order; usually none."""
+    return [c for c in candidates if type(c) is not int]
 
 
 def _non_finite(has_dense: bool, finite_without_dense: Callable[[], bool]) -> HTTPException:
@@ -268,7 +294,7 @@ def create_app(
         if subscriber is not None and hasattr(subscriber, "stop"):
             subscriber.stop()
 
-    app = FastAPI(title="freshrec model server", version="1", lifespan=lifespan)
+    app = _ServingApp(title="freshrec model server", version="1", lifespan=lifespan)
     app.state.replica = replica
     app.state.metrics = metrics
     app.state.feature_logger = features
@@ -296,25 +322,27 @@ def create_app(
     def rank_cost(req: Any) -> int:
         """Ids the model reads: each candidate reads its own and the context's (a bag per row)."""
         ctx = sum(map(len, req.sparse.values()))
-        own = sum(sum(map(len, c.sparse.values())) for c in req.candidates if not isinstance(c, int))
+        own = sum(sum(map(len, c.sparse.values())) for c in _with_features(req.candidates))
         return len(req.candidates) * (2 + ctx) + own
 
     def do_rank(req: Any) -> Response:
         rid = req.request_id or new_request_id()
-        ids = [c if isinstance(c, int) else c.item_id for c in req.candidates]
         isparse: dict[int, dict[str, list[int]]] | None = None
         idense: dict[int, dict[str, float]] | None = None
         row_sparse: list[dict[str, list[int]]] | None = None
         row_dense: list[dict[str, float]] | None = None
-        if any(not isinstance(c, int) for c in req.candidates):
-            isparse = {c.item_id: c.sparse for c in req.candidates if not isinstance(c, int)}
-            idense = {c.item_id: c.dense for c in req.candidates if not isinstance(c, int)}
+        own = _with_features(req.candidates)
+        if own:
+            ids = [c if isinstance(c, int) else c.item_id for c in req.candidates]
+            isparse = {c.item_id: c.sparse for c in own}
+            idense = {c.item_id: c.dense for c in own}
             row_sparse = [isparse.get(i, {}) for i in ids]
             row_dense = [idense.get(i, {}) for i in ids]
             refuse_unknown(
                 sparse_names, dense_names, [req.sparse, *isparse.values()], [req.dense, *idense.values()]
             )
         else:
+            ids = req.candidates  # plain ints, as validated
             refuse_unknown(sparse_names, dense_names, [req.sparse], [req.dense])
         version = replica.version
         per_task = None
@@ -346,7 +374,10 @@ def create_app(
 
     def do_predict(req: Any) -> Response:
         version = replica.version
-        examples = [e.model_dump() for e in req.examples]
+        examples = [
+            {"user_id": e.user_id, "item_id": e.item_id, "sparse": e.sparse, "dense": e.dense}
+            for e in req.examples
+        ]
         refuse_unknown(
             sparse_names, dense_names, [e["sparse"] for e in examples], [e["dense"] for e in examples]
         )
@@ -358,7 +389,7 @@ def create_app(
                 return bool(np.isfinite(replica.predict([{**e, "dense": {}} for e in examples])).all())
 
             raise _non_finite(has_dense, finite_without)
-        probs = ",".join([f"{x:.9g}" for x in p.tolist()])
+        probs = ("%.9g," * len(p) % tuple(p.tolist()))[:-1]
         return json_response(f'{{"probabilities":[{probs}],"model_version":{int(version)}}}'.encode())
 
     def len_actions(req: Any) -> int:
@@ -376,6 +407,18 @@ def create_app(
             raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "1"})
         return json_response(b'{"accepted":%d}' % len(events), status=202)
 
+    def shed(scope: Any) -> None:
+        """503 for a request that waited past `max_queue_s` for its turn (see AppConfig)."""
+        arrived = scope.get("extensions", {}).get(ARRIVED)
+        if arrived is not None:
+            waited = time.monotonic() - arrived
+            if waited > cfg.max_queue_s:
+                msg = (
+                    f"server overloaded: the request waited {1000 * waited:.0f} ms for its turn "
+                    f"(at most {1000 * cfg.max_queue_s:.0f}); retry later"
+                )
+                raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "1"})
+
     async def dispatch(
         body: bytes,
         model: type[BaseModel],
@@ -392,6 +435,28 @@ def create_app(
             return await workers.run(answer, req)
         return await workers.run(lambda b: answer(parse(model, b)), body)
 
+    async def answer_rank(body: bytes, scope: Any) -> Response:
+        shed(scope)
+        return await dispatch(body, body_models.rank, rank_cost, do_rank, parse_rank)
+
+    async def answer_predict(body: bytes, scope: Any) -> Response:
+        shed(scope)
+        return await dispatch(body, body_models.predict, predict_cost, do_predict, parse_predict)
+
+    async def answer_actions(body: bytes, scope: Any) -> Response:
+        if actions is None:
+            raise HTTPException(
+                status_code=404, detail="this server logs no actions (started without an actions log)"
+            )
+        shed(scope)
+        failing = actions.failing(within_s=max(5.0, 5 * flush_s))
+        if failing is not None:
+            msg = f"the actions log is failing ({failing[:200]}); retry later"
+            raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "5"})
+        return await dispatch(body, body_models.actions, len_actions, do_actions)
+
+    answers = {"/v1/rank": answer_rank, "/v1/predict": answer_predict, "/v1/actions": answer_actions}
+
     # ---- routes --------------------------------------------------------------------------------
     secured = cfg.api_token is not None
     scored = _responses(401, 413, 415, 422, 500, 503)
@@ -403,7 +468,7 @@ def create_app(
         openapi_extra=body_doc(body_models.rank if schema is None else RawRankIn, secured),
     )
     async def rank(request: Request) -> Response:
-        return await dispatch(await request.body(), body_models.rank, rank_cost, do_rank, parse_rank)
+        return await answer_rank(await request.body(), request.scope)
 
     @app.post(
         "/v1/predict",
@@ -412,9 +477,7 @@ def create_app(
         openapi_extra=body_doc(body_models.predict if schema is None else RawPredictIn, secured),
     )
     async def predict(request: Request) -> Response:
-        return await dispatch(
-            await request.body(), body_models.predict, predict_cost, do_predict, parse_predict
-        )
+        return await answer_predict(await request.body(), request.scope)
 
     @app.post(
         "/v1/actions",
@@ -424,15 +487,7 @@ def create_app(
         openapi_extra=body_doc(body_models.actions, secured),
     )
     async def post_actions(request: Request) -> Response:
-        if actions is None:
-            raise HTTPException(
-                status_code=404, detail="this server logs no actions (started without an actions log)"
-            )
-        failing = actions.failing(within_s=max(5.0, 5 * flush_s))
-        if failing is not None:
-            msg = f"the actions log is failing ({failing[:200]}); retry later"
-            raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "5"})
-        return await dispatch(await request.body(), body_models.actions, len_actions, do_actions)
+        return await answer_actions(await request.body(), request.scope)
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> Response:
@@ -481,12 +536,50 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(
-        Guard,
-        body_paths=BODY_PATHS,
-        max_bytes=cfg.max_body_bytes,
-        metrics=metrics,
-        api_token=cfg.api_token,
-        metrics_token=cfg.metrics_token,
-    )
+    guard: dict[str, Any] = {
+        "body_paths": BODY_PATHS,
+        "max_bytes": cfg.max_body_bytes,
+        "metrics": metrics,
+        "api_token": cfg.api_token,
+        "metrics_token": cfg.metrics_token,
+    }
+    app.add_middleware(Guard, **guard)
+
+    async def body_endpoints(scope: dict, receive: Callable, send: Callable) -> None:
+        """POST /v1/rank, /v1/predict, /v1/actions as plain ASGI, behind the same Guard (which has
+        read the whole body and replays it as one message): what the FastAPI routes above do,
+        without Starlette's routing, dependency and middleware layers on the way."""
+        body = (await receive()).get("body", b"")
+        try:
+            resp = await answers[scope["path"]](body, scope)
+        except StarletteHTTPException as e:
+            resp = JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=e.headers)
+        except Exception:
+            log.exception("Exception in ASGI application")
+            resp = PlainTextResponse("Internal Server Error", status_code=500)
+        await send({"type": "http.response.start", "status": resp.status_code, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+    app.body_endpoints = Guard(body_endpoints, **guard)
     return app
+
+
+class _ServingApp(FastAPI):
+    """The FastAPI app, with a POST to a body endpoint handed to `body_endpoints` (pure ASGI behind
+    its own Guard) before Starlette's stack; everything else (docs, health, metrics, pages, other
+    methods, unknown paths) goes the FastAPI way."""
+
+    body_endpoints: Callable[..., Any] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        fast = self.body_endpoints
+        if (
+            fast is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in BODY_PATHS
+            and not self.root_path
+        ):
+            await fast(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)

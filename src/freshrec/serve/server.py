@@ -40,9 +40,19 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from freshrec.errors import ConfigError, RoleError
 
-__all__ = ["ServerConfig", "ServerThread", "bind_socket", "check_exposure", "is_loopback", "serve_forever"]
+__all__ = [
+    "ARRIVED",
+    "ServerConfig",
+    "ServerThread",
+    "bind_socket",
+    "check_exposure",
+    "is_loopback",
+    "serve_forever",
+]
 
 log = logging.getLogger(__name__)
+
+ARRIVED = "freshrec.arrived"  # scope["extensions"][ARRIVED]: time.monotonic() when the headers were in
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +75,37 @@ class ServerConfig:
 
 class _HeadersTooLarge(Exception):
     pass
+
+
+class _OneWrite:
+    """The transport as one response's cycle sees it: the status line and headers (uvicorn's first
+    write) are held until the first body write and leave with it, so a reply with a body costs one
+    write (one syscall, one segment) instead of two. Everything else is the transport's."""
+
+    __slots__ = ("_head", "_transport")
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._head: bytes | None = b""  # b"": nothing written yet; None: passing through
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is None:
+            self._transport.write(data)
+        elif not head:
+            self._head = data
+        else:
+            self._head = None
+            self._transport.write(head + data)
+
+    def close(self) -> None:
+        if self._head:
+            self._transport.write(self._head)
+        self._head = None
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _GuardedProtocol(HttpToolsProtocol):
@@ -168,7 +209,11 @@ class _GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._waiting.pop(self, None)
         self._arm(self.limits.body_timeout_s, "body not complete in time")
+        extensions: dict[str, Any] = {ARRIVED: time.monotonic()}  # the app sheds by it (max_queue_s)
+        self.scope["extensions"] = extensions  # type: ignore[typeddict-item]
         super().on_headers_complete()
+        if self.scope["method"] != "HEAD":  # a HEAD reply has no body write to carry its head
+            self.cycle.transport = _OneWrite(self.transport)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._disarm()

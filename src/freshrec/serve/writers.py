@@ -182,8 +182,15 @@ class FeatureLogger(_LogWriter):
 
     def _write(self, item: tuple) -> int:
         rid, user_id, items, sparse, dense, isparse, idense, ts = item
-        for pos, value in enumerate(feature_records(rid, user_id, items, sparse, dense, ts, isparse, idense)):
-            self.log.append(value, key=f"{rid}:{pos}".encode())
+        values = feature_records(rid, user_id, items, sparse, dense, ts, isparse, idense)
+        prefix = rid.encode()
+        keys = [b"%b:%d" % (prefix, pos) for pos in range(len(values))]
+        many = getattr(self.log, "append_many", None)  # the Log protocol's optional fast path
+        if many is not None:  # the local log frames a whole request's impressions at once
+            many(list(zip(keys, values, strict=True)))
+        else:
+            for key, value in zip(keys, values, strict=True):
+                self.log.append(value, key=key)
         if self.metrics is not None:
             self.metrics.features_logged.inc(len(items))
         return len(items)
