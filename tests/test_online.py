@@ -320,3 +320,29 @@ def test_whole_batches_train_fixed_boundaries_while_the_log_fills_and_stop_at_cu
         ids_b, rows_b = table_state(b)[slot]
         np.testing.assert_array_equal(ids, ids_b)
         np.testing.assert_array_equal(rows, rows_b)
+
+
+def test_online_metrics_from_a_batch_snapshot_cover_online_predictions_only(tmp_path):
+    """The batch epochs' outputs stay out of the online progressive validation: a Pipeline trainer
+    started from a batch snapshot begins with empty windows, and after the stream its window holds
+    exactly the stream's predictions."""
+    from freshrec.pipeline import Pipeline, PipelineConfig
+    from freshrec.stream.local_log import LocalBackend
+
+    res = train_model(synthetic(2000, seed=0), None, TrainConfig(epochs=2, batch_size=100, dim=8, hidden=(16,)))
+    snap = save_checkpoint(res.ps, tmp_path / "snap")
+    assert res.ps is not None and res.ps.windows["click"].n == 4000  # the batch epochs' outputs
+    future = synthetic(600, seed=1)
+    backend = LocalBackend(tmp_path / "logs")
+    write_examples(backend.log("examples"), dataset_to_examples(future))
+    backend.close()
+    pipe = Pipeline(PipelineConfig(log=str(tmp_path / "logs"), init=snap, online=OnlineConfig(batch_size=200)))
+    try:
+        trainer = pipe.trainer()
+        assert trainer.ps.windows["click"].n == 0
+        _, consumer = pipe.examples_consumer(trainer)
+        trainer.run(consumer, until_idle=True)
+        consumer.close()
+        assert trainer.ps.windows["click"].n == 600
+    finally:
+        pipe.close()

@@ -126,6 +126,7 @@ class Pipeline:
         c = self.config
         if c.init is not None:
             trainer = OnlineTrainer.from_checkpoint(c.init, c.online, dense=c.dense_names)
+            trainer.ps.reset_windows()  # online metrics: online predictions only (recovery restores its own)
         else:
             if c.features_spec is None:
                 msg = "Pipeline.trainer: the config needs `init` (a snapshot) or `features_spec` (+ tasks)"

@@ -289,6 +289,11 @@ class TrainingPS:
         self.windows = {t.name: ScoreWindow(window) for t in self.tasks}
         self.n_shards = 1
 
+    def reset_windows(self) -> None:
+        """Empty the progressive-validation windows (a new phase of training starts: e.g. online
+        training from a batch snapshot, whose windows hold the batch epochs' outputs)."""
+        self.windows = {k: ScoreWindow(w.scores.shape[0]) for k, w in self.windows.items()}
+
     @classmethod
     def from_model(
         cls,
