@@ -329,14 +329,18 @@ def test_online_metrics_from_a_batch_snapshot_cover_online_predictions_only(tmp_
     from freshrec.pipeline import Pipeline, PipelineConfig
     from freshrec.stream.local_log import LocalBackend
 
-    res = train_model(synthetic(2000, seed=0), None, TrainConfig(epochs=2, batch_size=100, dim=8, hidden=(16,)))
+    res = train_model(
+        synthetic(2000, seed=0), None, TrainConfig(epochs=2, batch_size=100, dim=8, hidden=(16,))
+    )
     snap = save_checkpoint(res.ps, tmp_path / "snap")
     assert res.ps is not None and res.ps.windows["click"].n == 4000  # the batch epochs' outputs
     future = synthetic(600, seed=1)
     backend = LocalBackend(tmp_path / "logs")
     write_examples(backend.log("examples"), dataset_to_examples(future))
     backend.close()
-    pipe = Pipeline(PipelineConfig(log=str(tmp_path / "logs"), init=snap, online=OnlineConfig(batch_size=200)))
+    pipe = Pipeline(
+        PipelineConfig(log=str(tmp_path / "logs"), init=snap, online=OnlineConfig(batch_size=200))
+    )
     try:
         trainer = pipe.trainer()
         assert trainer.ps.windows["click"].n == 0
