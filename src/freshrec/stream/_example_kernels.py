@@ -142,46 +142,38 @@ _I64_DIGITS = _lit(b"9223372036854775808")  # |INT64_MIN|; INT64_MAX ends in 7
 
 
 @njit(cache=True, nogil=True)
-def _k_id(buf: np.ndarray, p: int, end: int) -> int:
-    """Index after a JSON integer within int64 at p, or -1 (any other number, or out of range)."""
+def _k_id(buf: np.ndarray, p: int, end: int):
+    """(index after, value) of a JSON integer within int64 at p; index -1 for any other number
+    or one out of range. Exact over all of int64."""
     if p < 0 or p >= end:
-        return -1
+        return -1, 0
     neg = buf[p] == 45
     if neg:
         p += 1
-    if p >= end:
-        return -1
     q = p
-    if buf[p] == 48:  # 0
-        q = p + 1
+    v = 0  # accumulated negated: -2**63 fits, 2**63 would not
+    if q < end and buf[q] == 48:  # 0
+        q += 1
     else:
-        while q < end and 48 <= buf[q] <= 57:
+        while q < end and 48 <= buf[q] <= 57 and q - p < 18:
+            v = v * 10 - (buf[q] - 48)
             q += 1
-        if q == p or q - p > 19:
-            return -1
-        if q - p == 19:  # compare with the limit digit by digit
+        if q == p:
+            return -1, 0
+        if q < end and 48 <= buf[q] <= 57:  # a 19th digit: within the limit?
+            if q + 1 < end and 48 <= buf[q + 1] <= 57:
+                return -1, 0
             for k in range(19):
                 lim = _I64_DIGITS[k] - (1 if (k == 18 and not neg) else 0)
                 if buf[p + k] != lim:
                     if buf[p + k] > lim:
-                        return -1
+                        return -1, 0
                     break
+            v = v * 10 - (buf[q] - 48)
+            q += 1
     if q < end and (buf[q] == 46 or buf[q] == 101 or buf[q] == 69):  # . e E: not an integer
-        return -1
-    return q
-
-
-@njit(cache=True, nogil=True)
-def _k_int(buf: np.ndarray, p: int, q: int) -> int:
-    """The value of the integer buf[p:q] that `_k_id` accepted (exact over all of int64)."""
-    neg = buf[p] == 45
-    if neg:
-        p += 1
-    v = 0  # accumulated negated: -2**63 fits, 2**63 would not
-    while p < q:
-        v = v * 10 - (buf[p] - 48)
-        p += 1
-    return v if neg else -v
+        return -1, 0
+    return q, (v if neg else -v)
 
 
 @njit(cache=True, nogil=True)
@@ -236,11 +228,11 @@ def _k_sparse(buf, p, end, i, names, offs, kind, col, seen, single, bag_start, b
             p += 1
         else:
             while True:
-                q = _k_id(buf, p, end)
+                q, v = _k_id(buf, p, end)
                 if q < 0 or q >= end:
                     return -1
-                if count == 0 and j >= 0:
-                    first = _k_int(buf, p, q)
+                if count == 0:
+                    first = v
                 count += 1
                 c = buf[q]
                 p = q + 1
@@ -347,15 +339,13 @@ def decode_columns(
         r = _k_lit(buf, s, e, _RID)
         p = _k_name(buf, r, e)
         u = _k_lit(buf, p, e, _UID)
-        p = _k_id(buf, u, e)
+        p, uid = _k_id(buf, u, e)
         if p < 0:
             continue
-        uid = _k_int(buf, u, p)
         t = _k_lit(buf, p, e, _IID)
-        p = _k_id(buf, t, e)
+        p, iid = _k_id(buf, t, e)
         if p < 0:
             continue
-        iid = _k_int(buf, t, p)
         p = _k_sparse(
             buf, _k_lit(buf, p, e, _SPARSE), e, i, sp_names, sp_offs, sp_kind, sp_col, seen_sp,
             single, bag_start, bag_len,
@@ -410,8 +400,8 @@ def decode_columns(
             e = spans[i, 1]
             w = offsets[c, i]
             for _ in range(bag_len[c, i]):
-                q = _k_id(buf, p, e)
-                values[c, w] = _k_int(buf, p, q)
+                q, v = _k_id(buf, p, e)
+                values[c, w] = v
                 w += 1
                 p = q + 1
     return ok, single, offsets, values, dense, labels, ts, ts_span, ts_exact, rate
