@@ -18,9 +18,11 @@ What `freshrec train online` does per batch is timed as it ships, against the pu
 
 Every side starts from the same fresh model (same seed) and trains the same batches in the same
 order, so all end with the same parameters: the benchmark checks it (a digest of the whole
-training state) and prints whether they match. Prints examples/s of each side, the ratios to the
-pure step and the gain of prefetching over the serial loop, the stage breakdown (seconds per
-stage) and the load average; `--json` prints one JSON object last.
+training state) and prints whether they match. `--rounds R` measures every side R times in turn
+(one result per round: on a loaded machine, compare the ratios of one round). Prints examples/s
+of each side, the ratios to the pure step, the gains of prefetching over the serial loop and of
+columnar decoding over per-example decoding, the stage breakdown (seconds per stage) and the
+load average; `--json` prints one JSON object last.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=at_least(1), default=1, help="torch intra-op threads")
     parser.add_argument("--prefetch", type=at_least(1), default=2, help="batches prepared ahead")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=at_least(1), default=1, help="measure every side this many times")
     parser.add_argument("--kafka", action="store_true", help="also run the loop over a Kafka broker")
     parser.add_argument("--quick", action="store_true", help="a short run (batch 1024, 6 batches)")
     parser.add_argument("--json", action="store_true")
@@ -281,7 +284,8 @@ def main(args: argparse.Namespace) -> int:
         url = str(Path(tmp) / "logs")
         wrote = _write_log(url, examples)
         print(f"  wrote {len(examples):,} examples to the local log in {wrote:.1f} s", flush=True)
-        results.append(_measure(args, url, "local"))
+        for _ in range(args.rounds):  # on a shared machine: ratios of each round, sides close in time
+            results.append(_measure(args, url, "local"))
         if args.kafka:
             from freshrec.bench._kafka import start_broker, stop_broker
 
