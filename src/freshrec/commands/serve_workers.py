@@ -9,6 +9,8 @@ a worker that dies, and stops everything on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
 import gc
 import shutil
@@ -60,6 +62,7 @@ def serve_workers(
         applier = SharedApplier.from_ps(ps, root, positions=positions, serving=serving)
         del ps
         gc.collect()
+        _trim_heap()  # the loaded snapshot's freed heap back to the system (it stays in the tables)
         start = positions.get("params")
         sub = SyncSubscriber(applier, pipe.log(args.params_log), group=args.group, start=start or [0])
         sub.catch_up()
@@ -119,6 +122,12 @@ def serve_workers(
     finally:
         _shutdown(sup, sub, applier, logs, pipe, root, zygote)
     return 0
+
+
+def _trim_heap() -> None:
+    """glibc's malloc_trim(0): return freed heap pages to the system (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _shutdown(sup: Any, sub: Any, applier: Any, logs: list[Any], pipe: Any, root: Path, zygote: Any) -> None:
