@@ -509,9 +509,13 @@ class LocalLog:
     def _write_out(self, w: _PartWriter) -> None:
         if not w.buf:
             return
-        data = b"".join(w.buf)
+        data = w.buf[0] if len(w.buf) == 1 else b"".join(w.buf)
         w.buf.clear()
         w.buf_bytes = 0
+        self._pwrite(w, data)
+
+    def _pwrite(self, w: _PartWriter, data: bytes | memoryview) -> None:
+        """Write `data` at the end of the active segment (not fsynced: `w.dirty`)."""
         try:
             view = memoryview(data)
             while view:
@@ -613,6 +617,51 @@ class LocalLog:
                     return
             for (key, _), frame in zip(records, frames, strict=True):
                 self._queue(ws, partition_for(key, parts, self._counter), frame)
+
+    def append_frames(self, frames: np.ndarray | bytes, ends: np.ndarray, *, partition: int = 0) -> None:
+        """Queue a block of records already framed (`local_segments.frame_ends` and `seal_frames`,
+        or `encode`) on `partition`, in order: record i is frames[ends[i - 1]:ends[i]] (from 0 for
+        i = 0). The same as `append_many` of those records on that partition, byte for byte (the
+        same segment rolls), in a few writes. The frames' lengths must chain to `ends` (checked;
+        LogError otherwise, and nothing is queued); their checksums are the caller's. Durable
+        after `flush()`."""
+        if not 0 <= partition < self._partitions:
+            msg = f"log {self.name!r} has {self._partitions} partitions; no partition {partition}"
+            raise LogError(msg)
+        ends = np.asarray(ends, dtype=np.int64)
+        buf = np.frombuffer(frames, dtype=np.uint8) if isinstance(frames, bytes) else frames
+        buf = np.ascontiguousarray(buf)
+        n = len(ends)
+        if n == 0:
+            return
+        rows = np.empty((n, 3), dtype=np.int64)
+        got, end, _, m = scan(buf, 0, n, False, rows, 0, 1)
+        if got != n or end != int(ends[-1]) or not np.array_equal(rows[:m, 2], ends):
+            msg = f"log {self.name!r}: a block of {n} frames does not chain to its ends (record {got})"
+            raise LogError(msg)
+        view = buf.data
+        seg_bytes, buf_bytes = self.config.segment_bytes, self.config.buffer_bytes
+        with self._lock:
+            w = self._writable()[partition]
+            i, at = 0, 0
+            while i < n:
+                used = w.size + w.buf_bytes
+                j = int(np.searchsorted(ends, at + seg_bytes - used, side="right"))  # frames that fit
+                if j <= i:
+                    if used > 0:  # the next frame does not fit: a new segment, as `_queue` does
+                        self._roll(partition, w)
+                        continue
+                    j = i + 1  # an empty segment takes one frame, whatever its size
+                chunk, size = view[at : int(ends[j - 1])], int(ends[j - 1]) - at
+                if w.buf_bytes + size < buf_bytes:  # small: buffered like `append_many`'s frames
+                    w.buf.append(bytes(chunk))
+                    w.buf_bytes += size
+                else:
+                    self._write_out(w)
+                    self._pwrite(w, chunk)
+                self._counter += j - i
+                w.next_offset += j - i
+                i, at = j, int(ends[j - 1])
 
     def flush(self) -> None:
         """Write out and fsync everything appended so far."""

@@ -81,6 +81,7 @@ __all__ = [
     "encode",
     "encode_many",
     "find_record",
+    "frame_ends",
     "fsync_dir",
     "fsync_or_error",
     "interrupted_repair",
@@ -88,6 +89,7 @@ __all__ = [
     "quarantine_tail",
     "repair_partition",
     "scan",
+    "seal_frames",
     "segment_bases",
     "segment_path",
     "step_over_holes",
@@ -109,26 +111,44 @@ _NO_KEY_CRC = zlib.crc32(_NO_KEY_BYTES)
 _EMPTY_OUT = np.empty((0, 3), dtype=np.int64)
 
 
-def _crc_table() -> np.ndarray:
-    table = np.zeros(256, dtype=np.int64)
+def _crc_tables() -> np.ndarray:
+    """The slicing-by-8 tables of the CRC-32 zlib uses (reflected polynomial 0xEDB88320), flat
+    uint32 (8 * 256,): entries 0..255 are the classic byte table; block k (256k..256k+255)
+    advances a byte's contribution past k more bytes."""
+    table = np.zeros((8, 256), dtype=np.int64)
     for n in range(256):
         c = n
         for _ in range(8):
             c = (0xEDB88320 ^ (c >> 1)) if c & 1 else (c >> 1)
-        table[n] = c
-    return table
+        table[0, n] = c
+    for k in range(1, 8):
+        for n in range(256):
+            table[k, n] = (table[k - 1, n] >> 8) ^ table[0, table[k - 1, n] & 0xFF]
+    return table.astype(np.uint32).ravel()
 
 
-_CRC_TABLE = _crc_table()
+_CRC_TABLES = _crc_tables()
+_U32_FF, _U32_ALL = np.uint32(0xFF), np.uint32(0xFFFFFFFF)
+_S8, _S16, _S24 = np.uint32(8), np.uint32(16), np.uint32(24)
 
 
 @njit(nogil=True, cache=True)
 def _crc32(buf: np.ndarray, start: int, end: int) -> int:
-    """zlib.crc32 of buf[start:end] (uint8 array)."""
-    c = 0xFFFFFFFF
-    for i in range(start, end):
-        c = _CRC_TABLE[(c ^ buf[i]) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
+    """zlib.crc32 of buf[start:end] (uint8 array), 8 bytes a step (slicing-by-8)."""
+    t = _CRC_TABLES
+    c = _U32_ALL
+    i = start
+    while i + 8 <= end:
+        a = c ^ (np.uint32(buf[i]) | (np.uint32(buf[i + 1]) << _S8) | (np.uint32(buf[i + 2]) << _S16)
+                 | (np.uint32(buf[i + 3]) << _S24))
+        c = (t[1792 + (a & _U32_FF)] ^ t[1536 + ((a >> _S8) & _U32_FF)]
+             ^ t[1280 + ((a >> _S16) & _U32_FF)] ^ t[1024 + (a >> _S24)]
+             ^ t[768 + buf[i + 4]] ^ t[512 + buf[i + 5]] ^ t[256 + buf[i + 6]] ^ t[buf[i + 7]])
+        i += 8
+    while i < end:
+        c = t[(c ^ buf[i]) & _U32_FF] ^ (c >> _S8)
+        i += 1
+    return int(c ^ _U32_ALL)
 
 
 @njit(nogil=True, cache=True)
@@ -309,6 +329,42 @@ def encode_many(records: list[tuple[bytes | None, bytes]]) -> list[bytes]:
         else:
             add(encode(value, key))
     return out
+
+
+def frame_ends(key_lens: np.ndarray, value_lens: np.ndarray) -> np.ndarray:
+    """Where each frame of a block ends (int64 (n,)) when records with these key and value lengths
+    (key length -1: no key) are framed one after the other from byte 0: record i's key starts at
+    `ends[i - 1] + HEADER_BYTES` (0 for i = 0) and its value right after the key. Raises LogError
+    when a key or a record is too long. Example: keys [2, -1], values [2, 3] -> [14, 27]."""
+    klen = np.asarray(key_lens, dtype=np.int64)
+    vlen = np.asarray(value_lens, dtype=np.int64)
+    if len(klen) and int(klen.max()) > MAX_KEY_BYTES:
+        msg = f"key of {int(klen.max())} bytes; at most {MAX_KEY_BYTES}"
+        raise LogError(msg)
+    length = 2 + np.maximum(klen, 0) + vlen
+    if len(length) and int(length.max()) > MAX_RECORD_BYTES:
+        msg = f"record of {int(length.max())} bytes; at most {MAX_RECORD_BYTES}"
+        raise LogError(msg)
+    return np.cumsum(length + 8)
+
+
+@njit(nogil=True, cache=True)
+def seal_frames(buf: np.ndarray, ends: np.ndarray, key_lens: np.ndarray) -> None:
+    """Fill in each frame's header in `buf` (uint8, keys and values already in place where
+    `frame_ends` put them): length, key length (-1: NO_KEY) and the crc32 of the record, so that
+    buf[:ends[-1]] is the bytes `encode` gives for each record, one after the other."""
+    start = 0
+    for i in range(ends.shape[0]):
+        end = ends[i]
+        length = end - start - 8
+        kl = NO_KEY if key_lens[i] < 0 else key_lens[i]
+        buf[start + 8] = kl & 0xFF
+        buf[start + 9] = kl >> 8
+        crc = _crc32(buf, start + 8, end)
+        for j in range(4):
+            buf[start + j] = (length >> (8 * j)) & 0xFF
+            buf[start + 4 + j] = (crc >> (8 * j)) & 0xFF
+        start = end
 
 
 # ---------------------------------------------------------------------------------------------
