@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from freshrec.stream.local_segments import HEADER_BYTES, _crc32
+from freshrec.stream.local_segments import HEADER_BYTES, _crc32, seal_frame
 
 OP_LIT, OP_INT, OP_STR, OP_RAG = 0, 1, 2, 3
 _INT64_MIN = np.int64(-(2**63))
@@ -31,8 +31,12 @@ _PAIRS = np.frombuffer(b"".join(b"%02d" % i for i in range(100)), dtype=np.uint8
 
 @njit(cache=True, nogil=True, inline="always")
 def _digits(x: int) -> int:
-    """Decimal digits of 0 <= x < 2^63."""
-    n = 1
+    """Decimal digits of 0 <= x < 2^63 (a few comparisons: _POW10[i] = 10^(i + 1))."""
+    if x < 100_000_000:
+        if x < 10_000:
+            return 1 + (x >= 10) + (x >= 100) + (x >= 1000)
+        return 5 + (x >= 100_000) + (x >= 1_000_000) + (x >= 10_000_000)
+    n = 9
     while n < 19 and x >= _POW10[n - 1]:
         n += 1
     return n
@@ -143,6 +147,32 @@ def write_frames(
         )
         _put(buf, p, vops, r, lit_data, lit_off, ints, str_data, str_off, rag_vals, rag_off)
         start = ends[i]
+
+
+@njit(cache=True, nogil=True)
+def write_block(
+    buf, ends, kops, vops, rows, first, bound, lit_data, lit_off, ints, str_data, str_off, rag_vals, rag_off
+) -> int:
+    """Frame rows rows[first], rows[first + 1], ... into `buf` from byte 0, one pass each: key,
+    value, then the header and its crc32 (`seal_frame`); ends[c] = the end of frame c. Stops
+    before a row when fewer than `bound` (no frame is longer) bytes of `buf` are left, or at the
+    end of `rows`; returns how many rows it framed."""
+    cap = buf.shape[0]
+    p = 0
+    c = 0
+    i = first
+    while i < rows.shape[0] and p + bound <= cap:
+        r = rows[i]
+        q = _put(
+            buf, p + HEADER_BYTES, kops, r, lit_data, lit_off, ints, str_data, str_off, rag_vals, rag_off
+        )
+        e = _put(buf, q, vops, r, lit_data, lit_off, ints, str_data, str_off, rag_vals, rag_off)
+        seal_frame(buf, p, e, q - p - HEADER_BYTES)
+        ends[c] = e
+        c += 1
+        p = e
+        i += 1
+    return c
 
 
 @njit(cache=True, nogil=True)

@@ -89,6 +89,7 @@ __all__ = [
     "quarantine_tail",
     "repair_partition",
     "scan",
+    "seal_frame",
     "seal_frames",
     "segment_bases",
     "segment_path",
@@ -348,6 +349,20 @@ def frame_ends(key_lens: np.ndarray, value_lens: np.ndarray) -> np.ndarray:
     return np.cumsum(length + 8)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def seal_frame(buf: np.ndarray, start: int, end: int, key_len: int) -> None:
+    """Fill in the header of the frame buf[start:end] (key and value in place after it): length,
+    key length (-1: NO_KEY) and the crc32 of the record."""
+    length = end - start - 8
+    kl = NO_KEY if key_len < 0 else key_len
+    buf[start + 8] = kl & 0xFF
+    buf[start + 9] = kl >> 8
+    crc = _crc32(buf, start + 8, end)
+    for j in range(4):
+        buf[start + j] = (length >> (8 * j)) & 0xFF
+        buf[start + 4 + j] = (crc >> (8 * j)) & 0xFF
+
+
 @njit(nogil=True, cache=True)
 def seal_frames(buf: np.ndarray, ends: np.ndarray, key_lens: np.ndarray) -> None:
     """Fill in each frame's header in `buf` (uint8, keys and values already in place where
@@ -355,16 +370,8 @@ def seal_frames(buf: np.ndarray, ends: np.ndarray, key_lens: np.ndarray) -> None
     buf[:ends[-1]] is the bytes `encode` gives for each record, one after the other."""
     start = 0
     for i in range(ends.shape[0]):
-        end = ends[i]
-        length = end - start - 8
-        kl = NO_KEY if key_lens[i] < 0 else key_lens[i]
-        buf[start + 8] = kl & 0xFF
-        buf[start + 9] = kl >> 8
-        crc = _crc32(buf, start + 8, end)
-        for j in range(4):
-            buf[start + j] = (length >> (8 * j)) & 0xFF
-            buf[start + 4 + j] = (crc >> (8 * j)) & 0xFF
-        start = end
+        seal_frame(buf, start, ends[i], key_lens[i])
+        start = ends[i]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +27,13 @@ import pyarrow.compute as pc
 
 from freshrec.data.dataset import Ragged
 from freshrec.stream import _import_kernels as k
-from freshrec.stream.local_segments import HEADER_BYTES, frame_ends, seal_frames
+from freshrec.stream.local_segments import (
+    HEADER_BYTES,
+    MAX_KEY_BYTES,
+    MAX_RECORD_BYTES,
+    frame_ends,
+    seal_frames,
+)
 
 __all__ = ["ColumnRecords", "FrameBuffer", "Program", "RecordsBuilder"]
 
@@ -241,6 +248,27 @@ class ColumnRecords:
         seal_frames(buf, ends, klen)
         return buf, ends
 
+    @cached_property
+    def bounds(self) -> tuple[int, int]:
+        """(no key is longer, no frame is longer), in bytes: literals, 20 characters per int,
+        each row's text, 21 per ragged value."""
+
+        def longest(ops: np.ndarray) -> int:
+            fixed, var = 0, np.zeros(self.n, np.int64)
+            for op, a in ops.tolist():
+                if op == k.OP_LIT:
+                    fixed += int(self.lit_off[a + 1] - self.lit_off[a])
+                elif op == k.OP_INT:
+                    fixed += 20
+                elif op == k.OP_STR:
+                    var += np.diff(self.str_off[a])
+                else:
+                    var += 21 * np.diff(self.rag_off[a])
+            return fixed + (int(var.max()) if self.n else 0)
+
+        key = longest(self.kops)
+        return key, HEADER_BYTES + key + longest(self.vops)
+
     def blocks(
         self,
         rows: np.ndarray | None = None,
@@ -248,27 +276,29 @@ class ColumnRecords:
         scratch: FrameBuffer | None = None,
         block_bytes: int = 4 << 20,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """`frames(rows)` in blocks of about `block_bytes` (a frame larger than that alone), each
-        (buf, ends) as `frames` gives them, written into `scratch`'s memory: a block is valid
-        until the next one is drawn. Raises LogError when a key or a record is too long."""
+        """`frames(rows)` in blocks of at most about `block_bytes` (at least one frame each), each
+        (buf, ends) as `frames` gives them, written in one pass per frame (key, value, header and
+        crc) into `scratch`'s memory: a block is valid until the next one is drawn. Raises
+        LogError when a key or a record is too long."""
         rows = self._rows(rows)
         if not len(rows):
             return
+        key_bound, bound = self.bounds
+        if key_bound > MAX_KEY_BYTES or bound > MAX_RECORD_BYTES:
+            frame_ends(*self.lengths(rows))  # raises when one really is too long
         scratch = scratch or FrameBuffer()
-        klen, vlen = self.lengths(rows)
-        ends = frame_ends(klen, vlen)
-        i, n = 0, len(rows)
-        while i < n:
-            base = int(ends[i - 1]) if i else 0
-            j = max(i + 1, int(np.searchsorted(ends, base + block_bytes, side="right")))
-            buf, local = scratch.take(int(ends[j - 1]) - base, j - i)
-            np.subtract(ends[i:j], base, out=local)
-            k.write_frames(
+        cap = max(block_bytes, bound)
+        buf, ends = scratch.take(cap, cap // HEADER_BYTES + 1)
+        i = 0
+        while i < len(rows):
+            c = k.write_block(
                 buf,
-                local,
+                ends,
                 self.kops,
                 self.vops,
-                rows[i:j],
+                rows,
+                i,
+                bound,
                 self.lit_data,
                 self.lit_off,
                 self.ints,
@@ -277,9 +307,8 @@ class ColumnRecords:
                 self.rag_vals,
                 self.rag_off,
             )
-            seal_frames(buf, local, klen[i:j])
-            yield buf, local
-            i = j
+            yield buf[: ends[c - 1]], ends[:c]
+            i += c
 
     def pairs(self, rows: np.ndarray | None = None) -> list[tuple[bytes, bytes]]:
         """The (key, value) bytes of rows `rows` (default all), in that order."""
