@@ -262,3 +262,33 @@ def test_a_plan_holds_the_records_of_the_pyarrow_joins(tmp_path, shape):
         order = np.argsort(np.concatenate(t_all), kind="stable")
         assert actions == [want_a[i] for i in order]
     assert len(plan.keys) == len(plan) == len(plan.values)
+
+
+def test_bench_import_quick_reports_its_fields():
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "freshrec.cli", "bench", "import", "--quick", "--json"]
+    out = json.loads(
+        subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout.splitlines()[-1]
+    )
+    assert out["rows"] == 20_000 and len(out["load_avg"]) == 3
+    for fmt in ("csv", "parquet"):
+        r = out[fmt]
+        for f in (
+            "import_rows_per_s",
+            "import_rows_per_cpu_s",
+            "pyarrow_read_rows_per_s",
+            "pyarrow_read_1_thread_rows_per_s",
+            "ratio_to_pyarrow_read",
+            "ratio_to_pyarrow_read_1_thread",
+            "log_mb",
+            "disk_write_floor_s",
+            "ratio_to_disk_write",
+        ):
+            assert r[f] > 0, f
+        assert (
+            r["events_per_s"] > r["import_rows_per_s"]
+        )  # rows of shape (a): a feature event each, plus clicks
+        assert set(r["stages_s"]) == {"read_s", "encode_s", "write_s"}

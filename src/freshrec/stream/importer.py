@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -402,32 +403,35 @@ def import_to_logs(
     wall0 = clock() if clock is not None and speedup > 0 else 0.0
     counts = [0, 0, 0]
     start = 0
-    scratch = FrameBuffer()
-    while start < len(idx):
-        stop = min(start + flush_every, len(idx))
-        if speedup > 0:
-            assert clock is not None and sleep is not None
-            due = wall0 + (plan.ts[idx[start:stop]] - t_first) / speedup
-            late = np.flatnonzero(due > clock())
-            if len(late) and late[0] == 0:
-                sleep(float(due[0] - clock()))
-                continue
-            if len(late):
-                stop = start + int(late[0])
-        sel = idx[start:stop]
-        sk = kinds[sel]
-        for k in range(3):
-            mine = sel[sk == k]
-            if len(mine):
-                _append(logs[k], plan.records[k], plan.row[mine], scratch)
-                counts[k] += len(mine)
-        for log in logs:
-            log.flush()
-        st["written"] = stats.skipped + sum(counts)
-        _write_state(path, st)
-        if progress is not None:
-            progress(stop - start)
-        start = stop
+    framer = _Framer()
+    try:
+        while start < len(idx):
+            stop = min(start + flush_every, len(idx))
+            if speedup > 0:
+                assert clock is not None and sleep is not None
+                due = wall0 + (plan.ts[idx[start:stop]] - t_first) / speedup
+                late = np.flatnonzero(due > clock())
+                if len(late) and late[0] == 0:
+                    sleep(float(due[0] - clock()))
+                    continue
+                if len(late):
+                    stop = start + int(late[0])
+            sel = idx[start:stop]
+            sk = kinds[sel]
+            for k in range(3):
+                mine = sel[sk == k]
+                if len(mine):
+                    _append(logs[k], plan.records[k], plan.row[mine], framer)
+                    counts[k] += len(mine)
+            for log in logs:
+                log.flush()
+            st["written"] = stats.skipped + sum(counts)
+            _write_state(path, st)
+            if progress is not None:
+                progress(stop - start)
+            start = stop
+    finally:
+        framer.close()
     stats.features, stats.actions, stats.dead_letters = counts
     if len(finite):
         stats.first_ts, stats.last_ts = float(finite[0]), float(finite[-1])
@@ -444,7 +448,38 @@ def _partitions(records: ColumnRecords, rows: np.ndarray, partitions: int) -> np
     return records.key_crcs(rows) % partitions
 
 
-def _append(log: Log, records: ColumnRecords, rows: np.ndarray, scratch: FrameBuffer) -> None:
+class _Framer:
+    """Frames the next block of records in a helper thread (the numba kernel releases the GIL)
+    while the log writes the previous one: two blocks of memory, used in turn."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="freshrec-import-frames")
+        self._scratch = (FrameBuffer(), FrameBuffer())
+
+    def append(self, append_frames: Callable[..., None], records: ColumnRecords, rows: np.ndarray,
+               partition: int) -> None:
+        """append_frames(buf, ends, partition=partition) of every block of `rows`, in order."""
+        records.check_lengths(rows)
+        turn = 0
+        nxt: Future | None = self._pool.submit(records.block, rows, 0, self._scratch[turn])
+        try:
+            while nxt is not None:
+                buf, ends, after = nxt.result()
+                turn ^= 1
+                # the other block's memory is free: its frames were written by the last call
+                nxt = None
+                if after < len(rows):
+                    nxt = self._pool.submit(records.block, rows, after, self._scratch[turn])
+                append_frames(buf, ends, partition=partition)
+        finally:
+            if nxt is not None:
+                wait([nxt])
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def _append(log: Log, records: ColumnRecords, rows: np.ndarray, framer: _Framer) -> None:
     """Queue `rows` of `records` on `log`, in order: framed straight from the columns, a block at
     a time, when the log takes frames (the local log's `append_frames`), else as (key, value) pairs."""
     frames = getattr(log, "append_frames", None)  # the Log protocol's optional fast paths
@@ -452,8 +487,8 @@ def _append(log: Log, records: ColumnRecords, rows: np.ndarray, scratch: FrameBu
         part = _partitions(records, rows, log.partitions)
         for p in range(log.partitions):
             sel = rows if log.partitions == 1 else rows[part == p]
-            for buf, ends in records.blocks(sel, scratch=scratch):
-                frames(buf, ends, partition=p)
+            if len(sel):
+                framer.append(frames, records, sel, p)
         return
     pairs: list[tuple[bytes | None, bytes]] = list(records.pairs(rows))
     many = getattr(log, "append_many", None)

@@ -75,6 +75,7 @@ from freshrec.stream.local_segments import (
     corrupt_error,
     encode,
     encode_many,
+    frames_chain,
     fsync_dir,
     fsync_or_error,
     interrupted_repair,
@@ -634,9 +635,8 @@ class LocalLog:
         n = len(ends)
         if n == 0:
             return
-        rows = np.empty((n, 3), dtype=np.int64)
-        got, end, _, m = scan(buf, 0, n, False, rows, 0, 1)
-        if got != n or end != int(ends[-1]) or not np.array_equal(rows[:m, 2], ends):
+        got = frames_chain(buf, ends)
+        if got != n:
             msg = f"log {self.name!r}: a block of {n} frames does not chain to its ends (record {got})"
             raise LogError(msg)
         view = buf.data

@@ -82,6 +82,7 @@ __all__ = [
     "encode_many",
     "find_record",
     "frame_ends",
+    "frames_chain",
     "fsync_dir",
     "fsync_or_error",
     "interrupted_repair",
@@ -372,6 +373,26 @@ def seal_frames(buf: np.ndarray, ends: np.ndarray, key_lens: np.ndarray) -> None
     for i in range(ends.shape[0]):
         seal_frame(buf, start, ends[i], key_lens[i])
         start = ends[i]
+
+
+@njit(nogil=True, cache=True)
+def frames_chain(buf: np.ndarray, ends: np.ndarray) -> int:
+    """How many of the frames buf[ends[i - 1]:ends[i]] (from 0) are walkable records in a row: a
+    possible length that ends exactly at ends[i] and a key length within it (checksums are not
+    verified); == len(ends) when all are."""
+    start = 0
+    for i in range(ends.shape[0]):
+        end = ends[i]
+        if end - start < HEADER_BYTES or end > buf.shape[0]:
+            return i
+        length = _u32(buf, start)
+        keylen = np.int64(buf[start + 8]) | (np.int64(buf[start + 9]) << 8)
+        if length > MAX_RECORD_BYTES or start + 8 + length != end:
+            return i
+        if keylen != NO_KEY and keylen + 2 > length:
+            return i
+        start = end
+    return ends.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------

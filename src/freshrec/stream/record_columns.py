@@ -269,6 +269,39 @@ class ColumnRecords:
         key = longest(self.kops)
         return key, HEADER_BYTES + key + longest(self.vops)
 
+    def check_lengths(self, rows: np.ndarray) -> None:
+        """Raise LogError when a key or a record of `rows` is too long for the local log."""
+        key_bound, bound = self.bounds
+        if key_bound > MAX_KEY_BYTES or bound > MAX_RECORD_BYTES:
+            frame_ends(*self.lengths(rows))  # raises when one really is too long
+
+    def block(
+        self, rows: np.ndarray, first: int, scratch: FrameBuffer, block_bytes: int = 4 << 20
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """The frames of rows[first], rows[first + 1], ... that fit in about `block_bytes` (one
+        at least), written in one pass per frame (key, value, header and crc) into `scratch`'s
+        memory: (buf, ends, the index in `rows` after them). Lengths unchecked (`check_lengths`)."""
+        bound = self.bounds[1]
+        cap = max(block_bytes, bound)
+        buf, ends = scratch.take(cap, cap // HEADER_BYTES + 1)
+        c = k.write_block(
+            buf,
+            ends,
+            self.kops,
+            self.vops,
+            rows,
+            first,
+            bound,
+            self.lit_data,
+            self.lit_off,
+            self.ints,
+            self.str_data,
+            self.str_off,
+            self.rag_vals,
+            self.rag_off,
+        )
+        return buf[: ends[c - 1]], ends[:c], first + c
+
     def blocks(
         self,
         rows: np.ndarray | None = None,
@@ -277,38 +310,15 @@ class ColumnRecords:
         block_bytes: int = 4 << 20,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """`frames(rows)` in blocks of at most about `block_bytes` (at least one frame each), each
-        (buf, ends) as `frames` gives them, written in one pass per frame (key, value, header and
-        crc) into `scratch`'s memory: a block is valid until the next one is drawn. Raises
-        LogError when a key or a record is too long."""
+        (buf, ends) as `frames` gives them (`block`): a block is valid until the next one is
+        drawn. Raises LogError when a key or a record is too long."""
         rows = self._rows(rows)
-        if not len(rows):
-            return
-        key_bound, bound = self.bounds
-        if key_bound > MAX_KEY_BYTES or bound > MAX_RECORD_BYTES:
-            frame_ends(*self.lengths(rows))  # raises when one really is too long
+        self.check_lengths(rows)
         scratch = scratch or FrameBuffer()
-        cap = max(block_bytes, bound)
-        buf, ends = scratch.take(cap, cap // HEADER_BYTES + 1)
         i = 0
         while i < len(rows):
-            c = k.write_block(
-                buf,
-                ends,
-                self.kops,
-                self.vops,
-                rows,
-                i,
-                bound,
-                self.lit_data,
-                self.lit_off,
-                self.ints,
-                self.str_data,
-                self.str_off,
-                self.rag_vals,
-                self.rag_off,
-            )
-            yield buf[: ends[c - 1]], ends[:c]
-            i += c
+            buf, ends, i = self.block(rows, i, scratch, block_bytes)
+            yield buf, ends
 
     def pairs(self, rows: np.ndarray | None = None) -> list[tuple[bytes, bytes]]:
         """The (key, value) bytes of rows `rows` (default all), in that order."""
