@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from freshrec.stream.local_segments import HEADER_BYTES, _crc32, seal_frame
+from freshrec.stream.local_frames import HEADER_BYTES, _crc32, seal_frame
 
 OP_LIT, OP_INT, OP_STR, OP_RAG = 0, 1, 2, 3
 _INT64_MIN = np.int64(-(2**63))

@@ -10,7 +10,7 @@ Layout of a log `name` under a backend root:
     root/name/p<i>/<first>-<end>.quarantine   bytes a repair moved aside (offsets first..end-1), + .json
     root/name/retention.json         the retention policy, when one is registered (`LocalLog.retain`)
 
-A segment is a run of CRC-framed records (format in `freshrec.stream.local_segments`).
+A segment is a run of CRC-framed records (format in `freshrec.stream.local_frames`).
 Each partition's offsets are dense from 0, except for the holes a repair leaves (the offsets of
 quarantined records; readers step over them); a sparse in-memory index per segment (built by
 scanning on first use, then extended) makes `seek` and opening cheap.

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from freshrec.data.dataset import Ragged
 from freshrec.stream import _import_kernels as k
-from freshrec.stream.local_segments import (
+from freshrec.stream.local_frames import (
     HEADER_BYTES,
     MAX_KEY_BYTES,
     MAX_RECORD_BYTES,
@@ -223,7 +223,7 @@ class ColumnRecords:
 
     def frames(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The local log's frames of rows `rows` (default all), in that order: (buf uint8, ends
-        int64), frame i = buf[ends[i - 1]:ends[i]] (`freshrec.stream.local_segments.encode`'s
+        int64), frame i = buf[ends[i - 1]:ends[i]] (`freshrec.stream.local_frames.encode`'s
         bytes). Raises LogError when a key or a record is too long."""
         rows = self._rows(rows)
         return self._frames(rows, *self.lengths(rows))
