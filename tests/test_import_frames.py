@@ -143,6 +143,38 @@ def test_append_frames_writes_what_append_many_writes(tmp_path, partitions):
     c.close()
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_framing_threads_write_what_append_many_writes(tmp_path, threads):
+    from freshrec.stream.importer import _Framer
+
+    n = 5000
+    rng = np.random.default_rng(3)
+    b = RecordsBuilder(n)
+    b.key.lit("k-").int(np.arange(n))
+    b.value.lit('{"x":').int(rng.integers(-(10**15), 10**15, n)).lit(',"t":"').text(
+        pa.array([f"t{i}" * (i % 9) for i in range(n)])
+    )
+    b.value.lit('"}')
+    recs = b.build()
+    rows = rng.permutation(n)
+    cfg = LocalLogConfig(segment_bytes=20_000, buffer_bytes=3000)
+    a = LocalBackend(tmp_path / "a", config=cfg).log("x")
+    a.append_many(recs.pairs(rows))
+    c = LocalBackend(tmp_path / "c", config=cfg).log("x")
+    framer = _Framer(threads, block_bytes=5000)  # dozens of blocks in flight
+    try:
+        framer.append(c.append_frames, recs, rows, 0)
+    finally:
+        framer.close()
+    a.close()
+    c.close()
+    files = [
+        {str(f.relative_to(r)): f.read_bytes() for f in sorted(r.rglob("*.seg"))}
+        for r in (tmp_path / "a", tmp_path / "c")
+    ]
+    assert len(files[0]) > 10 and files[0] == files[1]
+
+
 # --------------------------------------------------------------------------- whole plans vs the old joins
 
 

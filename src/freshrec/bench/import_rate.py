@@ -40,6 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--threads", type=int, default=1, help="framing threads, as `freshrec import`")
     parser.add_argument("--quick", action="store_true", help="20,000 rows, one run each (a smoke test)")
 
 
@@ -128,7 +129,9 @@ def _write_floor(folder: Path, nbytes: int, repeat: int) -> float:
     return _best(write, repeat)
 
 
-def run(rows: int = 1_000_000, *, repeat: int = 2, folder: str | None = None, seed: int = 0) -> dict:
+def run(
+    rows: int = 1_000_000, *, repeat: int = 2, folder: str | None = None, seed: int = 0, threads: int = 1
+) -> dict:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -141,7 +144,12 @@ def run(rows: int = 1_000_000, *, repeat: int = 2, folder: str | None = None, se
     try:
         csv, parquet = _write_files(work, rows, seed)
         cols_wanted = _schema(csv).columns()
-        out: dict = {"rows": rows, "cpus": os.cpu_count(), "load_avg": list(os.getloadavg())}
+        out: dict = {
+            "rows": rows,
+            "threads": threads,
+            "cpus": os.cpu_count(),
+            "load_avg": list(os.getloadavg()),
+        }
         readers = {
             "csv": lambda p, threads: pacsv.read_csv(
                 p,
@@ -177,7 +185,11 @@ def run(rows: int = 1_000_000, *, repeat: int = 2, folder: str | None = None, se
                 try:
                     logs = [backend.log(n) for n in ("features", "actions", "dead-letters")]
                     st = import_to_logs(
-                        plan, *logs, state=logs_dir / "_import" / "bench.json", flush_every=200_000
+                        plan,
+                        *logs,
+                        state=logs_dir / "_import" / "bench.json",
+                        flush_every=200_000,
+                        threads=threads,
                     )
                     events[0] = st.written
                 finally:
@@ -212,14 +224,15 @@ def run(rows: int = 1_000_000, *, repeat: int = 2, folder: str | None = None, se
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.rows < 1 or args.repeat < 1:
+    if args.rows < 1 or args.repeat < 1 or args.threads < 1:
         print(
-            f"freshrec bench import: --rows and --repeat must be >= 1 (got {args.rows}, {args.repeat})",
+            f"freshrec bench import: --rows, --repeat and --threads must be >= 1 "
+            f"(got {args.rows}, {args.repeat}, {args.threads})",
             file=sys.stderr,
         )
         return 2
     rows, repeat = (20_000, 1) if args.quick else (args.rows, args.repeat)
-    out = run(rows, repeat=repeat, folder=args.dir, seed=args.seed)
+    out = run(rows, repeat=repeat, folder=args.dir, seed=args.seed, threads=args.threads)
     for fmt in ("csv", "parquet"):
         r = out[fmt]
         print(

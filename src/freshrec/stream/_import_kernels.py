@@ -151,18 +151,17 @@ def write_frames(
 
 @njit(cache=True, nogil=True)
 def write_block(
-    buf, ends, kops, vops, rows, first, bound, lit_data, lit_off, ints, str_data, str_off, rag_vals, rag_off
+    buf, ends, kops, vops, rows, bounds, lit_data, lit_off, ints, str_data, str_off, rag_vals, rag_off
 ) -> int:
-    """Frame rows rows[first], rows[first + 1], ... into `buf` from byte 0, one pass each: key,
-    value, then the header and its crc32 (`seal_frame`); ends[c] = the end of frame c. Stops
-    before a row when fewer than `bound` (no frame is longer) bytes of `buf` are left, or at the
-    end of `rows`; returns how many rows it framed."""
+    """Frame rows rows[0], rows[1], ... into `buf` from byte 0, one pass each: key, value, then
+    the header and its crc32 (`seal_frame`); ends[c] = the end of frame c. Stops before row i when
+    fewer than bounds[i] (no longer than its frame) bytes of `buf` are left; returns how many rows
+    it framed."""
     cap = buf.shape[0]
     p = 0
     c = 0
-    i = first
-    while i < rows.shape[0] and p + bound <= cap:
-        r = rows[i]
+    while c < rows.shape[0] and p + bounds[c] <= cap:
+        r = rows[c]
         q = _put(
             buf, p + HEADER_BYTES, kops, r, lit_data, lit_off, ints, str_data, str_off, rag_vals, rag_off
         )
@@ -171,7 +170,6 @@ def write_block(
         ends[c] = e
         c += 1
         p = e
-        i += 1
     return c
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -316,15 +317,20 @@ def import_to_logs(
     sleep: Callable[[float], None] | None = None,
     flush_every: int = 50_000,
     progress: Callable[[int], None] | None = None,
+    threads: int = 1,
 ) -> ImportStats:
     """Write `plan` into the logs (see the module docstring for resume), flushing every
     `flush_every` records and at the end; with `speedup > 0` paced like `replay_to_logs` (a record
     of data time t goes out no earlier than `(t - t_first) / speedup` s of `clock()` after the start).
+    Into a log that takes frames, `threads` helper threads frame the next blocks while it writes.
 
     Raises ConfigError when `state` belongs to another plan, LogError when a log's tail is not the
     record the plan put there (another writer) or holds more than the plan."""
     if speedup < 0:
         msg = f"speedup must be >= 0 (0 = as fast as possible), got {speedup}"
+        raise ConfigError(msg)
+    if threads < 1:
+        msg = f"threads must be >= 1, got {threads}"
         raise ConfigError(msg)
     if speedup > 0 and (clock is None or sleep is None):
         msg = "a paced import (speedup > 0) needs clock and sleep"
@@ -403,7 +409,7 @@ def import_to_logs(
     wall0 = clock() if clock is not None and speedup > 0 else 0.0
     counts = [0, 0, 0]
     start = 0
-    framer = _Framer()
+    framer = _Framer(threads)
     try:
         while start < len(idx):
             stop = min(start + flush_every, len(idx))
@@ -449,31 +455,40 @@ def _partitions(records: ColumnRecords, rows: np.ndarray, partitions: int) -> np
 
 
 class _Framer:
-    """Frames the next block of records in a helper thread (the numba kernel releases the GIL)
-    while the log writes the previous one: two blocks of memory, used in turn."""
+    """Frames blocks of records in `threads` helper threads (the numba kernel releases the GIL),
+    ahead of the log writing them, in order: threads + 1 blocks of memory, used in turn."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="freshrec-import-frames")
-        self._scratch = (FrameBuffer(), FrameBuffer())
+    def __init__(self, threads: int = 1, block_bytes: int = 4 << 20) -> None:
+        self._threads = max(1, int(threads))
+        self._block_bytes = block_bytes
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="freshrec-import-frames")
+        self._free = [FrameBuffer() for _ in range(self._threads + 1)]
 
     def append(self, append_frames: Callable[..., None], records: ColumnRecords, rows: np.ndarray,
                partition: int) -> None:
         """append_frames(buf, ends, partition=partition) of every block of `rows`, in order."""
         records.check_lengths(rows)
-        turn = 0
-        nxt: Future | None = self._pool.submit(records.block, rows, 0, self._scratch[turn])
-        try:
-            while nxt is not None:
-                buf, ends, after = nxt.result()
-                turn ^= 1
-                # the other block's memory is free: its frames were written by the last call
-                nxt = None
-                if after < len(rows):
-                    nxt = self._pool.submit(records.block, rows, after, self._scratch[turn])
-                append_frames(buf, ends, partition=partition)
-        finally:
+        todo = iter(records.split(rows, self._block_bytes))
+        pending: deque[tuple[FrameBuffer, Future]] = deque()
+
+        def submit() -> None:
+            nxt = next(todo, None)
             if nxt is not None:
-                wait([nxt])
+                scratch = self._free.pop()
+                pending.append((scratch, self._pool.submit(records.block, rows[nxt[0] : nxt[1]], scratch)))
+
+        try:
+            for _ in range(self._threads):
+                submit()
+            while pending:
+                scratch, fut = pending.popleft()
+                buf, ends = fut.result()
+                append_frames(buf, ends, partition=partition)
+                self._free.append(scratch)  # its frames are written: free for the next block
+                submit()
+        finally:
+            wait([f for _, f in pending])
+            self._free += [sc for sc, _ in pending]
 
     def close(self) -> None:
         self._pool.shutdown()

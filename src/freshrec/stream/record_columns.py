@@ -249,11 +249,11 @@ class ColumnRecords:
         return buf, ends
 
     @cached_property
-    def bounds(self) -> tuple[int, int]:
-        """(no key is longer, no frame is longer), in bytes: literals, 20 characters per int,
-        each row's text, 21 per ragged value."""
+    def row_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(key, frame) bytes that row i's key and frame never exceed, int64 (n,) each: literals,
+        20 characters per int, the row's text, 21 per ragged value, the header."""
 
-        def longest(ops: np.ndarray) -> int:
+        def bound(ops: np.ndarray) -> np.ndarray:
             fixed, var = 0, np.zeros(self.n, np.int64)
             for op, a in ops.tolist():
                 if op == k.OP_LIT:
@@ -264,34 +264,43 @@ class ColumnRecords:
                     var += np.diff(self.str_off[a])
                 else:
                     var += 21 * np.diff(self.rag_off[a])
-            return fixed + (int(var.max()) if self.n else 0)
+            return var + fixed
 
-        key = longest(self.kops)
-        return key, HEADER_BYTES + key + longest(self.vops)
+        key = bound(self.kops)
+        return key, HEADER_BYTES + key + bound(self.vops)
 
     def check_lengths(self, rows: np.ndarray) -> None:
         """Raise LogError when a key or a record of `rows` is too long for the local log."""
-        key_bound, bound = self.bounds
-        if key_bound > MAX_KEY_BYTES or bound > MAX_RECORD_BYTES:
+        key, frame = self.row_bounds
+        if self.n and (int(key.max()) > MAX_KEY_BYTES or int(frame.max()) > MAX_RECORD_BYTES):
             frame_ends(*self.lengths(rows))  # raises when one really is too long
 
-    def block(
-        self, rows: np.ndarray, first: int, scratch: FrameBuffer, block_bytes: int = 4 << 20
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """The frames of rows[first], rows[first + 1], ... that fit in about `block_bytes` (one
-        at least), written in one pass per frame (key, value, header and crc) into `scratch`'s
-        memory: (buf, ends, the index in `rows` after them). Lengths unchecked (`check_lengths`)."""
-        bound = self.bounds[1]
-        cap = max(block_bytes, bound)
-        buf, ends = scratch.take(cap, cap // HEADER_BYTES + 1)
+    def split(self, rows: np.ndarray, block_bytes: int = 4 << 20) -> list[tuple[int, int]]:
+        """Ranges [i, j) of `rows`, in order, whose frames take at most `block_bytes` by their
+        bounds (one row at least each)."""
+        ends = np.cumsum(self.row_bounds[1][rows])
+        out, i = [], 0
+        while i < len(rows):
+            base = int(ends[i - 1]) if i else 0
+            j = max(i + 1, int(np.searchsorted(ends, base + block_bytes, side="right")))
+            out.append((i, j))
+            i = j
+        return out
+
+    def block(self, rows: np.ndarray, scratch: FrameBuffer) -> tuple[np.ndarray, np.ndarray]:
+        """The frames of `rows` (`frames(rows)`), written in one pass per frame (key, value, header
+        and crc) into `scratch`'s memory, sized by the rows' bounds. Lengths unchecked
+        (`check_lengths`)."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        bounds = np.ascontiguousarray(self.row_bounds[1][rows])
+        buf, ends = scratch.take(int(bounds.sum()), len(rows))
         c = k.write_block(
             buf,
             ends,
             self.kops,
             self.vops,
             rows,
-            first,
-            bound,
+            bounds,
             self.lit_data,
             self.lit_off,
             self.ints,
@@ -300,7 +309,8 @@ class ColumnRecords:
             self.rag_vals,
             self.rag_off,
         )
-        return buf[: ends[c - 1]], ends[:c], first + c
+        assert c == len(rows), "the bounds hold every frame"
+        return buf[: ends[c - 1]] if c else buf[:0], ends[:c]
 
     def blocks(
         self,
@@ -309,16 +319,14 @@ class ColumnRecords:
         scratch: FrameBuffer | None = None,
         block_bytes: int = 4 << 20,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """`frames(rows)` in blocks of at most about `block_bytes` (at least one frame each), each
-        (buf, ends) as `frames` gives them (`block`): a block is valid until the next one is
-        drawn. Raises LogError when a key or a record is too long."""
+        """`frames(rows)` in blocks of at most `block_bytes` by their bounds (at least one frame
+        each), each (buf, ends) as `frames` gives them (`block`): a block is valid until the next
+        one is drawn. Raises LogError when a key or a record is too long."""
         rows = self._rows(rows)
         self.check_lengths(rows)
         scratch = scratch or FrameBuffer()
-        i = 0
-        while i < len(rows):
-            buf, ends, i = self.block(rows, i, scratch, block_bytes)
-            yield buf, ends
+        for i, j in self.split(rows, block_bytes):
+            yield self.block(rows[i:j], scratch)
 
     def pairs(self, rows: np.ndarray | None = None) -> list[tuple[bytes, bytes]]:
         """The (key, value) bytes of rows `rows` (default all), in that order."""
