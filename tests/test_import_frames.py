@@ -324,3 +324,52 @@ def test_bench_import_quick_reports_its_fields():
             r["events_per_s"] > r["import_rows_per_s"]
         )  # rows of shape (a): a feature event each, plus clicks
         assert set(r["stages_s"]) == {"read_s", "encode_s", "write_s"}
+
+
+def test_a_full_disk_then_a_rerun_on_partitioned_local_logs_writes_every_event_once(tmp_path):
+    """The framed path on 3 partitions, 2 framing threads: a flush failing midway and a rerun give,
+    per partition, the records of an uninterrupted import through the (key, value) path."""
+    from freshrec.data.schema import load_schema
+    from freshrec.data.schema_data import read_columns
+    from freshrec.stream.importer import import_to_logs, plan_events
+    from freshrec.stream.log import MemoryBackend
+    from test_import import LOGS, _FullDisk
+
+    data = write_clicks(tmp_path, n=600)
+    schema = load_schema(EXAMPLES / "clickstream.toml", overrides={"files": [str(data)]})
+    cols = read_columns(schema)
+    plan = plan_events(schema.with_types(cols.types), cols, fingerprint="t")
+    whole = MemoryBackend()
+    import_to_logs(
+        plan, *(whole.log(n, partitions=3) for n in LOGS), state=tmp_path / "a.json", flush_every=333
+    )
+    local = LocalBackend(tmp_path / "logs")
+    logs = [local.log(n, partitions=3) for n in LOGS]
+    with pytest.raises(LogError, match="No space"):
+        import_to_logs(
+            plan,
+            logs[0],
+            _FullDisk(logs[1], fail_at=4),
+            logs[2],
+            state=tmp_path / "b.json",
+            flush_every=333,
+            threads=2,
+        )
+    local.close()
+    local = LocalBackend(tmp_path / "logs")  # a fresh writer, as after a crash
+    st = import_to_logs(
+        plan,
+        *(local.log(n, partitions=3) for n in LOGS),
+        state=tmp_path / "b.json",
+        flush_every=333,
+        threads=2,
+    )
+    assert st.resumed and st.skipped > 0 and st.skipped + st.written == len(plan)
+    for n in LOGS:
+        for p in range(3):
+            want = [(r.key, r.value) for r in whole.log(n).consumer("t", partitions=[p]).poll(10**6)]
+            c = local.log(n).consumer("t", partitions=[p])
+            assert [(r.key, r.value) for r in c.poll(10**6)] == want
+            assert n == "dead-letters" or len(want) > 10
+    assert all(seg.ok for log in LOGS for segs in local.log(log).check().values() for seg in segs)
+    local.close()
