@@ -120,6 +120,9 @@ def run_import(schema, args: argparse.Namespace, *, command: str) -> tuple[int, 
     for k, v in defaults.items():
         if not hasattr(args, k):
             setattr(args, k, v)
+    if args.threads < 1:  # before any file is read
+        print(f"{command}: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2, None
     t0 = time.monotonic()
     try:
         stored = None
