@@ -456,13 +456,15 @@ def _partitions(records: ColumnRecords, rows: np.ndarray, partitions: int) -> np
 
 class _Framer:
     """Frames blocks of records in `threads` helper threads (the numba kernel releases the GIL),
-    ahead of the log writing them, in order: threads + 1 blocks of memory, used in turn."""
+    up to `ahead` blocks ahead of the log writing them (so framing goes on while a write or an
+    fsync waits), in order: ahead + 1 blocks of memory, used in turn."""
 
-    def __init__(self, threads: int = 1, block_bytes: int = 4 << 20) -> None:
+    def __init__(self, threads: int = 1, block_bytes: int = 4 << 20, ahead: int = 4) -> None:
         self._threads = max(1, int(threads))
+        self._ahead = max(self._threads, ahead)
         self._block_bytes = block_bytes
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="freshrec-import-frames")
-        self._free = [FrameBuffer() for _ in range(self._threads + 1)]
+        self._free = [FrameBuffer() for _ in range(self._ahead + 1)]
 
     def append(self, append_frames: Callable[..., None], records: ColumnRecords, rows: np.ndarray,
                partition: int) -> None:
@@ -478,7 +480,7 @@ class _Framer:
                 pending.append((scratch, self._pool.submit(records.block, rows[nxt[0] : nxt[1]], scratch)))
 
         try:
-            for _ in range(self._threads):
+            for _ in range(self._ahead):
                 submit()
             while pending:
                 scratch, fut = pending.popleft()
