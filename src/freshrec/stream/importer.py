@@ -1,8 +1,13 @@
 """Import a schema's rows into the features / actions logs: in data-time order, paced, resumable,
 and never writing an event twice.
 
-    plan = plan_events(schema, columns)          # every event, encoded, in the order it is written
+    plan = plan_events(schema, columns)          # every event, as columns, in the order it is written
     stats = import_to_logs(plan, features, actions, dead_letters, state=path, ...)
+
+The events are never one Python object each: the plan holds their columns and one program per
+kind (`freshrec.stream.record_columns`), and a log that takes frames (the local log's
+`append_frames`) gets blocks framed straight from the columns by numba kernels, in helper threads
+ahead of its writes; other logs get (key, value) pairs. The bytes are the same either way.
 
 The plan is a pure function of the schema and the files (request ids `"<name>-<n>:<position>"`,
 negatives drawn with the schema's seed), so two runs plan the same records in the same order:
