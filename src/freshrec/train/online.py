@@ -54,8 +54,8 @@ from freshrec.data.dataset import Dataset
 from freshrec.errors import ConfigError, LogError
 from freshrec.model import FeatureSpec, ModelSpec, Task
 from freshrec.ps.training import TrainingPS
-from freshrec.train.batch import Batch, iter_batches
 from freshrec.stream.log import RecordBlock
+from freshrec.train.batch import Batch, iter_batches
 from freshrec.train.examples import (
     ExampleSchema,
     decode_blocks,
