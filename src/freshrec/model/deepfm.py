@@ -202,7 +202,8 @@ class DeepFM(SlotModel):
         """Logits (B,) of a batch, (B, T) with several tasks; the module docstring has the input layout."""
         X = self.embed(sparse)  # (B, F, k + 1)
         B = X.shape[0]
-        w, V = X[..., 0], X[..., 1:]  # (B, F), (B, F, k)
+        w1, V = X.split([1, X.shape[2] - 1], dim=2)  # (B, F, 1), (B, F, k): backward is one cat
+        w = w1.squeeze(2)  # (B, F)
         first = w.sum(dim=1)  # (B,)
         vsum = V.sum(dim=1)  # (B, k)
         second = 0.5 * (vsum * vsum - (V * V).sum(dim=1)).sum(dim=1)  # (B,)

@@ -325,7 +325,38 @@ def _embed_fused(
         w.requires_grad_(True)
         for s, (layer, ((uq, _, counts), _)) in enumerate(zip(layers, looked_up, strict=True)):
             layer._pending.append(PendingRows(uq, counts, w, starts[s], starts[s + 1]))
-    return F.embedding(torch.from_numpy(index), w)  # (B, S, W)
+    return _GatherRows.apply(w, torch.from_numpy(index))  # (B, S, W)
+
+
+@njit(nogil=True, cache=True)
+def _scatter_add_rows(index, grad, out):  # pragma: no cover - compiled
+    """out[index[i]] += grad[i] for i in order: index (N,), grad (N, W), out (U, W)."""
+    width = grad.shape[1]
+    for i in range(index.shape[0]):
+        r = index[i]
+        for d in range(width):
+            out[r, d] += grad[i, d]
+
+
+class _GatherRows(torch.autograd.Function):
+    """`F.embedding(index, w)` on CPU whose backward sums the rows' gradients in one compiled pass
+    (the same additions in the same order as torch's embedding backward, without its per-row
+    dispatch): w (U, W) float32, index int64 (...) -> (..., W)."""
+
+    @staticmethod
+    def forward(ctx: Any, w: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = w.shape[0]
+        return F.embedding(index, w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        g = grad.detach().contiguous().to(torch.float32)
+        width = g.shape[-1]
+        out = np.zeros((ctx.rows, width), dtype=np.float32)
+        _scatter_add_rows(index.numpy().reshape(-1), g.numpy().reshape(-1, width), out)
+        return torch.from_numpy(out).to(grad.dtype), None
 
 
 class SparseOptimizer:
