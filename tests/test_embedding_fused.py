@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from freshrec.model import DCN, DIN, DeepFM, FeatureSpec, SlotSpec
+from freshrec.model import DIN, DeepFM, FeatureSpec, SlotSpec
 from freshrec.model.contract import Batch
 from freshrec.model.embedding import CollisionlessEmbedding, SparseOptimizer, embed_slots
 from freshrec.ps.training import TrainingPS
