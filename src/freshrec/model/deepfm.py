@@ -37,9 +37,7 @@ from freshrec.model.embedding import (
     CollisionlessEmbedding,
     HashedEmbedding,
     HashKind,
-    ids_numpy,
-    lookup_grouped,
-    unique_inverse,
+    embed_slots,
 )
 from freshrec.model.features import FeatureSpec
 
@@ -58,6 +56,7 @@ class SlotModel(nn.Module):
     embeddings: nn.ModuleDict
     tasks: tuple[Task, ...]
     embedding_extra_columns = 0
+    fused_embedding = True  # single-valued collisionless slots read by one op (`embed_slots`)
 
     def _set_embeddings(
         self, spec: FeatureSpec, embeddings: nn.ModuleDict, tasks: Sequence[Task] | None = None
@@ -101,25 +100,15 @@ class SlotModel(nn.Module):
         return {n: m for n, m in self.embeddings.items() if isinstance(m, CollisionlessEmbedding)}
 
     def embed(self, sparse: SparseInput) -> torch.Tensor:
-        """Every slot's (pooled) embedding, stacked: (B, F, layer width)."""
-        # the collisionless tables of all slots are read first, in one grouped call where the
-        # tables allow it (remote shards: one round trip per server instead of one per slot)
-        flat = {n: x[0] if isinstance(x, tuple) else x for n, x in sparse.items()}
-        names = [n for n in self.spec.names if isinstance(self.embeddings[n], CollisionlessEmbedding)]
-        uniq = [unique_inverse(ids_numpy(flat[n])) for n in names]
-        rows = lookup_grouped([self.embeddings[n].table for n in names], [u[0] for u in uniq])
-        looked_up = dict(zip(names, zip(uniq, rows, strict=True), strict=True))
-        cols = []
-        for slot in self.spec.slots:
-            x = sparse[slot.name]
-            layer = self.embeddings[slot.name]
-            kw = {"looked_up": looked_up[slot.name]} if slot.name in looked_up else {}
-            if isinstance(x, tuple):
-                ids, offsets = x
-                cols.append(layer(ids, offsets, mode=slot.pooling, **kw))
-            else:
-                cols.append(layer(x, **kw))
-        return torch.stack(cols, dim=1)  # (B, F, width)
+        """Every slot's (pooled) embedding, stacked: (B, F, layer width); see `embed_slots`
+        (`fused_embedding = False` on a model embeds every slot by its own op, to the same numbers)."""
+        slots = self.spec.slots
+        return embed_slots(
+            [self.embeddings[s.name] for s in slots],
+            [sparse[s.name] for s in slots],
+            [s.pooling for s in slots],
+            fused=self.fused_embedding,
+        )
 
     def _dense(self, dense: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
         if self.spec.dense_dim == 0:
@@ -213,7 +202,8 @@ class DeepFM(SlotModel):
         """Logits (B,) of a batch, (B, T) with several tasks; the module docstring has the input layout."""
         X = self.embed(sparse)  # (B, F, k + 1)
         B = X.shape[0]
-        w, V = X[..., 0], X[..., 1:]  # (B, F), (B, F, k)
+        w1, V = X.split([1, X.shape[2] - 1], dim=2)  # (B, F, 1), (B, F, k): backward is one cat
+        w = w1.squeeze(2)  # (B, F)
         first = w.sum(dim=1)  # (B,)
         vsum = V.sum(dim=1)  # (B, k)
         second = 0.5 * (vsum * vsum - (V * V).sum(dim=1)).sum(dim=1)  # (B,)

@@ -29,7 +29,7 @@ from torch import nn
 from freshrec.errors import ConfigError
 from freshrec.model.contract import Task
 from freshrec.model.deepfm import SlotModel, SparseInput, _mlp
-from freshrec.model.embedding import CollisionlessEmbedding, ids_numpy, lookup_grouped, unique_inverse
+from freshrec.model.embedding import embed_slots
 from freshrec.model.features import FeatureSpec
 
 __all__ = ["DIN"]
@@ -83,20 +83,12 @@ class DIN(SlotModel):
 
     def _embed_others(self, sparse: SparseInput) -> torch.Tensor:
         """(B, F - 1, k): every slot but the history, multi-valued ones pooled as their spec says."""
-        flat = {n: x[0] if isinstance(x, tuple) else x for n, x in sparse.items()}
-        names = [n for n in self._others if isinstance(self.embeddings[n], CollisionlessEmbedding)]
-        uniq = [unique_inverse(ids_numpy(flat[n])) for n in names]
-        rows = lookup_grouped([self.embeddings[n].table for n in names], [u[0] for u in uniq])
-        looked_up = dict(zip(names, zip(uniq, rows, strict=True), strict=True))
-        cols = []
-        for name in self._others:
-            x, layer = sparse[name], self.embeddings[name]
-            kw = {"looked_up": looked_up[name]} if name in looked_up else {}
-            if isinstance(x, tuple):
-                cols.append(layer(x[0], x[1], mode=self.spec.slot(name).pooling, **kw))
-            else:
-                cols.append(layer(x, **kw))
-        return torch.stack(cols, dim=1)
+        return embed_slots(
+            [self.embeddings[n] for n in self._others],
+            [sparse[n] for n in self._others],
+            [self.spec.slot(n).pooling for n in self._others],
+            fused=self.fused_embedding,
+        )
 
     def _interest(self, bag: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor) -> torch.Tensor:
         """(B, k): the attention-pooled history of each example (module docstring)."""

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ __all__ = [
     "SparseOptimizer",
     "apply_gradients_grouped",
     "collision_rate",
+    "embed_slots",
     "hash_ids",
     "ids_numpy",
     "lookup_grouped",
@@ -172,6 +173,19 @@ def apply_gradients_grouped(
         t.apply_gradients(x, g, now=now, counts=c)
 
 
+class PendingRows(NamedTuple):
+    """The rows one training forward read from a table: `leaf[start:stop]` (U, dim) are the rows of
+    the distinct ids `uniq` (U,), which occurred `counts` (U,) times in the batch. `leaf` is the
+    leaf tensor whose gradient the sparse step reads: the layer's own, or one shared by several
+    layers (`embed_slots`), each owning a range of its rows."""
+
+    uniq: np.ndarray
+    counts: np.ndarray
+    leaf: torch.Tensor
+    start: int
+    stop: int
+
+
 class CollisionlessEmbedding(nn.Module):
     """One feature slot's embeddings, one row per id, in a collisionless `EmbeddingTable`.
 
@@ -185,8 +199,8 @@ class CollisionlessEmbedding(nn.Module):
         self.config = config
         self.table = EmbeddingTable(config) if table is None else table
         self.dim = config.dim
-        # (unique ids, their counts in the batch, leaf tensor of their rows) per training forward
-        self._pending: list[tuple[np.ndarray, np.ndarray, torch.Tensor]] = []
+        # the rows each training forward since the last sparse step read
+        self._pending: list[PendingRows] = []
 
     def forward(
         self,
@@ -208,7 +222,7 @@ class CollisionlessEmbedding(nn.Module):
         w = torch.from_numpy(rows)  # (U, dim) float32
         if self.training and torch.is_grad_enabled():
             w.requires_grad_(True)
-            self._pending.append((uniq, counts, w))
+            self._pending.append(PendingRows(uniq, counts, w, 0, int(rows.shape[0])))
         device = ids.device if isinstance(ids, torch.Tensor) else torch.device("cpu")
         if device.type != "cpu":
             w = w.to(device)
@@ -220,6 +234,129 @@ class CollisionlessEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.config.name!r}, dim={self.dim}, rows={len(self.table)}"
+
+
+SlotInput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def _fusable(layer: nn.Module, x: Any) -> bool:
+    """A single-valued slot on CPU read through a collisionless layer: its rows can share one leaf."""
+    if not isinstance(layer, CollisionlessEmbedding) or isinstance(x, tuple):
+        return False
+    return not isinstance(x, torch.Tensor) or (x.device.type == "cpu" and x.dim() == 1)
+
+
+def embed_slots(
+    layers: Sequence[nn.Module],
+    inputs: Sequence[SlotInput],
+    modes: Sequence[Mode],
+    *,
+    fused: bool = True,
+) -> torch.Tensor:
+    """Every slot's (pooled) embedding, stacked: (B, F, width), slot f read by `layers[f]` from
+    `inputs[f]` (ids (B,), or (flat ids (N,), offsets (B,)) pooled by `modes[f]`).
+
+    Equal to `torch.stack([layer(x) or layer(ids, offsets, mode=m) ...], dim=1)`, in outputs and in
+    what the sparse step applies, bit for bit. The collisionless tables of all slots are read in
+    one grouped call (`lookup_grouped`: remote shards answer in one round trip per server). With
+    `fused`, the single-valued collisionless slots of the layers' common width (S of them) are
+    read by one embedding op over one leaf tensor holding all their unique rows:
+
+        rows  = concat(rows of slot 0 (U0, W), rows of slot 1 (U1, W), ...)   # (U, W) leaf
+        index = inv_s + start_s per slot, as columns                          # (B, S)
+        X     = F.embedding(index, rows)                                      # (B, S, W)
+
+    (slot s's rows are rows[start_s : start_s + U_s]); its backward sums each row's gradient
+    over the batch in the order the per-slot ops do, and each layer's sparse step reads its own
+    row range of the one gradient (a view). Multi-valued slots are embedded one by one.
+    """
+    names = range(len(layers))
+    coll = [f for f in names if isinstance(layers[f], CollisionlessEmbedding)]
+    flat = [x[0] if isinstance(x, tuple) else x for x in inputs]
+    uniq = [unique_inverse(ids_numpy(flat[f])) for f in coll]
+    rows = lookup_grouped([layers[f].table for f in coll], [u[0] for u in uniq])  # type: ignore[union-attr]
+    looked_up = dict(zip(coll, zip(uniq, rows, strict=True), strict=True))
+    group: list[int] = []
+    if fused:
+        cand = [f for f in coll if _fusable(layers[f], inputs[f])]
+        if cand:
+            first = layers[cand[0]]
+            b = looked_up[cand[0]][0][1].shape[0]
+            group = [
+                f
+                for f in cand
+                if layers[f].dim == first.dim
+                and layers[f].training == first.training
+                and looked_up[f][0][1].shape[0] == b
+            ]
+    cols: dict[int, torch.Tensor] = {}
+    for f in names:
+        if f in group:
+            continue
+        x, layer = inputs[f], layers[f]
+        kw = {"looked_up": looked_up[f]} if f in looked_up else {}
+        if isinstance(x, tuple):
+            cols[f] = layer(x[0], x[1], mode=modes[f], **kw)
+        else:
+            cols[f] = layer(x, **kw)
+    if not group:
+        return torch.stack([cols[f] for f in names], dim=1)  # (B, F, width)
+    X = _embed_fused([layers[f] for f in group], [looked_up[f] for f in group])  # (B, S, W)
+    if len(group) == len(layers):
+        return X
+    rest = [f for f in names if f not in group]
+    X = torch.cat([X, torch.stack([cols[f] for f in rest], dim=1)], dim=1)  # (B, F, W): group, rest
+    where = np.argsort(np.array(group + rest))  # column of each slot f in X
+    return X.index_select(1, torch.from_numpy(where))  # (B, F, W) in slot order
+
+
+def _embed_fused(
+    layers: Sequence[Any], looked_up: Sequence[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]
+) -> torch.Tensor:
+    """(B, S, W): the S single-valued collisionless slots read from one leaf (`embed_slots`)."""
+    sizes = [int(r.shape[0]) for _, r in looked_up]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    B, S = looked_up[0][0][1].shape[0], len(layers)
+    index = np.empty((B, S), dtype=np.int64)
+    for s, ((_, inv, _), _) in enumerate(looked_up):
+        np.add(inv, starts[s], out=index[:, s])
+    w = torch.from_numpy(np.concatenate([r for _, r in looked_up]))  # (U, W) float32
+    if layers[0].training and torch.is_grad_enabled():
+        w.requires_grad_(True)
+        for s, (layer, ((uq, _, counts), _)) in enumerate(zip(layers, looked_up, strict=True)):
+            layer._pending.append(PendingRows(uq, counts, w, starts[s], starts[s + 1]))
+    return _GatherRows.apply(w, torch.from_numpy(index))  # (B, S, W)
+
+
+@njit(nogil=True, cache=True)
+def _scatter_add_rows(index, grad, out):  # pragma: no cover - compiled
+    """out[index[i]] += grad[i] for i in order: index (N,), grad (N, W), out (U, W)."""
+    width = grad.shape[1]
+    for i in range(index.shape[0]):
+        r = index[i]
+        for d in range(width):
+            out[r, d] += grad[i, d]
+
+
+class _GatherRows(torch.autograd.Function):
+    """`F.embedding(index, w)` on CPU whose backward sums the rows' gradients in one compiled pass
+    (the same additions in the same order as torch's embedding backward, without its per-row
+    dispatch): w (U, W) float32, index int64 (...) -> (..., W)."""
+
+    @staticmethod
+    def forward(ctx: Any, w: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = w.shape[0]
+        return F.embedding(index, w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        g = grad.detach().contiguous().to(torch.float32)
+        width = g.shape[-1]
+        out = np.zeros((ctx.rows, width), dtype=np.float32)
+        _scatter_add_rows(index.numpy().reshape(-1), g.numpy().reshape(-1, width), out)
+        return torch.from_numpy(out).to(grad.dtype), None
 
 
 class SparseOptimizer:
@@ -245,7 +382,11 @@ class SparseOptimizer:
         tables, ids, grads, counts = [], [], [], []
         for emb in self.embeddings:
             pending, emb._pending = emb._pending, []
-            parts = [(u, c, w.grad.numpy()) for u, c, w in pending if w.grad is not None]
+            parts = [
+                (p.uniq, p.counts, p.leaf.grad[p.start : p.stop].numpy())  # a view, no copy
+                for p in pending
+                if p.leaf.grad is not None
+            ]
             if not parts:
                 continue
             if len(parts) == 1:
