@@ -39,6 +39,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from freshrec.errors import ConfigError, RoleError
+from freshrec.serve._protocol import ARRIVED, BodyProtocol, BodyRoutes, HasBodyRoutes
 
 __all__ = [
     "ARRIVED",
@@ -51,8 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ARRIVED = "freshrec.arrived"  # scope["extensions"][ARRIVED]: time.monotonic() when the headers were in
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,8 +107,9 @@ class _OneWrite:
         return getattr(self._transport, name)
 
 
-class _GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the deadlines and the connection cap of `ServerConfig`.
+class _GuardedProtocol(BodyProtocol):
+    """uvicorn's httptools protocol with the deadlines and the connection cap of `ServerConfig`,
+    answering the app's body endpoints itself (`freshrec.serve._protocol`).
 
     `_waiting` (one dict per server, insertion-ordered = oldest first) holds the connections that
     wait for a request: connected or idle between requests, headers not complete.
@@ -238,9 +238,11 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._write_deadline = None
 
 
-def guarded_protocol(limits: ServerConfig) -> type[HttpToolsProtocol]:
-    """The protocol class of one server (its own limits and its own waiting list)."""
-    return type("GuardedProtocol", (_GuardedProtocol,), {"limits": limits, "_waiting": {}})
+def guarded_protocol(limits: ServerConfig, routes: BodyRoutes | None = None) -> type[HttpToolsProtocol]:
+    """The protocol class of one server (its own limits, its own waiting list, and the body
+    endpoints it answers itself)."""
+    attrs = {"limits": limits, "_waiting": {}, "routes": routes}
+    return type("GuardedProtocol", (_GuardedProtocol,), attrs)
 
 
 def is_loopback(host: str) -> bool:
@@ -288,7 +290,7 @@ def _config(app: Any, host: str, port: int, log_level: str, limits: ServerConfig
         log_level=log_level,
         access_log=False,
         lifespan="on",
-        http=guarded_protocol(limits),
+        http=guarded_protocol(limits, app.body_routes if isinstance(app, HasBodyRoutes) else None),
         ws="none",
         timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]
         server_header=False,

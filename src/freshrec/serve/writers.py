@@ -25,11 +25,13 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from freshrec.serve.metrics import ServeMetrics
 from freshrec.stream.events import ActionEvent, FeatureEvent, encode_action, encode_feature
 from freshrec.stream.log import Log
 
-__all__ = ["ActionLogger", "FeatureLogger", "feature_records"]
+__all__ = ["ActionLogger", "FeatureLogger", "feature_records", "impression_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,37 @@ def feature_records(
         else:
             out.append(b'%s:%d"%s%d%s' % (head, pos, mid, iid, tail))
     return out
+
+
+def impression_frames(
+    rid: str,
+    user_id: int,
+    items: list[int],
+    sparse: dict[str, list[int]],
+    dense: dict[str, float],
+    ts: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The impressions of one ranked request (no candidate with features of its own) as a block
+    of local-log frames, headers not yet sealed: (buf uint8, ends int64 (n,), key lengths int64
+    (n,)); frame i holds key "<rid>:<i>" and `feature_records`'s record i (the same bytes as
+    `encode_feature`, tested). `local_frames.seal_frames(buf, ends, key_lens)` fills in the
+    headers; the numba kernels are `freshrec.stream._feature_kernels`."""
+    from freshrec.stream._feature_kernels import impression_lengths, write_impressions
+
+    key = np.frombuffer(rid.encode(), dtype=np.uint8)
+    head = np.frombuffer(('{"request_id":' + _dump(rid)[:-1]).encode(), dtype=np.uint8)
+    mid = np.frombuffer(f',"user_id":{int(user_id)},"item_id":'.encode(), dtype=np.uint8)
+    tail = f',"sparse":{_dump(sparse)},"dense":{_dump(dense)},"ts":{_dump(ts)}}}'.encode()
+    tail_arr = np.frombuffer(tail, dtype=np.uint8)
+    ids = np.asarray(items, dtype=np.int64)
+    klen, vlen = impression_lengths(len(key), len(head), len(mid), len(tail_arr), ids)
+    ends = np.cumsum(klen + vlen + _FRAME_HEADER)
+    buf = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.uint8)
+    write_impressions(buf, ends, key, head, mid, tail_arr, ids)
+    return buf, ends, klen
+
+
+_FRAME_HEADER = 10  # the local log's [u32 length][u32 crc32][u16 keylen]
 
 
 class _LogWriter:
