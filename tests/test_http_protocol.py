@@ -177,3 +177,24 @@ def test_protocol_answers_are_counted_in_the_metrics(servers):
     assert count("200") == ok0 + 3
     assert count("415") == bad0 + 1
     assert count("499") == gone0 + 1
+
+
+def test_a_burst_of_connections_is_taken_from_the_listening_queue_and_answered(servers):
+    """Connections waiting in the listening socket's queue are accepted by the protocol in one go
+    (`_accept_waiting`); each is a full connection of the server: answered, counted, closed."""
+    fast, _, _ = servers
+    socks = [socket.create_connection((fast.host, fast.port), timeout=10) for _ in range(80)]
+    for s in socks:
+        s.sendall(CASES["rank"])
+    replies = []
+    for s in socks:
+        with s.makefile("rb") as f:
+            replies.append(_read_reply(f))
+    assert all(b" 200 OK" in r for r in replies)
+    assert len(fast.server.server_state.connections) >= 80
+    for s in socks:
+        s.close()
+    deadline = time.monotonic() + 10
+    while len(fast.server.server_state.connections) > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(fast.server.server_state.connections) == 0

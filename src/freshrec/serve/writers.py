@@ -215,6 +215,23 @@ class FeatureLogger(_LogWriter):
 
     def _write(self, item: tuple) -> int:
         rid, user_id, items, sparse, dense, isparse, idense, ts = item
+        frames = getattr(self.log, "append_frames", None)  # the Log protocol's block fast path
+        if frames is not None and isparse is None and idense is None and self.log.partitions == 1 and items:
+            # the whole request's records, keys and frames written by numba kernels (nogil), so
+            # this thread holds the GIL a few microseconds per request, not for each record
+            from freshrec.stream.local_frames import seal_frames
+
+            buf, ends, key_lens = impression_frames(rid, user_id, items, sparse, dense, ts)
+            seal_frames(buf, ends, key_lens)
+            frames(buf, ends, partition=0)
+        else:
+            self._append_each(rid, user_id, items, sparse, dense, isparse, idense, ts)
+        if self.metrics is not None:
+            self.metrics.features_logged.inc(len(items))
+        return len(items)
+
+    def _append_each(self, rid: str, user_id: int, items: list[int], *rest: Any) -> None:
+        sparse, dense, isparse, idense, ts = rest
         values = feature_records(rid, user_id, items, sparse, dense, ts, isparse, idense)
         prefix = rid.encode()
         keys = [b"%b:%d" % (prefix, pos) for pos in range(len(values))]
@@ -224,9 +241,6 @@ class FeatureLogger(_LogWriter):
         else:
             for key, value in zip(keys, values, strict=True):
                 self.log.append(value, key=key)
-        if self.metrics is not None:
-            self.metrics.features_logged.inc(len(items))
-        return len(items)
 
 
 class ActionLogger(_LogWriter):
