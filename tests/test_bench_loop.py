@@ -109,9 +109,9 @@ def test_bench_loop_quick_prints_its_fields(tmp_path: Path) -> None:
         assert key in got
     (r,) = got["results"]
     assert r["backend"] == "local"
-    for key in ("serial_vs_pure", "prefetch_vs_pure", "prefetch_gain"):
+    for key in ("serial_vs_pure", "prefetch_vs_pure", "reference_vs_pure", "prefetch_gain", "columnar_gain"):
         assert r[key] > 0
-    for side in ("pure", "serial", "prefetch"):
+    for side in ("pure", "serial", "prefetch", "reference"):
         assert r[side]["examples"] == got["batch_size"] * got["batches"]
         assert r[side]["stages"]["step"] > 0
     for stage in ("poll", "decode", "assemble", "hooks"):

@@ -16,7 +16,7 @@ def test_bench_workers_quick_json_has_the_fields():
     assert set(out["runs"]) == {"1", "2"}
     for n, run in out["runs"].items():
         assert {"pss_mb", "rss_sum_mb", "processes"} <= set(run["memory"])
-        assert run["memory"]["processes"] == (1 if n == "1" else 3)  # the supervisor + 2 workers
+        assert run["memory"]["processes"] == (1 if n == "1" else 4)  # the supervisor, the zygote, 2 workers
         assert {"rps", "p50_ms", "p99_ms", "max_ms", "requests", "errors"} <= set(run["closed"])
         assert run["closed"]["requests"] > 0 and run["closed"]["errors"] == 0
         assert {"pss_ratio", "rps_ratio"} <= set(run)

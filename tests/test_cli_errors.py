@@ -42,6 +42,7 @@ BAD = {
     ("experiment", "online"): ["--data", MISSING],
     ("experiment", "reliability"): ["--data", MISSING],
     ("experiment", "models"): ["--data", MISSING],
+    ("experiment", "shapes"): ["--shapes", "nosuch"],
 }
 
 

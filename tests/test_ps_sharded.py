@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freshrec.errors import EventError
+from freshrec.errors import ConfigError, EventError
 from freshrec.ps.delta import Delta, DenseUpdate, compact, decode, encode
 from freshrec.ps.sharded import ShardedTable
 from freshrec.table import Adagrad, EmbeddingTable, TableConfig
@@ -34,6 +34,20 @@ def test_sharded_table_equals_single_table(shards):
     meta, arrays = many.state()
     back = ShardedTable.from_state(meta, arrays)
     np.testing.assert_array_equal(back.lookup(q), many.lookup(q))
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_capacity_is_the_whole_tables_across_its_shards(shards):
+    cfg = TableConfig(name="u", dim=4, capacity=100)
+    table = ShardedTable(cfg, shards=shards)
+    assert sum(t.config.capacity for t in table.shards) == 100
+    rng = np.random.default_rng(0)
+    for step in range(20):
+        table.apply_gradients(rng.integers(0, 10_000, 256), np.ones((256, 4), np.float32), now=float(step))
+    assert len(table) <= 100 and len(table) >= 95  # every shard full, none past its share
+    table.check_invariants()
+    with pytest.raises(ConfigError, match="less than its 3 shards"):
+        ShardedTable(TableConfig(name="u", dim=4, capacity=2), shards=3)
 
 
 f32 = st.floats(-1e3, 1e3, width=32)

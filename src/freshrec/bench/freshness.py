@@ -212,7 +212,10 @@ def _measure(backend, label: str, ckpt: Path, events: list[tuple], args, state_d
         PipelineConfig(
             log="memory://",
             joiner=jcfg,
-            online=OnlineConfig(batch_size=256, poll_timeout_s=0.05, evict_every=0, dense_lr=1e-3),
+            # columnar=False: the loop below reads each trained example's request_id
+            online=OnlineConfig(
+                batch_size=256, poll_timeout_s=0.05, evict_every=0, dense_lr=1e-3, columnar=False
+            ),
             init=ckpt,
             sync_interval_s=args.sync_interval,
             dense_interval_s=10.0,
@@ -269,6 +272,7 @@ def _measure(backend, label: str, ckpt: Path, events: list[tuple], args, state_d
                 exs, bad, pos = trainer.poll_batch(consumer)
                 if not exs and not bad:
                     continue
+                assert isinstance(exs, list)  # Example objects: the trainer runs columnar=False
                 with train_lock:  # the next publish cannot start before `trained` is filled
                     trainer.train_examples(exs, positions=pos, bad=bad)
                     required = publisher.version + 1

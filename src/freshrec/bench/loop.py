@@ -9,15 +9,20 @@ What `freshrec train online` does per batch is timed as it ships, against the pu
 2. **pure step**: decodes the log into batches beforehand (untimed) and times `train_step` alone;
 3. **loop, serial**: a `Pipeline`'s trainer and its sync publisher (publishing after every batch,
    dense weights every 10, as `train online --params` runs), `OnlineTrainer.run` draining the log:
-   poll, decode, batch assembly, step, publish, all in one thread (`OnlineConfig.prefetch = 0`);
+   poll, decode (one numba pass over the poll's records straight to columns), batch assembly,
+   step, publish, all in one thread (`OnlineConfig.prefetch = 0`);
 4. **loop, prefetch**: the same with `--prefetch` batches prepared ahead in a background thread
-   while the current one trains (`train online --prefetch N`).
+   while the current one trains (`train online --prefetch N`);
+5. **loop, per-example decode**: the serial loop on the reference decoding path, one Python
+   `Example` per record (`OnlineConfig.columnar = False`), the baseline of the columnar path.
 
 Every side starts from the same fresh model (same seed) and trains the same batches in the same
 order, so all end with the same parameters: the benchmark checks it (a digest of the whole
-training state) and prints whether they match. Prints examples/s of each side, the ratios to the
-pure step and the gain of prefetching over the serial loop, the stage breakdown (seconds per
-stage) and the load average; `--json` prints one JSON object last.
+training state) and prints whether they match. `--rounds R` measures every side R times in turn
+(one result per round: on a loaded machine, compare the ratios of one round). Prints examples/s
+of each side, the ratios to the pure step, the gains of prefetching over the serial loop and of
+columnar decoding over per-example decoding, the stage breakdown (seconds per stage) and the
+load average; `--json` prints one JSON object last.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=at_least(1), default=1, help="torch intra-op threads")
     parser.add_argument("--prefetch", type=at_least(1), default=2, help="batches prepared ahead")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=at_least(1), default=1, help="measure every side this many times")
     parser.add_argument("--kafka", action="store_true", help="also run the loop over a Kafka broker")
     parser.add_argument("--quick", action="store_true", help="a short run (batch 1024, 6 batches)")
     parser.add_argument("--json", action="store_true")
@@ -104,10 +110,12 @@ def _examples(args) -> list:
     return out
 
 
-def _online_config(args, prefetch: int):
+def _online_config(args, prefetch: int, *, columnar: bool = True):
     from freshrec.train.online import OnlineConfig
 
-    return OnlineConfig(batch_size=args.batch_size, prefetch=prefetch, whole_batches=True)
+    return OnlineConfig(
+        batch_size=args.batch_size, prefetch=prefetch, whole_batches=True, columnar=columnar
+    )
 
 
 def _digest(ps) -> str:
@@ -158,12 +166,12 @@ def _pure(args, url: str) -> dict[str, Any]:
     return out
 
 
-def _loop(args, url: str, prefetch: int, tag: str) -> dict[str, Any]:
+def _loop(args, url: str, prefetch: int, tag: str, *, columnar: bool = True) -> dict[str, Any]:
     """The shipped loop (`train online --params`): Pipeline trainer + publisher, run until drained."""
     from freshrec.pipeline import Pipeline, PipelineConfig
 
     spec, mspec = _spec(args)
-    online = _online_config(args, prefetch)
+    online = _online_config(args, prefetch, columnar=columnar)
     config = PipelineConfig(log=url, features_spec=spec, model=mspec, online=online, params=f"params-{tag}")
     pipe = Pipeline(config)
     trainer = pipe.trainer()
@@ -212,30 +220,40 @@ def _measure(args, url: str, backend: str) -> dict[str, Any]:
     print(f"  [{backend}] loop, prefetch {args.prefetch} ...", flush=True)
     ahead = _loop(args, url, args.prefetch, f"{backend}-prefetch")
     gc.collect()
+    print(f"  [{backend}] loop, serial, per-example decode ...", flush=True)
+    ref = _loop(args, url, 0, f"{backend}-reference", columnar=False)
+    gc.collect()
     p = pure["examples_per_s"]
     return {
         "backend": backend,
         "pure": pure,
         "serial": serial,
         "prefetch": ahead,
+        "reference": ref,
         "serial_vs_pure": serial["examples_per_s"] / p,
         "prefetch_vs_pure": ahead["examples_per_s"] / p,
+        "reference_vs_pure": ref["examples_per_s"] / p,
         "prefetch_gain": ahead["examples_per_s"] / serial["examples_per_s"],
-        "same_parameters": pure["digest"] == serial["digest"] == ahead["digest"],
+        "columnar_gain": serial["examples_per_s"] / ref["examples_per_s"],
+        "same_parameters": pure["digest"] == serial["digest"] == ahead["digest"] == ref["digest"],
     }
 
 
 def _print(r: dict[str, Any], prefetch: int) -> None:
     sides = (
-        ("pure step", r["pure"]), ("loop, serial", r["serial"]), (f"loop, prefetch {prefetch}", r["prefetch"])
+        ("pure step", r["pure"]),
+        ("loop, serial", r["serial"]),
+        (f"loop, prefetch {prefetch}", r["prefetch"]),
+        ("loop, per-example", r["reference"]),
     )
     pure = r["pure"]["examples_per_s"]
     print(f"\n[{r['backend']}] {'side':<20} {'examples/s':>12} {'vs pure':>8}")
     for name, s in sides:
         print(f"[{r['backend']}] {name:<20} {s['examples_per_s']:>12,.0f} {s['examples_per_s'] / pure:>8.3f}")
     print(f"[{r['backend']}] prefetch gain over the serial loop: {r['prefetch_gain']:.3f}x")
+    print(f"[{r['backend']}] columnar decode gain over per-example decode: {r['columnar_gain']:.3f}x")
     print(f"[{r['backend']}] same parameters on every side: {r['same_parameters']}")
-    print(f"\n[{r['backend']}] seconds per stage {'pure':>10} {'serial':>10} {'prefetch':>10}")
+    print(f"\n[{r['backend']}] seconds per stage {'pure':>10} {'serial':>10} {'prefetch':>10} {'per-ex':>10}")
     for k in (*STAGES, *STEP_PARTS):
         vals = [s["stages"].get(k) for _, s in sides]
         if all(v is None for v in vals):
@@ -266,7 +284,8 @@ def main(args: argparse.Namespace) -> int:
         url = str(Path(tmp) / "logs")
         wrote = _write_log(url, examples)
         print(f"  wrote {len(examples):,} examples to the local log in {wrote:.1f} s", flush=True)
-        results.append(_measure(args, url, "local"))
+        for _ in range(args.rounds):  # on a shared machine: ratios of each round, sides close in time
+            results.append(_measure(args, url, "local"))
         if args.kafka:
             from freshrec.bench._kafka import start_broker, stop_broker
 

@@ -13,9 +13,13 @@ features log as a default server does. Measured per N:
 - paced (N > 1): the requests/s that N = 1 sustained, sent on a fixed schedule (latency counted
   from the scheduled send, so a stall is not hidden), p50 / p99.
 
-The load generator is a separate process (asyncio, raw HTTP/1.1 over keep-alive sockets, bodies
-encoded once), so it costs little CPU next to the servers; it shares the machine's cores with
-them, which the figures include. Ratios against N = 1 are printed; `--json` prints one object.
+The load generators are separate processes that cost little CPU next to the servers: the closed
+loop is `freshrec.bench.loadgen` (wrk with one thread when installed, `bash scripts/wrk.sh`; else
+its asyncio client), the paced loop an asyncio client (raw HTTP/1.1 over keep-alive sockets,
+bodies encoded once, each connection's first request sent before the clock starts). They share
+the machine's cores with the servers, which the figures include. Before the measured phases, a
+warm-up phase sends every worker its first requests. Ratios against N = 1 are printed; `--json`
+prints one object.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ async def _connection(
     i = 0
     t_next = time.perf_counter()
     try:
+        await _exchange(reader, writer, reqs[0])  # warm-up: the connection's first request, untimed
+        t_next = time.perf_counter()
         while True:
             if gap is not None:
                 t_next += gap
@@ -72,19 +78,24 @@ async def _connection(
                 start = time.perf_counter()
             if start >= until:
                 return bad
-            writer.write(reqs[i % len(reqs)])
+            status = await _exchange(reader, writer, reqs[i % len(reqs)])
             i += 1
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            n = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    n = int(line[15:])
-            await reader.readexactly(n)
             lat.append(time.perf_counter() - start)
             bad += status != 200
     finally:
         writer.close()
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> int:
+    """Send one request, read its reply; its status."""
+    writer.write(req)
+    head = await reader.readuntil(b"\r\n\r\n")
+    n = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            n = int(line[15:])
+    await reader.readexactly(n)
+    return int(head[9:12])
 
 
 async def _load(
@@ -129,6 +140,42 @@ def client_main(argv: list[str]) -> None:
         _load(job["host"], job["port"], reqs, job["connections"], job["seconds"], job.get("rate"))
     )
     print(json.dumps(out), flush=True)
+
+
+def _bodies(args: argparse.Namespace) -> list[bytes]:
+    rng = np.random.default_rng(7)
+    return [
+        json.dumps(
+            {
+                "user_id": int(rng.integers(args.rows)),
+                "candidates": rng.integers(0, args.rows, args.candidates).tolist(),
+            }
+        ).encode()
+        for _ in range(256)
+    ]
+
+
+def _closed(port: int, args: argparse.Namespace, seconds: float) -> dict:
+    """The closed loop through `freshrec.bench.loadgen` (wrk with one thread when installed)."""
+    from freshrec.bench.loadgen import run_load
+
+    res = run_load(
+        f"http://127.0.0.1:{port}/v1/rank",
+        _bodies(args),
+        connections=args.connections,
+        seconds=seconds,
+        threads=1,
+    )
+    ok = res.statuses.get("200", 0)
+    return {
+        "generator": res.generator,
+        "requests": res.requests,
+        "errors": res.requests - ok + res.transport_errors,
+        "rps": res.rps,
+        "p50_ms": res.p50_ms,
+        "p99_ms": res.p99_ms,
+        "max_ms": res.max_ms,
+    }
 
 
 def _drive(port: int, args: argparse.Namespace, seconds: float, rate: float | None = None) -> dict:
@@ -252,7 +299,7 @@ def main(args: argparse.Namespace) -> int:
         "seconds": args.seconds,
         "cpus": os.cpu_count(),
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
-        "load_generator": "asyncio raw HTTP/1.1, 1 process",
+        "load_generator": "closed: freshrec.bench.loadgen (wrk 1 thread, else asyncio); paced: asyncio",
         "runs": {},
     }
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-workers-") as tmp:
@@ -264,9 +311,9 @@ def main(args: argparse.Namespace) -> int:
             say(f"serve --workers {n}: starting ...")
             proc, port = _serve(root, snap, n)
             try:
-                _drive(port, args, min(2.0, args.seconds))  # warm-up: every worker's first requests
+                _closed(port, args, min(2.0, args.seconds))  # warm-up: every worker's first requests
                 mem = tree_memory(proc.pid)
-                closed = _drive(port, args, args.seconds)
+                closed = _closed(port, args, args.seconds)
                 run: dict[str, Any] = {"memory": mem, "closed": closed}
                 if base_rps is None:
                     base_rps = closed["rps"]

@@ -44,6 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flush-every", type=int, default=50_000, help="records between flushes (and state writes)"
     )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="helper threads framing events ahead of the log's writes"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument_group(
@@ -110,12 +113,16 @@ def run_import(schema, args: argparse.Namespace, *, command: str) -> tuple[int, 
         "state": None,
         "snapshot": None,
         "flush_every": 50_000,
+        "threads": 1,
         "json": False,
         "limit": None,
     }
     for k, v in defaults.items():
         if not hasattr(args, k):
             setattr(args, k, v)
+    if args.threads < 1:  # before any file is read
+        print(f"{command}: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2, None
     t0 = time.monotonic()
     try:
         stored = None
@@ -155,6 +162,7 @@ def run_import(schema, args: argparse.Namespace, *, command: str) -> tuple[int, 
             sleep=time.sleep,
             flush_every=max(1, args.flush_every),
             progress=bar.update,
+            threads=args.threads,
         )
     except (LogError, OSError) as e:
         print(f"{command}: {e}", file=sys.stderr)

@@ -1,13 +1,16 @@
 """`freshrec serve --workers N` (N > 1): the supervisor process of `freshrec.serve.workers`.
 
-Loads the snapshot once into shared tables, follows the parameter log as their one applier,
-starts N worker processes on one port, appends the impressions and actions they log, restarts
+Forks the zygote first (while this process runs no thread of its own), loads the snapshot once
+into shared tables, follows the parameter log as their one applier, has the zygote fork N
+worker processes on one port, appends the impressions and actions they log, restarts
 a worker that dies, and stops everything on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
 import gc
 import shutil
@@ -28,7 +31,8 @@ def serve_workers(
     from freshrec.ps.training import TrainingPS
     from freshrec.serve.server import is_loopback
     from freshrec.serve.shared_replica import BAD, SharedApplier
-    from freshrec.serve.workers import Supervisor, WorkerSpec, reuseport_sockets, shared_root
+    from freshrec.serve.workers import Supervisor, WorkerSpec, reuseport_sockets, run_worker, shared_root
+    from freshrec.serve.zygote import Zygote
 
     snap = Path(args.snapshot)
     root = shared_root()
@@ -36,6 +40,12 @@ def serve_workers(
     sub: SyncSubscriber | None = None
     sup: Supervisor | None = None
     logs: list[Any] = []
+    env = {
+        "FRESHREC_WORKER_TOKEN": app_config.api_token or "",
+        "FRESHREC_WORKER_METRICS_TOKEN": app_config.metrics_token or "",
+    }
+    # first: the interpreter and torch as imported so far are shared with every worker
+    zygote = Zygote.fork(root, lambda i, listen, link: run_worker(root, i, listen, link), env=env)
     try:
         try:
             ps, positions = TrainingPS.load(snap)
@@ -52,6 +62,7 @@ def serve_workers(
         applier = SharedApplier.from_ps(ps, root, positions=positions, serving=serving)
         del ps
         gc.collect()
+        _trim_heap()  # the loaded snapshot's freed heap back to the system (it stays in the tables)
         start = positions.get("params")
         sub = SyncSubscriber(applier, pipe.log(args.params_log), group=args.group, start=start or [0])
         sub.catch_up()
@@ -76,18 +87,14 @@ def serve_workers(
             log_level=args.log_level,
             schema=None if schema is None else schema.to_dict(),
         )
-        env = {
-            "FRESHREC_WORKER_TOKEN": app_config.api_token or "",
-            "FRESHREC_WORKER_METRICS_TOKEN": app_config.metrics_token or "",
-        }
-        sup = Supervisor(root, spec, sockets, logs, env=env)
+        sup = Supervisor(root, spec, sockets, logs, zygote=zygote)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         sup.start()
         sub.start()
     except (FreshrecError, OSError) as e:
-        _shutdown(sup, sub, applier, logs, pipe, root)
+        _shutdown(sup, sub, applier, logs, pipe, root, zygote)
         print(f"freshrec serve: {e}", file=sys.stderr)
         return 2
     sizes = ", ".join(f"{k}={v}" for k, v in applier.table_sizes().items())
@@ -113,13 +120,21 @@ def serve_workers(
     try:
         sup.watch(stop, tick=tick)
     finally:
-        _shutdown(sup, sub, applier, logs, pipe, root)
+        _shutdown(sup, sub, applier, logs, pipe, root, zygote)
     return 0
 
 
-def _shutdown(sup: Any, sub: Any, applier: Any, logs: list[Any], pipe: Any, root: Path) -> None:
+def _trim_heap() -> None:
+    """glibc's malloc_trim(0): return freed heap pages to the system (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _shutdown(sup: Any, sub: Any, applier: Any, logs: list[Any], pipe: Any, root: Path, zygote: Any) -> None:
     if sup is not None:
-        sup.stop()
+        sup.stop()  # the workers, then the zygote
+    else:
+        zygote.stop()
     if sub is not None:
         sub.stop()
     for lg in logs:

@@ -276,7 +276,8 @@ def read_columns(schema: Schema, *, limit: int | None = None) -> Columns:
     order = order[np.argsort(ts[order], kind="stable")]
     if limit is not None:
         order = order[: max(int(limit), 0)]
-    table = table.take(pa.array(order))
+    if len(order) != n or np.any(np.diff(order) != 1):  # already in time order: no copy
+        table = table.take(pa.array(order))
     types: dict[str, IdType] = {}
     sparse: dict[str, np.ndarray] = {}
     multi: dict[str, Ragged] = {}

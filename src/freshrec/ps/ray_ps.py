@@ -47,7 +47,7 @@ import numpy as np
 
 from freshrec.checkpoint.format import strip_prefix, with_prefix
 from freshrec.errors import ConfigError, FreshrecError, SnapshotError
-from freshrec.ps.sharded import shard_of, split_by_shard
+from freshrec.ps.sharded import shard_capacities, shard_of, split_by_shard
 from freshrec.table import EmbeddingTable, TableConfig, TouchedRows
 from freshrec.table.table import as_ids
 
@@ -462,13 +462,19 @@ class RayShardedTable:
                 msg = f"table {self.name!r} exists on the shard servers (use RayShardedTable.attach)"
                 raise ConfigError(msg)
             per = max(config.initial_capacity // self.n_shards, 16)
-            shard_cfg = replace(config, initial_capacity=per).to_dict()
+            caps = shard_capacities(config.capacity, self.n_shards, name=self.name)
             whole = config.to_dict()
             _get(
                 self._ray,
                 [
-                    s.create.remote(self.name, whole, shard_cfg, k, self.n_shards)
-                    for k, s in enumerate(self.servers)
+                    s.create.remote(
+                        self.name,
+                        whole,
+                        replace(config, initial_capacity=per, capacity=c).to_dict(),
+                        k,
+                        self.n_shards,
+                    )
+                    for (k, s), c in zip(enumerate(self.servers), caps, strict=True)
                 ],
             )
 

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, uint64
 
 from freshrec.checkpoint.format import strip_prefix, with_prefix
-from freshrec.errors import SnapshotError
+from freshrec.errors import ConfigError, SnapshotError
 from freshrec.table import EmbeddingTable, TableConfig, TouchedRows
 from freshrec.table._index_kernels import mix64
 from freshrec.table.table import as_ids
@@ -69,8 +69,22 @@ def split_by_shard(ids: np.ndarray, n_shards: int) -> tuple[np.ndarray, np.ndarr
     return _route(ids, n_shards)[1:]
 
 
+def shard_capacities(capacity: int | None, shards: int, *, name: str = "") -> list[int | None]:
+    """Each shard's share of a table's `capacity` (they sum to it exactly; None: unbounded).
+    Ids spread evenly over the shards, so a full shard evicts its least recent (or least
+    frequent) rows while the table as a whole holds at most `capacity`."""
+    if capacity is None:
+        return [None] * shards
+    if capacity < shards:
+        msg = f"table {name!r}: capacity {capacity} is less than its {shards} shards (one row each at least)"
+        raise ConfigError(msg)
+    base, extra = divmod(capacity, shards)
+    return [base + (1 if s < extra else 0) for s in range(shards)]
+
+
 class ShardedTable:
-    """A table over `shards` EmbeddingTables; same interface as EmbeddingTable."""
+    """A table over `shards` EmbeddingTables; same interface as EmbeddingTable. The table's
+    `capacity` is split over the shards (`shard_capacities`)."""
 
     def __init__(
         self,
@@ -85,7 +99,8 @@ class ShardedTable:
         self.dim = config.dim
         if tables is None:
             per = max(config.initial_capacity // max(shards, 1), 16)
-            tables = [EmbeddingTable(replace(config, initial_capacity=per)) for _ in range(shards)]
+            caps = shard_capacities(config.capacity, shards, name=config.name)
+            tables = [EmbeddingTable(replace(config, initial_capacity=per, capacity=c)) for c in caps]
         self.shards: list[EmbeddingTable] = list(tables)
         self.n_shards = len(self.shards)
         self._pool = (

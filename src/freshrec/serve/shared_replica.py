@@ -268,8 +268,11 @@ class DenseFollower:
             self._thread.join(timeout_s)
 
 
-def attach_replica(root: Path, *, clock: Callable[[], float] = time.time) -> tuple[Any, DenseFollower]:
-    """A `ServingReplica` over the shared tables in `root` and its (started) `DenseFollower`."""
+def attach_replica(
+    root: Path, *, clock: Callable[[], float] = time.time, follow: bool = True
+) -> tuple[Any, DenseFollower]:
+    """A `ServingReplica` over the shared tables in `root` and its `DenseFollower` (started,
+    unless `follow` is False: then no thread starts)."""
     from freshrec.model import FeatureSpec, ModelSpec, Task
     from freshrec.model.contract import extra_columns_of
     from freshrec.ps.serving import ServingConfig, ServingReplica, serving_table_config
@@ -297,4 +300,5 @@ def attach_replica(root: Path, *, clock: Callable[[], float] = time.time) -> tup
     replica = ServingReplica(
         spec, model=model_spec, tasks=tasks, hashed=hashed, config=config, clock=clock, tables=tables
     )
-    return replica, DenseFollower(replica, root).start()
+    follower = DenseFollower(replica, root)
+    return replica, follower.start() if follow else follower

@@ -5,19 +5,22 @@
         ├─ loads the snapshot into shared tables (`freshrec.serve.shared_replica.SharedApplier`)
         ├─ follows the parameter log (`SyncSubscriber` -> the applier): the only writer
         ├─ owns the features/actions logs: appends what the workers send (`freshrec.serve.logpipe`)
-        └─ worker 0..N-1: `python -m freshrec.serve.workers ROOT INDEX LISTEN_FD LINK_FD`
-             a `ServingReplica` over the shared tables (read-only), the HTTP app, uvicorn
+        └─ zygote (`freshrec.serve.zygote`): forked first, preloaded, forks the workers
+             └─ worker 0..N-1 (`run_worker`): a `ServingReplica` over the shared tables
+                (read-only), the HTTP app, uvicorn; the preloaded pages shared copy-on-write
 
 One port: the supervisor binds N listening sockets on the same address with SO_REUSEPORT (the
 kernel spreads new connections over them) and keeps them open; worker i serves socket i. When a
 worker dies, its socket stays open in the supervisor, so connections that arrive meanwhile wait
 in its queue for the replacement instead of being refused.
 
-Supervision: a worker that exits is started again (at most once a second per slot). SIGTERM or
-SIGINT to the supervisor stops every worker (SIGTERM, then SIGKILL after `stop_timeout_s`), then
-the subscriber, flushes the logs and removes the shared folder. A worker dies with its supervisor
-(`PR_SET_PDEATHSIG`), so even a kill -9 of the supervisor leaves no worker serving; the shared
-folder of a supervisor that died so is removed by the next one started on the host.
+Supervision: a worker that exits is started again (at most once a second per slot), forked by
+the zygote again (a zygote that died is replaced first). SIGTERM or SIGINT to the supervisor
+stops every worker (SIGTERM, then SIGKILL after `stop_timeout_s`), then the zygote, the
+subscriber, flushes the logs and removes the shared folder. The zygote dies with the supervisor
+and a worker with the zygote (`PR_SET_PDEATHSIG`), so even a kill -9 of the supervisor leaves
+no worker serving; the shared folder of a supervisor that died so is removed by the next one
+started on the host.
 
 Every response carries `x-freshrec-worker: <index>/<pid>`; /healthz, /metrics and /v1/stats
 describe the worker that answered (its requests, latency), with the applier's versions and rows.
@@ -25,15 +28,11 @@ describe the worker that answered (its requests, latency), with the applier's ve
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,8 +43,9 @@ from typing import Any
 
 from freshrec.errors import RoleError
 from freshrec.serve.logpipe import READY, LogLink, LogPump
+from freshrec.serve.zygote import WorkerProcess, Zygote
 
-__all__ = ["Supervisor", "WorkerSpec", "reuseport_sockets", "shared_root"]
+__all__ = ["Supervisor", "WorkerSpec", "reuseport_sockets", "run_worker", "shared_root"]
 
 WORKER_HEADER = "x-freshrec-worker"
 _PREFIX = "freshrec-serve-"
@@ -109,7 +109,7 @@ class WorkerSpec:
 class _Slot:
     index: int
     sock: socket.socket
-    proc: subprocess.Popen | None = None
+    proc: WorkerProcess | None = None
     pump: LogPump | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     started: float = 0.0
@@ -122,7 +122,8 @@ class Supervisor:
     Args:
         root: the shared folder (replica.json, tables, state). spec: WorkerSpec.
         sockets: one listening socket per worker. logs: the real logs by log number (None: off).
-        env: extra environment of the workers (tokens). clock: monotonic seconds.
+        zygote: the preloaded process that forks the workers (`Zygote.fork`, done first thing).
+        clock: monotonic seconds.
     """
 
     def __init__(
@@ -132,7 +133,7 @@ class Supervisor:
         sockets: Sequence[socket.socket],
         logs: Sequence[Any],
         *,
-        env: dict[str, str] | None = None,
+        zygote: Zygote,
         stop_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -140,7 +141,7 @@ class Supervisor:
         self.spec = spec
         self.logs = list(logs)
         self.locks = [threading.Lock() for _ in self.logs]
-        self.env = {**os.environ, **(env or {})}
+        self.zygote = zygote
         self.stop_timeout_s = stop_timeout_s
         self.clock = clock
         self.slots = [_Slot(i, s) for i, s in enumerate(sockets)]
@@ -161,17 +162,11 @@ class Supervisor:
     def _spawn(self, slot: _Slot) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         slot.ready = threading.Event()
-        fds = (slot.sock.fileno(), theirs.fileno())
-        cmd = [
-            sys.executable,
-            "-m",
-            "freshrec.serve.workers",
-            str(self.root),
-            str(slot.index),
-            *map(str, fds),
-        ]
         try:
-            slot.proc = subprocess.Popen(cmd, pass_fds=fds, env=self.env)
+            if not self.zygote.alive():
+                self.zygote.stop(0.0)
+                self.zygote = Zygote.spawn(self.root, env=self.zygote.env)
+            slot.proc = self.zygote.start_worker(slot.index, slot.sock.fileno(), theirs.fileno())
         finally:
             theirs.close()
         slot.started = self.clock()
@@ -187,7 +182,7 @@ class Supervisor:
                 assert slot.proc is not None
                 if slot.proc.poll() is not None:
                     self.stop()
-                    msg = f"worker {slot.index} exited with {slot.proc.returncode} while starting"
+                    msg = f"worker {slot.index} exited while starting"
                     raise RoleError(msg)
                 if self.clock() > deadline:
                     self.stop()
@@ -224,19 +219,17 @@ class Supervisor:
 
     def stop(self) -> None:
         """SIGTERM every worker, SIGKILL the ones still running after stop_timeout_s, wait for
-        all, append what they sent, close the sockets."""
+        all, stop the zygote, append what the workers sent, close the sockets."""
         self._stopping = True
         procs = [s.proc for s in self.slots if s.proc is not None and s.proc.poll() is None]
         for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGTERM)
         deadline = self.clock() + self.stop_timeout_s
         for p in procs:
-            try:
-                p.wait(max(0.1, deadline - self.clock()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+            if not p.wait(max(0.1, deadline - self.clock())):
+                p.send_signal(signal.SIGKILL)
+                p.wait(10.0)
+        self.zygote.stop()
         for slot in self.slots:
             if slot.pump is not None:
                 slot.pump.join(5.0)
@@ -245,14 +238,6 @@ class Supervisor:
 
 
 # ---- the worker process -------------------------------------------------------------------------
-def _die_with_parent(parent: int) -> None:
-    """SIGTERM this process when its parent dies (Linux); exit now if it already has."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        sys.exit(0)
-
-
 class _WorkerApp:
     """The app with the worker header on every response and a READY frame once started."""
 
@@ -280,10 +265,9 @@ class _WorkerApp:
         await self.app(scope, receive, send_tagged)
 
 
-def worker_main(argv: Sequence[str]) -> int:
-    """The worker process: ROOT INDEX LISTEN_FD LINK_FD (see the module docstring)."""
-    root, index, listen_fd, link_fd = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
-    _die_with_parent(os.getppid())
+def run_worker(root: Path, index: int, listen_fd: int, link_fd: int) -> int:
+    """A worker, in a process the zygote just forked: serve socket `listen_fd` over the shared
+    replica in ROOT, logging through `link_fd`, until SIGTERM (see the module docstring)."""
     doc = json.loads((root / "worker.json").read_text())
     import torch
 
@@ -327,7 +311,3 @@ def worker_main(argv: Sequence[str]) -> int:
         config=ServerConfig(**doc["server"]),
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))

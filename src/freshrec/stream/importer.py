@@ -1,8 +1,13 @@
 """Import a schema's rows into the features / actions logs: in data-time order, paced, resumable,
 and never writing an event twice.
 
-    plan = plan_events(schema, columns)          # every event, encoded, in the order it is written
+    plan = plan_events(schema, columns)          # every event, as columns, in the order it is written
     stats = import_to_logs(plan, features, actions, dead_letters, state=path, ...)
+
+The events are never one Python object each: the plan holds their columns and one program per
+kind (`freshrec.stream.record_columns`), and a log that takes frames (the local log's
+`append_frames`) gets blocks framed straight from the columns by numba kernels, in helper threads
+ahead of its writes; other logs get (key, value) pairs. The bytes are the same either way.
 
 The plan is a pure function of the schema and the files (request ids `"<name>-<n>:<position>"`,
 negatives drawn with the schema's seed), so two runs plan the same records in the same order:
@@ -30,42 +35,69 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from freshrec.data.dataset import Ragged
 from freshrec.data.schema import Schema
 from freshrec.data.schema_data import Columns, attach_behaviours, sample_positives, standardized
 from freshrec.errors import ConfigError, LogError
 from freshrec.stream.events import DeadLetter, encode_dead_letter
-from freshrec.stream.log import Log, partition_for
+from freshrec.stream.log import Log
+from freshrec.stream.record_columns import ColumnRecords, FrameBuffer, RecordsBuilder
 
 __all__ = ["EventPlan", "ImportStats", "import_to_logs", "plan_events"]
 
 FEATURES, ACTIONS, DEAD = 0, 1, 2
+# one label's actions: (action, request, position, value, ts)
+_ActionPart = tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True, eq=False)
 class EventPlan:
-    """Every record an import writes, in order: `kind` uint8 (m,) (0 features, 1 actions, 2 dead
-    letters), `keys` / `values` object arrays of bytes (m,), `ts` float64 (m,) data time (dead
-    letters: -inf)."""
+    """Every record an import writes, in order: record i is of `kind[i]` (uint8 (m,): 0 features,
+    1 actions, 2 dead letters), row `row[i]` (int64 (m,)) of `records[kind[i]]`, at data time
+    `ts[i]` (float64 (m,); dead letters: -inf). The records are columns
+    (`freshrec.stream.record_columns`): a block of them is framed straight from the columns."""
 
     kind: np.ndarray
-    keys: np.ndarray
-    values: np.ndarray
+    row: np.ndarray
     ts: np.ndarray
+    records: tuple[ColumnRecords, ColumnRecords, ColumnRecords]
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.kind)
+
+    def key(self, i: int) -> bytes:
+        """The key of record i."""
+        return self.records[int(self.kind[i])].pairs(self.row[i : i + 1])[0][0]
+
+    def _pairs(self, which: int) -> np.ndarray:
+        out = np.empty(len(self), dtype=object)
+        for k in range(3):
+            ix = np.flatnonzero(self.kind == k)
+            if len(ix):
+                out[ix] = [kv[which] for kv in self.records[k].pairs(self.row[ix])]
+        return out
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Every record's key, object (m,) of bytes (materialized: for inspection)."""
+        return self._pairs(0)
+
+    @property
+    def values(self) -> np.ndarray:
+        """Every record's value, object (m,) of bytes (materialized: for inspection)."""
+        return self._pairs(1)
 
 
 @dataclass(slots=True)
@@ -89,81 +121,57 @@ class ImportStats:
 # ------------------------------------------------------------------------------------ encoding
 
 
-def _text(a: np.ndarray | pa.Array) -> pa.Array:
-    """Numbers as JSON text (shortest round trip for floats)."""
-    return pc.cast(pa.array(a) if isinstance(a, np.ndarray) else a, pa.string())
-
-
-def _list_text(r: Ragged) -> pa.Array:
-    lists = pa.LargeListArray.from_arrays(pa.array(r.offsets), pa.array(r.values))
-    return pc.binary_join(pc.cast(lists, pa.large_list(pa.string())), ",")
-
-
-def _features_wire(
+def _features(
     schema: Schema,
-    rid: pa.Array,
+    request: np.ndarray,
+    position: np.ndarray,
     user: np.ndarray,
     item: np.ndarray,
     sparse: dict[str, np.ndarray],
     multi: dict[str, Ragged],
     dense: np.ndarray,
     ts: np.ndarray,
-) -> pa.Array:
-    """The wire bytes of feature events (the layout of `encode_feature`: compact JSON, fields in
-    order), built column-wise:
+) -> ColumnRecords:
+    """Feature events keyed by request id `"<name>-<request>:<position>"`, in the layout of
+    `encode_feature` (compact JSON, fields in order):
     `{"request_id":"..","user_id":..,"item_id":..,"sparse":{..},"dense":{..},"ts":..}`."""
-    parts: list[Any] = [
-        '{"request_id":"',
-        rid,
-        '","user_id":',
-        _text(user),
-        ',"item_id":',
-        _text(item),
-        ',"sparse":{',
-    ]
+    b = RecordsBuilder(len(ts))
+    b.key.lit(f"{schema.name}-").int(request).lit(":").int(position)
+    v = b.value.lit(f'{{"request_id":"{schema.name}-').int(request).lit(":").int(position)
+    v.lit('","user_id":').int(user).lit(',"item_id":').int(item).lit(',"sparse":{')
     first = True
     for s in schema.slots:
         if s.kind == "dense":
             continue
-        parts.append(("" if first else ",") + f'"{s.name}":[')
-        parts.append(_text(sparse[s.name]) if s.kind == "categorical" else _list_text(multi[s.name]))
-        parts.append("]")
+        v.lit(("" if first else ",") + f'"{s.name}":[')
+        if s.kind == "categorical":
+            v.int(sparse[s.name])
+        else:
+            v.ints(multi[s.name])
+        v.lit("]")
         first = False
-    parts.append('},"dense":{')
+    v.lit('},"dense":{')
     for j, s in enumerate(schema.dense_slots):
-        parts.append(("," if j else "") + f'"{s.name}":')
-        parts.append(_text(dense[:, j].astype(np.float32)))
-    parts.append('},"ts":')
-    parts.append(_text(ts))
-    parts.append("}")
-    return _join(parts, len(rid))
+        v.lit(("," if j else "") + f'"{s.name}":').float32(dense[:, j])
+    v.lit('},"ts":').number(ts).lit("}")
+    return b.build()
 
 
-def _actions_wire(rid: pa.Array, action: str, value: np.ndarray, ts: np.ndarray) -> pa.Array:
-    parts = [
-        '{"request_id":"',
-        rid,
-        f'","action":"{action}","value":',
-        _text(value.astype(np.float64)),
-        ',"ts":',
-        _text(ts),
-        "}",
-    ]
-    return _join(parts, len(rid))
-
-
-def _join(parts: list[Any], n: int) -> pa.Array:
-    cols = [pa.scalar(p, pa.string()) if isinstance(p, str) else p.cast(pa.string()) for p in parts]
-    if n == 0:
-        return pa.array([], pa.string())
-    return pc.binary_join_element_wise(*cols, "")
-
-
-def _rids(name: str, request: np.ndarray, position: np.ndarray | int = 0) -> pa.Array:
-    pos = np.broadcast_to(np.asarray(position, np.int64), request.shape)
-    if len(request) == 0:
-        return pa.array([], pa.string())
-    return pc.binary_join_element_wise(pa.scalar(f"{name}-"), _text(request), pa.scalar(":"), _text(pos), "")
+def _actions(name: str, parts: list[_ActionPart]) -> ColumnRecords:
+    """Action events, one part (action, request, position, value, ts) after the other, in the
+    layout of `encode_action`: `{"request_id":"..","action":"..","value":..,"ts":..}`."""
+    request = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    position = np.concatenate([p[2] for p in parts]).astype(np.int64)
+    which = np.concatenate([np.full(len(p[1]), j, np.int32) for j, p in enumerate(parts)])
+    names = pa.array([p[0] for p in parts])
+    actions = pa.DictionaryArray.from_arrays(pa.array(which), names).cast(pa.string())
+    b = RecordsBuilder(len(request))
+    b.key.lit(f"{name}-").int(request).lit(":").int(position)
+    v = b.value.lit(f'{{"request_id":"{name}-').int(request).lit(":").int(position)
+    v.lit('","action":"').text(actions).lit('","value":')
+    v.number(np.concatenate([p[3] for p in parts]).astype(np.float64))
+    v.lit(',"ts":').number(np.concatenate([p[4] for p in parts]).astype(np.float64)).lit("}")
+    return b.build()
 
 
 def plan_events(schema: Schema, cols: Columns, *, fingerprint: str = "") -> EventPlan:
@@ -173,66 +181,40 @@ def plan_events(schema: Schema, cols: Columns, *, fingerprint: str = "") -> Even
     dense = standardized(schema, cols.dense)
     shape = schema.impressions.shape
     delay = schema.impressions.delay_s
-    feats: list[tuple[pa.Array, pa.Array, np.ndarray]] = []  # (rid, wire, ts)
-    acts: list[tuple[pa.Array, pa.Array, np.ndarray]] = []
+    acts: list[_ActionPart] = []
     info: dict[str, Any] = {"shape": shape}
     n = len(cols)
+    zero = np.zeros(0, np.int64)
     if shape == "rows":
-        rid = _rids(schema.name, np.arange(n))
-        feats.append(
-            (
-                rid,
-                _features_wire(
-                    schema,
-                    rid,
-                    cols.sparse[schema.user],
-                    cols.sparse[schema.item],
-                    cols.sparse,
-                    cols.multi,
-                    dense,
-                    cols.ts,
-                ),
-                cols.ts,
-            )
-        )
+        request = np.arange(n, dtype=np.int64)
+        ts = cols.ts
+        feats = _features(schema, request, np.zeros(n, np.int64), cols.sparse[schema.user],
+                          cols.sparse[schema.item], cols.sparse, cols.multi, dense, ts)
         for lab in schema.labels:
             v = cols.labels[lab.name]
             val = (v >= lab.threshold).astype(np.float64) if lab.threshold is not None else v
             hit = np.flatnonzero(val > 0)
-            t = cols.ts[hit] + delay
-            acts.append(
-                (
-                    rid.take(pa.array(hit)) if len(hit) else pa.array([], pa.string()),
-                    _actions_wire(rid.take(pa.array(hit)), lab.name, val[hit], t),
-                    t,
-                )
-            )
+            acts.append((lab.name, hit, np.zeros(len(hit), np.int64), val[hit], cols.ts[hit] + delay))
         info["impressions"] = n
     elif shape == "behaviour":
         att = attach_behaviours(schema, cols)
         idx = att.impression
-        rid = _rids(schema.name, np.arange(len(idx)))
-        feats.append(
-            (
-                rid,
-                _features_wire(
-                    schema,
-                    rid,
-                    cols.sparse[schema.user][idx],
-                    cols.sparse[schema.item][idx],
-                    {k: v[idx] for k, v in cols.sparse.items()},
-                    {k: r.take(idx) for k, r in cols.multi.items()},
-                    dense[idx],
-                    cols.ts[idx],
-                ),
-                cols.ts[idx],
-            )
+        ts = cols.ts[idx]
+        feats = _features(
+            schema,
+            np.arange(len(idx), dtype=np.int64),
+            np.zeros(len(idx), np.int64),
+            cols.sparse[schema.user][idx],
+            cols.sparse[schema.item][idx],
+            {k: v[idx] for k, v in cols.sparse.items()},
+            {k: r.take(idx) for k, r in cols.multi.items()},
+            dense[idx],
+            ts,
         )
         for lab in schema.labels:
             imp, rows = att.actions[lab.name]
-            arid = rid.take(pa.array(imp)) if len(imp) else pa.array([], pa.string())
-            t = cols.ts[rows]
-            acts.append((arid, _actions_wire(arid, lab.name, np.ones(len(rows)), t), t))
+            acts.append((lab.name, np.asarray(imp, np.int64), np.zeros(len(imp), np.int64),
+                         np.ones(len(rows)), cols.ts[rows]))
         info |= {"impressions": int(len(idx)), "unattached": att.unattached, "ignored": att.ignored}
     else:
         smp = sample_positives(schema, cols)
@@ -249,20 +231,21 @@ def plan_events(schema: Schema, cols: Columns, *, fingerprint: str = "") -> Even
         side = np.array([s.side == "item" for s in schema.dense_slots], bool)
         if side.any():
             d[:, side] = dense[smp.item_row][:, side]
-        rid = _rids(schema.name, row, smp.position)
         ts = cols.ts[row]
-        feats.append(
-            (rid, _features_wire(schema, rid, sparse[schema.user], smp.item, sparse, multi, d, ts), ts)
-        )
+        position = np.broadcast_to(np.asarray(smp.position, np.int64), row.shape)
+        feats = _features(schema, np.asarray(row, np.int64), position, sparse[schema.user], smp.item,
+                          sparse, multi, d, ts)
         pos = np.flatnonzero(smp.label > 0)
-        t = ts[pos] + delay
-        arid = rid.take(pa.array(pos))
-        acts.append((arid, _actions_wire(arid, schema.labels[0].name, np.ones(len(pos)), t), t))
+        acts.append((schema.labels[0].name, np.asarray(row, np.int64)[pos], position[pos],
+                     np.ones(len(pos)), ts[pos] + delay))
         info |= {
             "impressions": int(len(row)),
             "clicks": n,
             "mean_sample_rate": float(smp.rate[pos].mean()) if len(pos) else 1.0,
         }
+    if not acts:
+        acts.append(("none", zero, zero, np.zeros(0), np.zeros(0)))
+    actions = _actions(schema.name, acts)
     # dead letters first, then features and actions merged by time (stable: features first on ties)
     dl_keys, dl_vals = [], []
     for r in cols.refused:
@@ -270,26 +253,21 @@ def plan_events(schema: Schema, cols: Columns, *, fingerprint: str = "") -> Even
         raw = json.dumps({"file": r.file, "row": r.row}).encode()
         dl_keys.append(key)
         dl_vals.append(encode_dead_letter(DeadLetter(r.reason, r.file, 0, r.row, raw)))
-    keys_arr = pa.concat_arrays([x[0].cast(pa.string()) for x in feats + acts])
-    vals_arr = pa.concat_arrays([x[1].cast(pa.string()) for x in feats + acts])
-    ts_all = np.concatenate([x[2] for x in feats + acts]).astype(np.float64)
-    kind = np.concatenate(
-        [np.full(len(x[2]), FEATURES, np.uint8) for x in feats]
-        + [np.full(len(x[2]), ACTIONS, np.uint8) for x in acts]
-    )
+    b = RecordsBuilder(len(dl_keys))
+    b.key.text(pa.array(dl_keys, pa.binary()))
+    b.value.text(pa.array(dl_vals, pa.binary()))
+    dead = b.build()
+    nf, na, nd = len(feats), len(actions), len(dl_keys)
+    ts_all = np.concatenate([ts, np.concatenate([p[4] for p in acts])]).astype(np.float64)
     order = np.argsort(ts_all, kind="stable")
-    keys = np.array(dl_keys + pc.cast(keys_arr, pa.binary()).to_pylist(), dtype=object)
-    values = np.array(dl_vals + pc.cast(vals_arr, pa.binary()).to_pylist(), dtype=object)
-    head = np.arange(len(dl_keys))
-    if not np.array_equal(order, np.arange(len(order))):
-        keys = keys[np.concatenate([head, order + len(dl_keys)])]
-        values = values[np.concatenate([head, order + len(dl_keys)])]
+    kind = np.concatenate([np.full(nf, FEATURES, np.uint8), np.full(na, ACTIONS, np.uint8)])[order]
+    rows = np.concatenate([np.arange(nf), np.arange(na)]).astype(np.int64)[order]
     info |= {"rows_read": cols.rows_read, "rows_refused": len(cols.refused)}
     return EventPlan(
-        kind=np.concatenate([np.full(len(dl_keys), DEAD, np.uint8), kind[order]]),
-        keys=keys,
-        values=values,
-        ts=np.concatenate([np.full(len(dl_keys), -np.inf), ts_all[order]]),
+        kind=np.concatenate([np.full(nd, DEAD, np.uint8), kind]),
+        row=np.concatenate([np.arange(nd, dtype=np.int64), rows]),
+        ts=np.concatenate([np.full(nd, -np.inf), ts_all[order]]),
+        records=(feats, actions, dead),
         fingerprint=fingerprint,
         info=info,
     )
@@ -344,15 +322,20 @@ def import_to_logs(
     sleep: Callable[[float], None] | None = None,
     flush_every: int = 50_000,
     progress: Callable[[int], None] | None = None,
+    threads: int = 1,
 ) -> ImportStats:
     """Write `plan` into the logs (see the module docstring for resume), flushing every
     `flush_every` records and at the end; with `speedup > 0` paced like `replay_to_logs` (a record
     of data time t goes out no earlier than `(t - t_first) / speedup` s of `clock()` after the start).
+    Into a log that takes frames, `threads` helper threads frame the next blocks while it writes.
 
     Raises ConfigError when `state` belongs to another plan, LogError when a log's tail is not the
     record the plan put there (another writer) or holds more than the plan."""
     if speedup < 0:
         msg = f"speedup must be >= 0 (0 = as fast as possible), got {speedup}"
+        raise ConfigError(msg)
+    if threads < 1:
+        msg = f"threads must be >= 1, got {threads}"
         raise ConfigError(msg)
     if speedup > 0 and (clock is None or sleep is None):
         msg = "a paced import (speedup > 0) needs clock and sleep"
@@ -398,29 +381,28 @@ def import_to_logs(
     todo = np.ones(len(plan), bool)
     if any(h for hs in have for h in hs):
         last: dict[tuple[int, int], int] = {}
-        left = [list(h) for h in have]
-        for i in range(len(plan)):
-            k = int(kinds[i])
-            p = partition_for(plan.keys[i], parts[k]) if parts[k] > 1 else 0
-            if left[k][p] > 0:
-                left[k][p] -= 1
-                todo[i] = False
-                last[(k, p)] = i
         for k in range(3):
+            mine = np.flatnonzero(kinds == k)
+            part = _partitions(plan.records[k], plan.row[mine], parts[k])
             for p in range(parts[k]):
-                if left[k][p] > 0:
+                if not have[k][p]:
+                    continue
+                sel = mine[part == p]
+                if len(sel) < have[k][p]:
                     msg = (
                         f"log {logs[k].name!r} partition {p} holds {have[k][p]} records past this import's "
                         f"base, more than it planned: another writer; use other logs or another --state"
                     )
                     raise LogError(msg)
+                todo[sel[: have[k][p]]] = False
+                last[(k, p)] = int(sel[have[k][p] - 1])
         for (k, p), i in last.items():
             end = logs[k].end_offsets()[p]
-            got = _tail_key(logs[k], p, end - 1)
-            if got != plan.keys[i]:
+            got, want = _tail_key(logs[k], p, end - 1), plan.key(i)
+            if got != want:
                 msg = (
                     f"log {logs[k].name!r} partition {p}: the record at offset {end - 1} is {got!r}, not "
-                    f"this import's {plan.keys[i]!r}: another writer; use other logs or another --state"
+                    f"this import's {want!r}: another writer; use other logs or another --state"
                 )
                 raise LogError(msg)
         stats.skipped = int((~todo).sum())
@@ -432,31 +414,35 @@ def import_to_logs(
     wall0 = clock() if clock is not None and speedup > 0 else 0.0
     counts = [0, 0, 0]
     start = 0
-    while start < len(idx):
-        stop = min(start + flush_every, len(idx))
-        if speedup > 0:
-            assert clock is not None and sleep is not None
-            due = wall0 + (plan.ts[idx[start:stop]] - t_first) / speedup
-            late = np.flatnonzero(due > clock())
-            if len(late) and late[0] == 0:
-                sleep(float(due[0] - clock()))
-                continue
-            if len(late):
-                stop = start + int(late[0])
-        sel = idx[start:stop]
-        sk = kinds[sel]
-        for k in range(3):
-            mine = sel[sk == k]
-            if len(mine):
-                _append(logs[k], list(zip(plan.keys[mine].tolist(), plan.values[mine].tolist(), strict=True)))
-                counts[k] += len(mine)
-        for log in logs:
-            log.flush()
-        st["written"] = stats.skipped + sum(counts)
-        _write_state(path, st)
-        if progress is not None:
-            progress(stop - start)
-        start = stop
+    framer = _Framer(threads)
+    try:
+        while start < len(idx):
+            stop = min(start + flush_every, len(idx))
+            if speedup > 0:
+                assert clock is not None and sleep is not None
+                due = wall0 + (plan.ts[idx[start:stop]] - t_first) / speedup
+                late = np.flatnonzero(due > clock())
+                if len(late) and late[0] == 0:
+                    sleep(float(due[0] - clock()))
+                    continue
+                if len(late):
+                    stop = start + int(late[0])
+            sel = idx[start:stop]
+            sk = kinds[sel]
+            for k in range(3):
+                mine = sel[sk == k]
+                if len(mine):
+                    _append(logs[k], plan.records[k], plan.row[mine], framer)
+                    counts[k] += len(mine)
+            for log in logs:
+                log.flush()
+            st["written"] = stats.skipped + sum(counts)
+            _write_state(path, st)
+            if progress is not None:
+                progress(stop - start)
+            start = stop
+    finally:
+        framer.close()
     stats.features, stats.actions, stats.dead_letters = counts
     if len(finite):
         stats.first_ts, stats.last_ts = float(finite[0]), float(finite[-1])
@@ -466,10 +452,70 @@ def import_to_logs(
     return stats
 
 
-def _append(log: Log, records: list[tuple[bytes | None, bytes]]) -> None:
-    many = getattr(log, "append_many", None)  # the Log protocol's optional fast path
-    if many is not None:
-        many(records)
+def _partitions(records: ColumnRecords, rows: np.ndarray, partitions: int) -> np.ndarray:
+    """The partition of each of `rows` (`partition_for` of its key), int64."""
+    if partitions == 1:
+        return np.zeros(len(rows), np.int64)
+    return records.key_crcs(rows) % partitions
+
+
+class _Framer:
+    """Frames blocks of records in `threads` helper threads (the numba kernel releases the GIL),
+    up to `ahead` blocks ahead of the log writing them (so framing goes on while a write or an
+    fsync waits), in order: ahead + 1 blocks of memory, used in turn."""
+
+    def __init__(self, threads: int = 1, block_bytes: int = 4 << 20, ahead: int = 4) -> None:
+        self._threads = max(1, int(threads))
+        self._ahead = max(self._threads, ahead)
+        self._block_bytes = block_bytes
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="freshrec-import-frames")
+        self._free = [FrameBuffer() for _ in range(self._ahead + 1)]
+
+    def append(self, append_frames: Callable[..., None], records: ColumnRecords, rows: np.ndarray,
+               partition: int) -> None:
+        """append_frames(buf, ends, partition=partition) of every block of `rows`, in order."""
+        records.check_lengths(rows)
+        todo = iter(records.split(rows, self._block_bytes))
+        pending: deque[tuple[FrameBuffer, Future]] = deque()
+
+        def submit() -> None:
+            nxt = next(todo, None)
+            if nxt is not None:
+                scratch = self._free.pop()
+                pending.append((scratch, self._pool.submit(records.block, rows[nxt[0] : nxt[1]], scratch)))
+
+        try:
+            for _ in range(self._ahead):
+                submit()
+            while pending:
+                scratch, fut = pending.popleft()
+                buf, ends = fut.result()
+                append_frames(buf, ends, partition=partition)
+                self._free.append(scratch)  # its frames are written: free for the next block
+                submit()
+        finally:
+            wait([f for _, f in pending])
+            self._free += [sc for sc, _ in pending]
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def _append(log: Log, records: ColumnRecords, rows: np.ndarray, framer: _Framer) -> None:
+    """Queue `rows` of `records` on `log`, in order: framed straight from the columns, a block at
+    a time, when the log takes frames (the local log's `append_frames`), else as (key, value) pairs."""
+    frames = getattr(log, "append_frames", None)  # the Log protocol's optional fast paths
+    if frames is not None:
+        part = _partitions(records, rows, log.partitions)
+        for p in range(log.partitions):
+            sel = rows if log.partitions == 1 else rows[part == p]
+            if len(sel):
+                framer.append(frames, records, sel, p)
         return
-    for key, value in records:
+    pairs: list[tuple[bytes | None, bytes]] = list(records.pairs(rows))
+    many = getattr(log, "append_many", None)
+    if many is not None:
+        many(pairs)
+        return
+    for key, value in pairs:
         log.append(value, key=key)

@@ -10,7 +10,9 @@ Layout of a log `name` under a backend root:
     root/name/p<i>/<first>-<end>.quarantine   bytes a repair moved aside (offsets first..end-1), + .json
     root/name/retention.json         the retention policy, when one is registered (`LocalLog.retain`)
 
-A segment is a run of CRC-framed records (format in `freshrec.stream.local_segments`).
+A segment is a run of CRC-framed records (format: `freshrec.stream.local_frames`; the
+consumers are `freshrec.stream.local_consumer`, retention `freshrec.stream.local_retention`,
+their names importable from here).
 Each partition's offsets are dense from 0, except for the holes a repair leaves (the offsets of
 quarantined records; readers step over them); a sparse in-memory index per segment (built by
 scanning on first use, then extended) makes `seek` and opening cheap.
@@ -41,53 +43,43 @@ Contract:
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
-import struct
 import threading
-import time
 import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
-from urllib.parse import quote
 
 import numpy as np
 
-from freshrec.errors import CorruptLogError, LogError, OffsetOutOfRange
+from freshrec.errors import CorruptLogError, LogError
+from freshrec.stream.local_consumer import LocalConsumer, RecordBlock
+from freshrec.stream.local_retention import Retaining, Retention, SegmentInfo, plan_retention
 from freshrec.stream.local_segments import (
-    HEADER_BYTES,
-    STATUS_END,
-    STATUS_LIMIT,
     Moved,
     SegmentCheck,
     SegmentIndex,
     check_segment,
     classify_tail,
-    corrupt_error,
     encode,
     encode_many,
+    frames_chain,
     fsync_dir,
     fsync_or_error,
     interrupted_repair,
     quarantine_ranges,
     quarantine_tail,
     repair_partition,
-    scan,
     segment_bases,
     segment_path,
-    step_over_holes,
-    write_json_atomic,
 )
-from freshrec.stream.log import Record, at_end_of, partition_for
+from freshrec.stream.log import partition_for
 
 __all__ = [
     "LocalBackend",
@@ -137,87 +129,6 @@ def _check_name(kind: str, name: str) -> None:
         raise LogError(msg)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Retention:
-    """What a local log may delete (`LocalLog.retain`): whole sealed segments, oldest first.
-
-    groups: the consumer groups registered for retention. No segment holding a record at or
-        after the lowest committed position of any of them is deleted (a group that never
-        committed is at 0 and holds everything); an empty tuple: no consumer holds the log.
-    max_bytes: delete while the log's segments (all partitions) take more than this many bytes.
-    max_age_s: delete sealed segments last written more than this many seconds ago.
-    The active segment of a partition is never deleted; nor is a quarantine file.
-    """
-
-    groups: tuple[str, ...]
-    max_bytes: int | None = None
-    max_age_s: float | None = None
-
-    def validate(self) -> None:
-        if self.max_bytes is not None and self.max_bytes < 0:
-            msg = f"retention max_bytes must be >= 0, got {self.max_bytes}"
-            raise LogError(msg)
-        if self.max_age_s is not None and not self.max_age_s >= 0:
-            msg = f"retention max_age_s must be >= 0, got {self.max_age_s}"
-            raise LogError(msg)
-
-
-class SegmentInfo(NamedTuple):
-    """A segment on disk: partition, first offset (`base`), the next segment's base (`end`;
-    None for the active one), bytes, and the time it was last written (s since the epoch)."""
-
-    partition: int
-    base: int
-    end: int | None
-    size: int
-    mtime: float
-
-
-def plan_retention(segments: Sequence[SegmentInfo], holds: Mapping[int, int], policy: Retention,
-                   now: float) -> list[SegmentInfo]:
-    """The segments `policy` deletes (pure): per partition, only a run from its oldest segment,
-    only sealed ones (`end` not None) whose records all lie below `holds[partition]` (the lowest
-    committed position of the registered groups; absent: no hold). First those older than
-    `max_age_s`, then, oldest first across partitions, while the log takes more than `max_bytes`.
-
-    Example: p0 segments at 0, 100, 200 (active), 1 MB each, hold 150, max_bytes 1 MB: only
-    segment 0 goes (segment 100 holds offsets 100..199, some >= 150).
-    """
-    parts: dict[int, list[SegmentInfo]] = {}
-    for info in sorted(segments, key=lambda g: (g.partition, g.base)):
-        parts.setdefault(info.partition, []).append(info)
-    front = dict.fromkeys(parts, 0)
-    total = sum(g.size for g in segments)
-    out: list[SegmentInfo] = []
-
-    def deletable(p: int) -> SegmentInfo | None:
-        segs, i = parts[p], front[p]
-        if i >= len(segs):
-            return None
-        seg = segs[i]
-        hold = holds.get(p)
-        ok = seg.end is not None and (hold is None or seg.end <= hold)
-        return seg if ok else None
-
-    def take(seg: SegmentInfo) -> None:
-        nonlocal total
-        out.append(seg)
-        front[seg.partition] += 1
-        total -= seg.size
-
-    if policy.max_age_s is not None:
-        for p in parts:
-            while (seg := deletable(p)) is not None and now - seg.mtime > policy.max_age_s:
-                take(seg)
-    if policy.max_bytes is not None:
-        while total > policy.max_bytes:
-            fronts = [g for g in map(deletable, parts) if g is not None]
-            if not fronts:
-                break
-            take(min(fronts, key=lambda g: (g.mtime, g.partition)))
-    return out
-
-
 @dataclass(slots=True)
 class _PartWriter:
     fd: int
@@ -229,7 +140,7 @@ class _PartWriter:
     dirty: bool = False  # written but not fsynced
 
 
-class LocalLog:
+class LocalLog(Retaining):
     """A log in `root/name` (see the module docstring for layout and guarantees). Thread-safe."""
 
     def __init__(self, root: str | os.PathLike[str], name: str, *, partitions: int = 1,
@@ -348,91 +259,6 @@ class LocalLog:
                 with self._index_lock:
                     self._index.clear()
 
-    # -- retention ----------------------------------------------------------------------------
-
-    def retain(self, *, groups: Sequence[str], max_bytes: int | None = None,
-               max_age_s: float | None = None, now: float | None = None) -> Retention:
-        """Register a retention policy (`Retention`) for this log, durably (`retention.json`,
-        replacing any earlier one), and apply it once (at `now`, see `apply_retention`). The
-        writer applies it again after each segment roll; `apply_retention` on demand."""
-        policy = Retention(groups=tuple(groups), max_bytes=max_bytes, max_age_s=max_age_s)
-        policy.validate()
-        for g in policy.groups:
-            _group_file(self, g)  # the group name is valid
-        try:
-            write_json_atomic(self.path / "retention.json", {
-                "groups": list(policy.groups), "max_bytes": max_bytes, "max_age_s": max_age_s})
-        except OSError as e:
-            msg = f"log {self.name!r}: cannot write {self.path / 'retention.json'}: {e}"
-            raise LogError(msg) from e
-        self.apply_retention(now)
-        return policy
-
-    def retention(self) -> Retention | None:
-        """The registered retention policy, or None."""
-        f = self.path / "retention.json"
-        try:
-            doc = json.loads(f.read_text())
-            return Retention(groups=tuple(doc["groups"]), max_bytes=doc.get("max_bytes"),
-                             max_age_s=doc.get("max_age_s"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            msg = f"log {self.name!r}: cannot read {f}: {e}"
-            raise LogError(msg) from e
-
-    def holds(self, groups: Sequence[str]) -> dict[int, tuple[int, str]]:
-        """Per partition, the lowest committed position of `groups` and the group at it (a
-        group that never committed a partition is at 0 there); {} for no groups."""
-        out: dict[int, tuple[int, str]] = {}
-        for g in groups:
-            committed = _read_positions(_group_file(self, g), g)
-            for p in range(self._partitions):
-                pos = committed.get(p, 0)
-                if p not in out or pos < out[p][0]:
-                    out[p] = (pos, g)
-        return out
-
-    def segments(self) -> list[SegmentInfo]:
-        """Every segment on disk, per partition in offset order."""
-        out = []
-        for p in range(self._partitions):
-            pdir = self.path / f"p{p}"
-            bases = segment_bases(pdir)
-            for i, b in enumerate(bases):
-                try:
-                    st = os.stat(segment_path(pdir, b))
-                except FileNotFoundError:
-                    continue  # deleted since the listing
-                out.append(SegmentInfo(p, b, bases[i + 1] if i + 1 < len(bases) else None, st.st_size,
-                                       st.st_mtime))
-        return out
-
-    def apply_retention(self, now: float | None = None) -> list[Path]:
-        """Delete the segments the registered policy allows (`plan_retention`, holds read now);
-        returns their paths. `now`: seconds since the epoch (default: the wall clock, which is
-        what file times are in)."""
-        policy = self.retention()
-        if policy is None:
-            return []
-        holds = {p: pos for p, (pos, _) in self.holds(policy.groups).items()}
-        plan = plan_retention(self.segments(), holds, policy, time.time() if now is None else now)
-        gone: list[Path] = []
-        try:
-            for seg in plan:
-                path = segment_path(self.path / f"p{seg.partition}", seg.base)
-                with contextlib.suppress(FileNotFoundError):  # another process deleted it first
-                    path.unlink()
-                gone.append(path)
-                with self._index_lock:
-                    self._index.pop((seg.partition, seg.base), None)
-            for p in sorted({seg.partition for seg in plan}):
-                fsync_dir(self.path / f"p{p}")
-        except OSError as e:
-            msg = f"log {self.name!r}: retention could not delete in {self.path}: {e}"
-            raise LogError(msg) from e
-        return gone
-
     # -- writing ------------------------------------------------------------------------------
 
     def _take_writer_lock(self) -> int:
@@ -509,9 +335,13 @@ class LocalLog:
     def _write_out(self, w: _PartWriter) -> None:
         if not w.buf:
             return
-        data = b"".join(w.buf)
+        data = w.buf[0] if len(w.buf) == 1 else b"".join(w.buf)
         w.buf.clear()
         w.buf_bytes = 0
+        self._pwrite(w, data)
+
+    def _pwrite(self, w: _PartWriter, data: bytes | memoryview) -> None:
+        """Write `data` at the end of the active segment (not fsynced: `w.dirty`)."""
         try:
             view = memoryview(data)
             while view:
@@ -614,6 +444,50 @@ class LocalLog:
             for (key, _), frame in zip(records, frames, strict=True):
                 self._queue(ws, partition_for(key, parts, self._counter), frame)
 
+    def append_frames(self, frames: np.ndarray | bytes, ends: np.ndarray, *, partition: int = 0) -> None:
+        """Queue a block of records already framed (`local_frames.frame_ends` and `seal_frames`,
+        or `encode`) on `partition`, in order: record i is frames[ends[i - 1]:ends[i]] (from 0 for
+        i = 0). The same as `append_many` of those records on that partition, byte for byte (the
+        same segment rolls), in a few writes. The frames' lengths must chain to `ends` (checked;
+        LogError otherwise, and nothing is queued); their checksums are the caller's. Durable
+        after `flush()`."""
+        if not 0 <= partition < self._partitions:
+            msg = f"log {self.name!r} has {self._partitions} partitions; no partition {partition}"
+            raise LogError(msg)
+        ends = np.asarray(ends, dtype=np.int64)
+        buf = np.frombuffer(frames, dtype=np.uint8) if isinstance(frames, bytes) else frames
+        buf = np.ascontiguousarray(buf)
+        n = len(ends)
+        if n == 0:
+            return
+        got = frames_chain(buf, ends)
+        if got != n:
+            msg = f"log {self.name!r}: a block of {n} frames does not chain to its ends (record {got})"
+            raise LogError(msg)
+        view = buf.data
+        seg_bytes, buf_bytes = self.config.segment_bytes, self.config.buffer_bytes
+        with self._lock:
+            w = self._writable()[partition]
+            i, at = 0, 0
+            while i < n:
+                used = w.size + w.buf_bytes
+                j = int(np.searchsorted(ends, at + seg_bytes - used, side="right"))  # frames that fit
+                if j <= i:
+                    if used > 0:  # the next frame does not fit: a new segment, as `_queue` does
+                        self._roll(partition, w)
+                        continue
+                    j = i + 1  # an empty segment takes one frame, whatever its size
+                chunk, size = view[at : int(ends[j - 1])], int(ends[j - 1]) - at
+                if w.buf_bytes + size < buf_bytes:  # small: buffered like `append_many`'s frames
+                    w.buf.append(bytes(chunk))
+                    w.buf_bytes += size
+                else:
+                    self._write_out(w)
+                    self._pwrite(w, chunk)
+                self._counter += j - i
+                w.next_offset += j - i
+                i, at = j, int(ends[j - 1])
+
     def flush(self) -> None:
         """Write out and fsync everything appended so far."""
         with self._lock:
@@ -696,295 +570,6 @@ class LocalLog:
                     self._pool = None
         for c in list(self._consumers):
             c.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# consumers
-
-
-def _group_file(log: LocalLog, group: str) -> Path:
-    if not group or len(group) > 200:
-        msg = f"consumer group {group!r} must be 1-200 characters"
-        raise LogError(msg)
-    safe = quote(group, safe="-_").replace(".", "%2E")  # unambiguous, no path tricks
-    if len(safe) > 180:
-        safe = f"{safe[:120]}~{hashlib.sha256(group.encode()).hexdigest()[:40]}"
-    return log.path / "consumers" / f"{safe}.json"
-
-
-def _read_positions(file: Path, group: str) -> dict[int, int]:
-    """The positions committed in a group's file ({} when it has none)."""
-    try:
-        doc = json.loads(file.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        msg = f"consumer group {group!r}: cannot read {file}: {e}"
-        raise LogError(msg) from e
-    return {int(p): int(o) for p, o in doc.get("positions", {}).items()}
-
-
-@dataclass(frozen=True, slots=True)
-class RecordBlock:
-    """Consecutive records of one partition, as read: record i has offset `offset + i` and value
-    `data[spans[i, 0]:spans[i, 1]]` (spans: (n, 2) int64). Keys are not carried.
-
-    Example: two records b"ab" and b"c" at offsets 7, 8 could come as
-    RecordBlock(partition=0, offset=7, data=<frames>, spans=[[10, 12], [22, 23]]).
-    """
-
-    partition: int
-    offset: int
-    data: bytes
-    spans: np.ndarray
-
-
-@dataclass(slots=True)
-class _PartReader:
-    offset: int  # next record to return
-    located: bool = False
-    fd: int | None = None
-    base: int = 0  # first offset of the open segment
-    pos: int = 0  # byte position of `offset` in the open segment
-    avg: float = 128.0  # bytes per record seen so far (sizes the reads)
-    checked: tuple[int, int] = (-1, -1)  # (pos, file size) whose bytes after pos were last classified
-
-
-class LocalConsumer:
-    """A consumer of a `LocalLog` over an explicit set of partitions. Not thread-safe."""
-
-    def __init__(self, log: LocalLog, group: str, partitions: list[int]) -> None:
-        self._file = _group_file(log, group)
-        for p in partitions:
-            if not 0 <= p < log.partitions:
-                msg = f"log {log.name!r} has {log.partitions} partitions; no partition {p}"
-                raise LogError(msg)
-        self._log = log
-        self.group = group
-        committed = self._read_committed()
-        self._parts = {p: _PartReader(offset=committed.get(p, 0)) for p in partitions}
-        self._order = list(partitions)
-        self._turn = 0
-        self._closed = False
-
-    # -- positions ----------------------------------------------------------------------------
-
-    def _read_committed(self) -> dict[int, int]:
-        return _read_positions(self._file, self.group)
-
-    def commit(self, positions: Mapping[int, int] | None = None) -> None:
-        """Durably store `positions` (default: the current ones) for the group; other partitions'
-        committed positions (e.g. from other consumers of the group) are kept."""
-        new = dict(self.position() if positions is None else positions)
-        lock_path = self._file.with_suffix(".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            merged = self._read_committed()
-            merged.update({int(p): int(o) for p, o in new.items()})
-            doc = {"group": self.group, "positions": {str(p): o for p, o in sorted(merged.items())}}
-            write_json_atomic(self._file, doc)
-        except OSError as e:
-            msg = f"consumer group {self.group!r}: cannot write {self._file}: {e}"
-            raise LogError(msg) from e
-        finally:
-            os.close(fd)  # releases the flock
-
-    def committed(self) -> dict[int, int]:
-        c = self._read_committed()
-        return {p: c.get(p, 0) for p in self._parts}
-
-    def position(self) -> dict[int, int]:
-        return {p: r.offset for p, r in self._parts.items()}
-
-    def at_end(self) -> bool:
-        return at_end_of(self.position(), self._log.end_offsets())
-
-    def seek(self, partition: int, offset: int) -> None:
-        """Move `partition` to `offset`; raises OffsetOutOfRange beyond the records on disk."""
-        r = self._parts.get(partition)
-        if r is None:
-            msg = f"consumer of {self._log.name!r}: partition {partition} is not assigned"
-            raise LogError(msg)
-        self._close_segment(r)
-        r.offset, r.located = int(offset), False
-        self._locate(partition, r)
-
-    def _close_segment(self, r: _PartReader) -> None:
-        if r.fd is not None:
-            os.close(r.fd)
-            r.fd = None
-
-    def _locate(self, p: int, r: _PartReader) -> None:
-        """Open the segment holding r.offset and find its byte position."""
-        if r.offset < 0:
-            msg = f"log {self._log.name!r} partition {p}: offset {r.offset} < 0"
-            raise OffsetOutOfRange(msg)
-        pdir = self._log.path / f"p{p}"
-        bases = segment_bases(pdir)
-        if not bases:
-            if r.offset != 0:
-                msg = f"log {self._log.name!r} partition {p}: offset {r.offset} beyond the end (0)"
-                raise OffsetOutOfRange(msg)
-            r.located = True  # no segment yet: _read opens it once it appears
-            return
-        base = bases[bisect.bisect_right(bases, r.offset) - 1] if r.offset >= bases[0] else bases[0]
-        if r.offset < base:
-            if step_over_holes(quarantine_ranges(pdir), r.offset) >= base:  # quarantined offsets
-                r.offset = base
-                return self._locate(p, r)
-            msg = f"log {self._log.name!r} partition {p}: offset {r.offset} is before the first segment"
-            raise OffsetOutOfRange(msg)
-        fd = os.open(segment_path(pdir, base), os.O_RDONLY)
-        idx = self._log._segment_index(p, base, fd, r.offset - base)
-        if idx.n < r.offset - base:
-            try:
-                after = step_over_holes(quarantine_ranges(pdir), r.offset)
-                if after != r.offset:  # a quarantined offset: start at the first one after it
-                    r.offset = after
-                    return self._locate(p, r)
-                size = os.fstat(fd).st_size
-                if size > idx.end and base != bases[-1]:
-                    raise corrupt_error(self._log.name, segment_path(pdir, base), fd, idx.end, size)
-                err = self._log._tail_error(p, base, fd, idx.end) if size > idx.end else None
-                if err is not None:
-                    raise err
-            finally:
-                os.close(fd)
-            msg = f"log {self._log.name!r} partition {p}: offset {r.offset} beyond the end ({base + idx.n})"
-            raise OffsetOutOfRange(msg)
-        end = idx.position(fd, r.offset - base)
-        r.fd, r.base, r.pos, r.located = fd, base, end, True
-
-    # -- reading ------------------------------------------------------------------------------
-
-    def poll(self, max_records: int = 1000, timeout_s: float = 0.0) -> list[Record]:
-        """Up to `max_records` records from the current positions, partitions taking turns;
-        waits up to `timeout_s` (sleeping in `poll_step_s` steps) for at least one."""
-        return self._poll(max_records, timeout_s, False)
-
-    def poll_blocks(self, max_records: int = 1000, timeout_s: float = 0.0) -> list[RecordBlock]:
-        """Like `poll`, but the records come as `RecordBlock`s (the bytes as read, value spans)
-        instead of one `Record` each: the cheap form for a reader that decodes a whole poll."""
-        return self._poll(max_records, timeout_s, True)
-
-    def _poll(self, max_records: int, timeout_s: float, blocks: bool) -> list:
-        if self._closed:
-            msg = f"consumer of {self._log.name!r} is closed"
-            raise LogError(msg)
-        deadline = time.monotonic() + timeout_s
-        step = self._log.config.poll_step_s
-        while True:
-            out: list = []
-            got = 0
-            k = len(self._order)
-            for i in range(k):
-                p = self._order[(self._turn + i) % k]
-                try:
-                    got += self._read(p, self._parts[p], max_records - got, out, blocks)
-                except CorruptLogError:
-                    if out:  # hand over what was read before it; this partition stays at the bad
-                        self._turn = (self._turn + i) % k  # record and goes first in the next
-                        return out  # poll, which raises again
-                    raise
-                if got >= max_records:
-                    break
-            self._turn = (self._turn + 1) % max(k, 1)
-            left = deadline - time.monotonic()
-            if out or left <= 0:
-                return out
-            time.sleep(min(step, left))
-
-    def _read(self, p: int, r: _PartReader, want: int, out: list, blocks: bool) -> int:
-        """Append up to `want` records of partition `p` to `out` (as `Record`s, or as
-        `RecordBlock`s when `blocks`); returns how many."""
-        if not r.located:
-            self._locate(p, r)
-        pdir = self._log.path / f"p{p}"
-        if r.fd is None:
-            if not segment_bases(pdir):
-                return 0
-            self._locate(p, r)
-        fd = r.fd
-        assert fd is not None, "located with a segment present"
-        size = 0
-        sealed = False  # saw a later segment: this one is complete on disk
-        later: list[int] = []
-        got = 0
-        while want > 0:
-            cap = min(want, 1 << 16)
-            size = max(size, min(max(int(r.avg * cap * 1.1) + 64, 4096), 16 << 20))
-            data = os.pread(fd, size, r.pos)
-            rows = np.empty((cap, 3), dtype=np.int64)
-            n, end, status, _ = scan(np.frombuffer(data, dtype=np.uint8), 0, cap, True, rows, 0, 1)
-            if n:
-                off = r.offset
-                if blocks:
-                    spans = np.empty((n, 2), dtype=np.int64)
-                    # value start = frame start + header + key length (0 for no key); end = frame end
-                    np.add(rows[:n, 0] + HEADER_BYTES, np.maximum(rows[:n, 1], 0), out=spans[:, 0])
-                    spans[:, 1] = rows[:n, 2]
-                    out.append(RecordBlock(p, off, data, spans))
-                    off += n
-                else:
-                    for s, kl, e in rows[:n].tolist():
-                        if kl < 0:
-                            out.append(Record(p, off, None, data[s + HEADER_BYTES : e]))
-                        else:
-                            v = s + HEADER_BYTES + kl
-                            out.append(Record(p, off, data[s + HEADER_BYTES : v], data[v:e]))
-                        off += 1
-                r.offset, r.pos, want, got = off, r.pos + end, want - n, got + n
-                r.avg = 0.8 * r.avg + 0.2 * (end / n)
-            if status == STATUS_LIMIT:
-                continue
-            if status == STATUS_END and len(data) == size:  # there may be more bytes than we read
-                if n:
-                    size = 0
-                    continue
-                need = 8 + struct.unpack_from("<I", data, 0)[0]  # one record larger than the read
-                if r.pos + need <= os.fstat(fd).st_size:
-                    size = need
-                    continue
-            # the readable bytes end here (EOF, or an incomplete or bad record)
-            if not sealed:
-                later = [b for b in segment_bases(pdir) if b > r.base]
-                if not later:
-                    # active segment: an incomplete or torn tail is waited on, never returned;
-                    # bytes after it that hold a valid record are corruption (once per file size)
-                    if len(data) > end:
-                        seen = (r.pos, os.fstat(fd).st_size)
-                        if r.checked != seen:
-                            err = self._log._tail_error(p, r.base, fd, r.pos)
-                            if err is not None:
-                                raise err  # not noted as checked: every poll raises it again
-                            r.checked = seen
-                    return got
-                sealed = True  # the writer wrote all of this segment before creating the next one:
-                size = 0  # look once more, then move on
-                continue
-            file_size = os.fstat(fd).st_size
-            if file_size != r.pos:
-                raise corrupt_error(self._log.name, segment_path(pdir, r.base), fd, r.pos, file_size)
-            if later[0] != r.offset:
-                if step_over_holes(quarantine_ranges(pdir), r.offset) != later[0]:
-                    msg = (f"log {self._log.name!r} partition {p}: segment {r.base} ends at offset "
-                           f"{r.offset} but the next segment starts at {later[0]}")
-                    raise LogError(msg)
-                r.offset = later[0]  # the offsets between are quarantined (`LocalLog.repair`)
-            self._close_segment(r)
-            fd = r.fd = os.open(segment_path(pdir, later[0]), os.O_RDONLY)
-            r.base, r.pos, size, sealed = later[0], 0, 0, False
-        return got
-
-    def close(self) -> None:
-        self._closed = True
-        for r in self._parts.values():
-            self._close_segment(r)
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
 
 
 class LocalBackend:

@@ -113,9 +113,10 @@ class Consumer(Protocol):
 class Log(Protocol):
     """An append-only, partitioned log of byte records.
 
-    Optional fast path: a log may also offer `append_many(records)` ((key, value) pairs), one
-    call that frames a whole batch (the local log does); writers use it when present and `append`
-    per record otherwise.
+    Optional fast paths: a log may also offer `append_many(records)` ((key, value) pairs), one
+    call that frames a whole batch, and `append_frames(buf, ends, partition=p)`, a block of
+    records already in its on-disk frames (the local log offers both); writers use them when
+    present and `append` per record otherwise.
     """
 
     name: str

@@ -16,6 +16,12 @@ An `ExampleSchema` names what the model reads from an example:
 `freshrec.train.batch.iter_batches` as batch training: same tensors, same log-odds correction
 (`offset = -log(sample_rate)`), same data time `now` = the batch's max ts.
 
+`decode_dataset(records, schema)` is the online loop's path from polled records to that same
+`Dataset` without a Python object per example: one numba pass (`freshrec.stream._example_kernels`)
+turns every record in the canonical example layout into columns; the others are decoded one by
+one (`decode_examples`) and merged in log order, so the dataset, and the bad records with their
+reasons, equal `examples_to_dataset(decode_records(records)[0], schema)` and its bad list.
+
     schema = ExampleSchema(slots=("user_id", "item_id"), dense=("position",), label="click")
     ds = examples_to_dataset([Example(..., sparse={"user_id": [7], "item_id": [3]}, ...)], schema)
     ds.sparse["user_id"]  -> array([7])         ds.dense -> (1, 1) float32
@@ -28,18 +34,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
-from freshrec.data.dataset import Dataset, Ragged
+from freshrec.data.dataset import Dataset, Ragged, concat
 from freshrec.errors import ConfigError, EventError
-from freshrec.stream.events import Example, decode_examples, encode_example
+from freshrec.stream._example_kernels import decode_columns
+from freshrec.stream.events import TS_MAX, Example, decode_examples, encode_example
 from freshrec.stream.log import Record
 
 __all__ = [
     "MISSING_ID",
     "ExampleSchema",
     "dataset_to_examples",
+    "decode_dataset",
     "decode_records",
     "examples_to_dataset",
     "write_examples",
@@ -222,3 +232,115 @@ def decode_records(records: Iterable[Record]) -> tuple[list[Example], list[tuple
         except EventError as e:
             bad.append((r, str(e)))
     return good, bad
+
+
+class _Tables(NamedTuple):
+    """An `ExampleSchema` as the kernel's name tables (`decode_columns`)."""
+
+    sp_names: np.ndarray
+    sp_offs: np.ndarray
+    sp_kind: np.ndarray
+    sp_col: np.ndarray
+    n_single: int
+    n_multi: int
+    user_col: int
+    item_col: int
+    de_names: np.ndarray
+    de_offs: np.ndarray
+    la_names: np.ndarray
+    la_offs: np.ndarray
+
+
+def _table(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    raw = [n.encode("utf-8", "surrogatepass") for n in names]
+    offs = np.zeros(len(raw) + 1, np.int64)
+    np.cumsum([len(b) for b in raw], out=offs[1:])
+    return np.frombuffer(b"".join(raw) or b"\0", np.uint8).copy(), offs
+
+
+@lru_cache(maxsize=32)
+def _tables(schema: ExampleSchema) -> _Tables | None:
+    """The kernel's tables of `schema`; None when the kernel cannot serve it (a dense name twice)."""
+    if len(set(schema.dense)) != len(schema.dense):
+        return None
+    entries = [(s, 0, j) for j, s in enumerate(schema.slots) if s not in ("user_id", "item_id")]
+    entries += [(s, 1, j) for j, s in enumerate(schema.multi_slots)]
+    sp_names, sp_offs = _table([e[0] for e in entries])
+    de_names, de_offs = _table(schema.dense)
+    la_names, la_offs = _table((schema.label, *schema.labels))
+    return _Tables(
+        sp_names,
+        sp_offs,
+        np.array([e[1] for e in entries], np.int64),
+        np.array([e[2] for e in entries], np.int64),
+        len(schema.slots),
+        len(schema.multi_slots),
+        schema.slots.index("user_id") if "user_id" in schema.slots else -1,
+        schema.slots.index("item_id") if "item_id" in schema.slots else -1,
+        de_names,
+        de_offs,
+        la_names,
+        la_offs,
+    )
+
+
+def decode_dataset(
+    records: Sequence[Record], schema: ExampleSchema, *, name: str = "examples"
+) -> tuple[Dataset, list[tuple[Record, str]]]:
+    """(dataset, bad): `examples_to_dataset` of every example the records hold, in log order, and
+    (record, reason) of those that are not valid examples, exactly as `decode_records` reports
+    them (module docstring). Bad records are reported, never raised."""
+    tables = _tables(schema)
+    if tables is None:
+        good, refused = decode_records(records)
+        return examples_to_dataset(good, schema, name=name), refused
+    values = [r.value for r in records]
+    n = len(values)
+    data = b"".join(values)
+    ends = np.cumsum(np.fromiter(map(len, values), np.int64, n))
+    spans = np.empty((n, 2), np.int64)
+    spans[:, 1] = ends
+    spans[:, 0] = ends - np.fromiter(map(len, values), np.int64, n)
+    buf = np.frombuffer(data, np.uint8) if data else np.zeros(0, np.uint8)
+    ok, single, offsets, ids, dense, labels, ts, ts_span, ts_exact, rate = decode_columns(buf, spans, *tables)
+    for i in np.flatnonzero(ok & (ts_exact ^ 1)).tolist():  # ts of more digits than the kernel converts
+        v = float(data[ts_span[i, 0] : ts_span[i, 1]])
+        if v < TS_MAX:
+            ts[i] = v
+        else:
+            ok[i] = 0  # out of range: the decoder words the error
+    fast = Dataset.build(
+        name,
+        sparse={s: single[j] for j, s in enumerate(schema.slots)},
+        label=labels[:, 0],
+        ts=ts,
+        sample_rate=rate,
+        dense=dense,
+        dense_names=tuple(schema.dense),
+        multi={
+            s: Ragged(ids[j, : offsets[j, n]], offsets[j]) for j, s in enumerate(schema.multi_slots)
+        },
+        labels={k: labels[:, j + 1] for j, k in enumerate(schema.labels)},
+        label_name=schema.label,
+    )
+    slow = np.flatnonzero(ok == 0)
+    if not slow.size:
+        return fast, []
+    # the records the kernel refused, one by one; rows of the result in log order
+    counts = ok.astype(np.int64)
+    starts = np.arange(n, dtype=np.int64)
+    examples: list[Example] = []
+    bad: list[tuple[Record, str]] = []
+    for i in slow.tolist():
+        starts[i] = n + len(examples)
+        try:
+            got = decode_examples(records[i].value)
+        except EventError as e:
+            bad.append((records[i], str(e)))
+            continue
+        counts[i] = len(got)
+        examples.extend(got)
+    first = np.cumsum(counts) - counts  # (n,) the first result row of each record
+    order = np.repeat(starts - first, counts) + np.arange(int(counts.sum()), dtype=np.int64)
+    both = concat([fast, examples_to_dataset(examples, schema, name=name)]) if examples else fast
+    return both.take(order), bad

@@ -5,11 +5,16 @@ training state (model, tables, dense weights, both optimizers, progress, positio
 training, online training and the PS shards train exactly alike. It starts from a snapshot (the
 hand-off: `OnlineTrainer.from_checkpoint(path)` reads any snapshot `freshrec train` or a previous
 online run wrote) or from scratch (`from_spec`, any model of `freshrec.model.contract`). One step on
-a mini-batch of examples:
+a mini-batch of polled records:
 
-    ds = examples_to_dataset(examples, schema)                 # freshrec.train.examples
+    ds, bad = decode_dataset(records, schema)                  # freshrec.train.examples: columns
     b = next(iter_batches(ds, len(ds), tasks=ps.tasks))        # the batch trainer's tensors
     ps.train_step(b)                                           # outputs BEFORE the update, recorded
+
+`decode_dataset` turns the canonical records of a poll into columns in one numba pass (no Python
+object per example); `OnlineConfig(columnar=False)` takes the reference path instead, one
+`Example` per record (`decode_records`, then `examples_to_dataset`): the same dataset, batches and
+trained parameters, several times slower.
 
 Progressive validation: the outputs of that forward pass were made before the model saw the batch,
 so every task's running metric over the last `auc_window` examples (AUC for binary tasks, RMSE for
@@ -43,11 +48,12 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.data.dataset import Dataset
 from freshrec.errors import ConfigError, LogError
 from freshrec.model import FeatureSpec, ModelSpec, Task
 from freshrec.ps.training import TrainingPS
 from freshrec.train.batch import Batch, iter_batches
-from freshrec.train.examples import ExampleSchema, decode_records, examples_to_dataset
+from freshrec.train.examples import ExampleSchema, decode_dataset, decode_records, examples_to_dataset
 from freshrec.train.metrics import auc
 from freshrec.train.prefetch import Idle, Prefetcher, Prepared, SerialSource
 
@@ -83,6 +89,9 @@ class OnlineConfig:
         assembly of the next batches while the current one trains; 0: all in the calling thread).
         Exact: the same batches, trained in the same order on the same parameters as with 0
         (preparing a batch reads no parameter); only when they are built changes.
+    columnar: decode polled records straight to columns (`decode_dataset`, a numba pass over
+        the canonical records); False: one `Example` object per record first (the reference
+        path: same batches, slower).
     """
 
     batch_size: int = 1024
@@ -96,6 +105,7 @@ class OnlineConfig:
     whole_batches: bool = False
     stop_at: int | None = None
     prefetch: int = 0
+    columnar: bool = True
 
     def __post_init__(self) -> None:
         checks = (
@@ -306,12 +316,17 @@ class OnlineTrainer:
         for hook in self.hooks:
             hook(self, info)
 
-    def prepare(self, examples: Sequence, *, positions: Mapping[int, int], bad: int = 0) -> Prepared:
-        """Decoded examples -> the batch `train_prepared` trains (reads no parameter: any thread)."""
+    def prepare(
+        self, examples: Sequence | Dataset, *, positions: Mapping[int, int], bad: int = 0
+    ) -> Prepared:
+        """Decoded examples (`Example`s, or their `Dataset` as `decode_dataset` gives it) -> the
+        batch `train_prepared` trains (reads no parameter: any thread)."""
         batch = None
-        if examples:
+        if len(examples):
             t0 = time.perf_counter()
-            ds: Any = examples_to_dataset(examples, self.schema)
+            ds: Any = (
+                examples if isinstance(examples, Dataset) else examples_to_dataset(examples, self.schema)
+            )
             batch = next(
                 iter_batches(ds, len(ds), tasks=self.ps.tasks, correction=self.config.sampling_correction)
             )
@@ -341,8 +356,15 @@ class OnlineTrainer:
         self.timings[stage] = self.timings.get(stage, 0.0) + dt
         return dt
 
-    def train_examples(self, examples: Sequence, *, positions: Mapping[int, int] | None = None, bad: int = 0):
-        """Train one mini-batch of decoded `Example`s; `positions` = log positions right after them.
+    def train_examples(
+        self,
+        examples: Sequence | Dataset,
+        *,
+        positions: Mapping[int, int] | None = None,
+        bad: int = 0,
+    ) -> BatchInfo | None:
+        """Train one mini-batch of decoded `Example`s (or their `Dataset`); `positions` = log
+        positions right after them.
 
         Returns the `BatchInfo` (None when `examples` is empty: positions still advance).
         """
@@ -372,9 +394,10 @@ class OnlineTrainer:
 
     def poll_batch(
         self, consumer, *, ahead: Mapping[int, int] | None = None
-    ) -> tuple[list, int, dict[int, int]]:
+    ) -> tuple[Sequence | Dataset, int, dict[int, int]]:
         """(examples, bad record count, positions after them): up to `batch_size` records from
-        `consumer` (exactly that many, or none yet, with `whole_batches`; fewer before `stop_at`).
+        `consumer` (exactly that many, or none yet, with `whole_batches`; fewer before `stop_at`),
+        decoded by `decode` (a `Dataset`, or a list of `Example`s with `columnar=False`).
 
         `ahead`: the positions the consumer is at when batches are polled ahead of training
         (default: the trained positions)."""
@@ -397,9 +420,20 @@ class OnlineTrainer:
             # the remainder once the log is drained)
             return [], 0, base
         t1 = time.perf_counter()
-        examples, bad = decode_records(records)
+        examples, bad = self.decode(records)
         self._time("decode", t1)
-        return examples, len(bad), consumer.position() if records else base
+        return examples, bad, consumer.position() if records else base
+
+    def decode(self, records: Sequence) -> tuple[Sequence | Dataset, int]:
+        """(examples, bad record count) of polled records: their `Dataset` (`decode_dataset`), or
+        with `columnar=False` their `Example`s. Bad records are counted, never raised."""
+        if not records:
+            return [], 0
+        if self.config.columnar:
+            ds, bad = decode_dataset(records, self.schema)
+            return ds, len(bad)
+        examples, bads = decode_records(records)
+        return examples, len(bads)
 
     def trained_records(self) -> int:
         """Records of the examples log trained (or skipped as bad) so far: the positions' sum."""
@@ -453,10 +487,8 @@ class OnlineTrainer:
                             source.close()
                             if self._pending:  # whole_batches: the remainder, one short batch
                                 rest, self._pending = self._pending, []
-                                examples, bad_records = decode_records(rest)
-                                self.train_examples(
-                                    examples, positions=consumer.position(), bad=len(bad_records)
-                                )
+                                examples, bad_count = self.decode(rest)
+                                self.train_examples(examples, positions=consumer.position(), bad=bad_count)
                             break
                         idle_since = idle_since or time.monotonic()
                         if time.monotonic() - idle_since > idle_timeout_s:

@@ -9,9 +9,10 @@
 
 `SerialSource` polls, decodes and assembles in the calling thread when asked (`OnlineConfig.prefetch
 = 0`). `Prefetcher` does the same in a background thread, up to `depth` batches ahead, while the
-calling thread trains: decoding is Python (it holds the GIL), but the dense step spends its time in
-torch kernels and the sparse step in numba kernels (`nogil=True`), which release it, so the two
-overlap on two cores. Preparing a batch reads no parameter, so the batches, their order and what
+calling thread trains: decoding runs in a numba kernel (`nogil=True`, `decode_dataset`), the
+dense step in torch kernels and the sparse step in numba kernels, which all release the GIL, so
+the two overlap on two cores (polling the log and the hooks are Python and hold it). Preparing
+a batch reads no parameter, so the batches, their order and what
 they train are the same as with `SerialSource`.
 
 Both hand back what they prepared and did not deliver (`close()` puts it in `trainer._ready`), so
