@@ -106,3 +106,21 @@ class _WithoutFrames:
         self.append_many = log.append_many
         self.append = log.append
         self.flush = log.flush
+
+
+def test_a_block_of_several_requests_is_each_requests_frames_in_order():
+    from freshrec.serve.writers import impression_block
+
+    reqs = [
+        ("a", 1, [5, -12], {}, {}, 1.5),
+        ("b\u00e9", -(2**63), [], {"s": [1]}, {"d": 0.3}, 2.0),
+        ("c", 2**63 - 1, list(range(12)), {"s": [-1, 2]}, {}, 1e10),
+    ]
+    buf, ends, key_lens = impression_block(reqs)
+    got = _unframe(buf.tobytes(), ends.tolist(), key_lens.tolist())
+    want = [
+        (f"{rid}:{i}".encode(), encode_feature(FeatureEvent(f"{rid}:{i}", user, iid, sp, de, ts)))
+        for rid, user, items, sp, de, ts in reqs
+        for i, iid in enumerate(items)
+    ]
+    assert got == want and len(got) == 14
