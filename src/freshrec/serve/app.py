@@ -41,9 +41,12 @@ behind an expensive one. A body request that waited past `AppConfig.max_queue_s`
 (from its headers being in, as the connection layer stamps it) is answered 503 with Retry-After
 at once, unparsed: an overloaded loop sheds its backlog cheaply instead of queueing without limit.
 
-The POST body endpoints are answered by a plain ASGI handler (`body_endpoints`) ahead of
-Starlette's stack, behind the same `Guard`; FastAPI serves everything else (and documents those
-three routes, whose handlers are the same functions).
+The POST body endpoints are answered by `answer_body(path, body, arrived)` (a `Reply`, or an
+awaitable of one when a worker scores it), which the server's connection protocol calls itself,
+without ASGI (`app.body_routes`, `freshrec.serve._protocol`); under another ASGI server (or a
+root path) a plain ASGI handler (`body_endpoints`) ahead of Starlette's stack, behind the same
+`Guard`, calls it. FastAPI serves everything else (and documents those three routes, whose
+handlers call the same function).
 
 A request that makes the model's scores non-finite is a 422 when its dense values are the cause
 (the scores are finite without them), a 500 otherwise (the served parameters are broken).

@@ -13,7 +13,9 @@ For every HTTP request, in this order, before any of the body is read:
 
 A rejection closes the connection (the rest of its body is never read). The body is read here
 once and replayed to the app. Each request's handling time and status go to the metrics (499
-for a client that went, or was dropped, before its body was in).
+for a client that went, or was dropped, before its body was in). The rules are `Guard.refuse`
+(and `too_large`), which the server's connection protocol also applies to the body endpoints it
+answers itself (`freshrec.serve._protocol`).
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ A dropped connection is aborted (its descriptor freed at once). At most `max_con
 a new one past it pushes out the connection that has waited longest for a request (idle, or
 still sending headers); when every connection has a request in progress, the new one is closed.
 So descriptors stay bounded and a flood of slow connections cannot keep /healthz out.
+
+Connections waiting in the listening socket's queue are accepted as soon as one arrives (up to
+64 at a time), not one per turn of the event loop. The app's body endpoints are answered by the
+protocol itself (`freshrec.serve._protocol`), everything else over ASGI.
 """
 
 from __future__ import annotations

@@ -9,7 +9,12 @@ Durability: a submitted record is durable once the next flush returns (`Log.flus
 acknowledged by Kafka), i.e. at most about `flush_interval_s` after it was submitted, and at
 shutdown (`close()`, run by the app's lifespan on SIGINT/SIGTERM). A crash (kill -9, power loss)
 loses what was submitted since the last flush. A write that fails is logged and counted
-(`errors`, `last_error`); the records of that call are lost.
+(`errors`, `last_error`); the records of that call are lost (for the features logger: of the
+requests written together).
+
+The features logger wakes at most every `linger_s` (2 ms) and writes all the requests queued
+by then at once: on a one-partition local log, as one block of frames made by numba kernels
+(`impression_block`, `LocalLog.append_frames`), the same bytes as record by record.
 
 Keys: every record is keyed by its own request_id ("<request>:<position>" for an impression, the
 impression's id for an action), so an impression and its actions land in the same partition
