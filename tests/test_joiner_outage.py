@@ -59,6 +59,10 @@ class FlakyConsumer:
         self._polls += 1
         return [] if self._blackout.hides(self._polls) else self._c.poll(max_records, timeout_s)
 
+    def poll_blocks(self, max_records: int = 1000, timeout_s: float = 0.0) -> list:
+        self._polls += 1
+        return [] if self._blackout.hides(self._polls) else self._c.poll_blocks(max_records, timeout_s)
+
     def __getattr__(self, name: str):  # commit, committed, position, seek, at_end, close
         return getattr(self._c, name)
 

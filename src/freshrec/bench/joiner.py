@@ -36,6 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="Globo clicks to replay (x6 events)")
     parser.add_argument("--quick", action="store_true", help="a short run (30k clicks)")
     parser.add_argument("--synthetic", action="store_true", help="a synthetic stream instead of Globo")
+    parser.add_argument("--hashed-ids", action="store_true",
+                        help="the synthetic stream with 63-bit ids (19 digits, as hashed string ids)")
     parser.add_argument("--kafka", default=None, help="bootstrap host:port of a Kafka broker")
     parser.add_argument("--no-kafka", action="store_true", help="do not try to start a broker")
     parser.add_argument("--partitions", type=int, default=1, help="partitions of the input logs")
@@ -58,19 +60,23 @@ def _anon_mb() -> float:
     return (m.rss - getattr(m, "shared", 0)) / (1 << 20)
 
 
-def _synthetic(n_clicks: int):
+def _synthetic(n_clicks: int, *, hashed: bool = False):
+    """Five impressions and one click per click; `hashed`: every id spread over 63 bits (almost
+    all of 19 digits, as the schema importer's hashed string ids), else small ids."""
     import numpy as np
 
     from freshrec.stream.events import ActionEvent, FeatureEvent
 
     rng = np.random.default_rng(0)
     t = 1.6e9
+    spread = (lambda x: (x * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % (1 << 63)) if hashed else int
     for i in range(n_clicks):
         t += float(rng.exponential(0.5))
         users, items = rng.integers(0, 100_000), rng.integers(0, 50_000, size=5)
+        u = spread(int(users))
         for pos in range(5):
-            yield FeatureEvent(f"s{i}:{pos}", int(users), int(items[pos]),
-                               {"user": [int(users)], "item": [int(items[pos])]}, {"position": float(pos)}, t)
+            it = spread(int(items[pos]))
+            yield FeatureEvent(f"s{i}:{pos}", u, it, {"user": [u], "item": [it]}, {"position": float(pos)}, t)
         yield ActionEvent(f"s{i}:{int(rng.integers(0, 5))}", "click", 1.0, t + 1.0)
 
 
@@ -81,7 +87,7 @@ def _prewrite(url: str, backend, args, n_clicks: int) -> tuple[str, int]:
     from freshrec.stream.replay import replay_to_logs
 
     path = dataset_path("globo") / "clicks.csv.gz"
-    if not args.synthetic and path.is_file():
+    if not (args.synthetic or args.hashed_ids) and path.is_file():
         cmd = [sys.executable, "-m", "freshrec.cli", "replay", "globo", "--log", url,
                "--limit", str(n_clicks), "--partitions", str(args.partitions), "--no-progress"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -92,7 +98,7 @@ def _prewrite(url: str, backend, args, n_clicks: int) -> tuple[str, int]:
         return "globo", info["features"] + info["actions"]
     f = backend.log("features", partitions=args.partitions)
     a = backend.log("actions", partitions=args.partitions)
-    st = replay_to_logs(_synthetic(n_clicks), f, a, flush_every=100_000)
+    st = replay_to_logs(_synthetic(n_clicks, hashed=args.hashed_ids), f, a, flush_every=100_000)
     return "synthetic", st.features + st.actions
 
 

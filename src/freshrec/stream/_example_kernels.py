@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import njit
 
-from freshrec.stream._wire_kernels import _k_lit, _k_name, _k_num, _k_str
+from freshrec.stream._wire_kernels import _k_id, _k_lit, _k_name, _k_num, _k_str
 
 MISSING = -(2**63)
 
@@ -136,44 +136,6 @@ def _k_f32(m: int, e10: int, neg: bool, integer: bool, exact: bool):
     if not (d - tol > lo and d + tol < hi):
         return False, np.float32(0.0)
     return True, np.float32(-f if neg else f)
-
-
-_I64_DIGITS = _lit(b"9223372036854775808")  # |INT64_MIN|; INT64_MAX ends in 7
-
-
-@njit(cache=True, nogil=True)
-def _k_id(buf: np.ndarray, p: int, end: int):
-    """(index after, value) of a JSON integer within int64 at p; index -1 for any other number
-    or one out of range. Exact over all of int64."""
-    if p < 0 or p >= end:
-        return -1, 0
-    neg = buf[p] == 45
-    if neg:
-        p += 1
-    q = p
-    v = 0  # accumulated negated: -2**63 fits, 2**63 would not
-    if q < end and buf[q] == 48:  # 0
-        q += 1
-    else:
-        while q < end and 48 <= buf[q] <= 57 and q - p < 18:
-            v = v * 10 - (buf[q] - 48)
-            q += 1
-        if q == p:
-            return -1, 0
-        if q < end and 48 <= buf[q] <= 57:  # a 19th digit: within the limit?
-            if q + 1 < end and 48 <= buf[q + 1] <= 57:
-                return -1, 0
-            for k in range(19):
-                lim = _I64_DIGITS[k] - (1 if (k == 18 and not neg) else 0)
-                if buf[p + k] != lim:
-                    if buf[p + k] > lim:
-                        return -1, 0
-                    break
-            v = v * 10 - (buf[q] - 48)
-            q += 1
-    if q < end and (buf[q] == 46 or buf[q] == 101 or buf[q] == 69):  # . e E: not an integer
-        return -1, 0
-    return q, (v if neg else -v)
 
 
 @njit(cache=True, nogil=True)

@@ -2,9 +2,10 @@
 
 The kernels accept a strict subset of the valid records: the canonical layout that
 `encode_feature` / `encode_action` write for printable-ASCII names. Anything they do not accept
-(spaces, escapes, non-ASCII, other key orders, unknown fields, ids of 19+ digits, exponents of
-3+ digits, a negative ts, ...) is handed to the full decoder, which decides and words the error.
-So a kernel may refuse a valid record (it is only slower) but must never accept an invalid one.
+(spaces, escapes, non-ASCII, other key orders, unknown fields, ids outside int64 (ids are read
+exactly over the whole range, `_k_id`), exponents of 3+ digits, a negative ts, ...) is handed to
+the full decoder, which decides and words the error. So a kernel may refuse a valid record (it is
+only slower) but must never accept an invalid one.
 """
 
 from __future__ import annotations
@@ -100,6 +101,44 @@ def _k_num(buf: np.ndarray, p: int, end: int, integer: bool) -> int:
     return p
 
 
+_I64_DIGITS = _lit(b"9223372036854775808")  # |INT64_MIN|; INT64_MAX ends in 7
+
+
+@njit(cache=True, nogil=True)
+def _k_id(buf: np.ndarray, p: int, end: int):
+    """(index after, value) of a JSON integer within int64 at p; index -1 for any other number
+    or one out of range. Exact over all of int64."""
+    if p < 0 or p >= end:
+        return -1, 0
+    neg = buf[p] == 45
+    if neg:
+        p += 1
+    q = p
+    v = 0  # accumulated negated: -2**63 fits, 2**63 would not
+    if q < end and buf[q] == 48:  # 0
+        q += 1
+    else:
+        while q < end and 48 <= buf[q] <= 57 and q - p < 18:
+            v = v * 10 - (buf[q] - 48)
+            q += 1
+        if q == p:
+            return -1, 0
+        if q < end and 48 <= buf[q] <= 57:  # a 19th digit: within the limit?
+            if q + 1 < end and 48 <= buf[q + 1] <= 57:
+                return -1, 0
+            for k in range(19):
+                lim = _I64_DIGITS[k] - (1 if (k == 18 and not neg) else 0)
+                if buf[p + k] != lim:
+                    if buf[p + k] > lim:
+                        return -1, 0
+                    break
+            v = v * 10 - (buf[q] - 48)
+            q += 1
+    if q < end and (buf[q] == 46 or buf[q] == 101 or buf[q] == 69):  # . e E: not an integer
+        return -1, 0
+    return q, (v if neg else -v)
+
+
 @njit(cache=True, nogil=True)
 def _k_map(buf: np.ndarray, p: int, end: int, arrays: bool) -> int:
     """Index after the body of `{name: [ints], ...}` (arrays) or `{name: number, ...}` whose
@@ -121,7 +160,7 @@ def _k_map(buf: np.ndarray, p: int, end: int, arrays: bool) -> int:
                 p += 1
             else:
                 while True:
-                    p = _k_num(buf, p, end, True)
+                    p = _k_id(buf, p, end)[0]
                     if p < 0 or p >= end:
                         return -1
                     c = buf[p]
@@ -160,8 +199,8 @@ def check_features(buf: np.ndarray, spans: np.ndarray, out: np.ndarray) -> None:
         out[i, 0] = 0
         r = _k_lit(buf, s, e, _F_RID)
         p = _k_name(buf, r, e)
-        p = _k_num(buf, _k_lit(buf, p, e, _F_UID), e, True)
-        p = _k_num(buf, _k_lit(buf, p, e, _F_IID), e, True)
+        p = _k_id(buf, _k_lit(buf, p, e, _F_UID), e)[0]
+        p = _k_id(buf, _k_lit(buf, p, e, _F_IID), e)[0]
         p = _k_map(buf, _k_lit(buf, p, e, _F_SPARSE), e, True)
         p = _k_map(buf, _k_lit(buf, p, e, _F_DENSE), e, False)
         t = _k_lit(buf, p, e, _F_TS)

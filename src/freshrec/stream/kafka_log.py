@@ -43,7 +43,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from freshrec.errors import LogError, OffsetOutOfRange
 from freshrec.stream._kafka_link import GRACE_S, LibrdkafkaLog, Link, transient
-from freshrec.stream.log import Record, partition_for
+from freshrec.stream.log import Record, RecordBlock, blocks_of, partition_for
 
 __all__ = ["KafkaBackend", "KafkaConsumer", "KafkaLog", "KafkaLogConfig"]
 
@@ -489,6 +489,10 @@ class KafkaConsumer:
         if out and self._fetch_errors_since is not None:
             self._fetch_errors_since = None
         return out
+
+    def poll_blocks(self, max_records: int = 1000, timeout_s: float = 0.0) -> list[RecordBlock]:
+        """`poll` as blocks (`blocks_of`): the same records, positions and errors."""
+        return blocks_of(self.poll(max_records, timeout_s))
 
     def commit(self, positions: Mapping[int, int] | None = None) -> None:
         """Synchronously store `positions` (default: current) as the group's committed offsets.

@@ -35,7 +35,7 @@ from freshrec.stream.local_segments import (
     step_over_holes,
     write_json_atomic,
 )
-from freshrec.stream.log import Record, at_end_of
+from freshrec.stream.log import Record, RecordBlock, at_end_of
 
 if TYPE_CHECKING:
     from freshrec.stream.local_log import LocalLog
@@ -64,21 +64,6 @@ def read_positions(file: Path, group: str) -> dict[int, int]:
         msg = f"consumer group {group!r}: cannot read {file}: {e}"
         raise LogError(msg) from e
     return {int(p): int(o) for p, o in doc.get("positions", {}).items()}
-
-
-@dataclass(frozen=True, slots=True)
-class RecordBlock:
-    """Consecutive records of one partition, as read: record i has offset `offset + i` and value
-    `data[spans[i, 0]:spans[i, 1]]` (spans: (n, 2) int64). Keys are not carried.
-
-    Example: two records b"ab" and b"c" at offsets 7, 8 could come as
-    RecordBlock(partition=0, offset=7, data=<frames>, spans=[[10, 12], [22, 23]]).
-    """
-
-    partition: int
-    offset: int
-    data: bytes
-    spans: np.ndarray
 
 
 @dataclass(slots=True)

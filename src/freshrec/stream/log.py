@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from freshrec.errors import LogError
 
 __all__ = [
@@ -32,7 +34,9 @@ __all__ = [
     "MemoryBackend",
     "MemoryLog",
     "Record",
+    "RecordBlock",
     "at_end_of",
+    "blocks_of",
     "partition_for",
 ]
 
@@ -45,6 +49,61 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBlock:
+    """Consecutive records of one partition, as read: record i has offset `offset + i` and value
+    `data[spans[i, 0]:spans[i, 1]]` (spans: (n, 2) int64). Keys are not carried.
+
+    Example: two records b"ab" and b"c" at offsets 7, 8 could come as
+    RecordBlock(partition=0, offset=7, data=<frames>, spans=[[10, 12], [22, 23]]).
+    """
+
+    partition: int
+    offset: int
+    data: bytes
+    spans: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def values(self) -> list[bytes]:
+        """The records' values, in order (one bytes object each: the slow form)."""
+        d = self.data
+        return [d[s:e] for s, e in self.spans.tolist()]
+
+    def records(self) -> list[Record]:
+        """The block as `Record`s (key None: blocks carry no keys)."""
+        p, o = self.partition, self.offset
+        return [Record(p, o + i, None, v) for i, v in enumerate(self.values())]
+
+
+def blocks_of(records: Sequence[Record]) -> list[RecordBlock]:
+    """`records` (as `poll` returns them) as `RecordBlock`s: one per run of records of one
+    partition with consecutive offsets, in the same order, values joined into one buffer.
+
+    The default `Consumer.poll_blocks` of a backend that reads record by record (memory, Kafka):
+    it yields exactly the records, positions and errors of `poll`, since it is `poll`.
+
+        blocks_of([Record(0, 7, None, b"ab"), Record(0, 8, None, b"c"), Record(1, 0, None, b"")])
+        -> [RecordBlock(0, 7, b"abc", [[0, 2], [2, 3]]), RecordBlock(1, 0, b"", [[0, 0]])]
+    """
+    out: list[RecordBlock] = []
+    i, n = 0, len(records)
+    while i < n:
+        first = records[i]
+        j = i + 1
+        while j < n and records[j].partition == first.partition and records[j].offset == first.offset + j - i:
+            j += 1
+        values = [r.value for r in records[i:j]]
+        spans = np.empty((j - i, 2), np.int64)
+        np.cumsum(np.fromiter(map(len, values), np.int64, j - i), out=spans[:, 1])
+        spans[0, 0] = 0
+        spans[1:, 0] = spans[:-1, 1]
+        out.append(RecordBlock(first.partition, first.offset, b"".join(values), spans))
+        i = j
+    return out
 
 
 def partition_for(key: bytes | None, partitions: int, counter: int = 0) -> int:
@@ -70,14 +129,19 @@ def at_end_of(positions: Mapping[int, int], ends: Sequence[int]) -> bool:
 class Consumer(Protocol):
     """A reader of one log with a position per partition, committed under a group name.
 
-    Optional fast path: a consumer may also offer `poll_blocks(max_records, timeout_s)`, whole
-    reads as `freshrec.stream.local_log.RecordBlock`s (bytes + value spans, no object per
-    record; the local log does). The joiner uses it when present (found with getattr) and
-    `poll` otherwise.
+    `poll` returns one `Record` per record; `poll_blocks` the same records as `RecordBlock`s
+    (bytes + value spans, no object per record), for readers that decode a whole poll at once
+    (the online trainer, the joiner). The local log reads blocks natively, straight from its
+    segment files; the other backends return `blocks_of(self.poll(...))`.
     """
 
     def poll(self, max_records: int = 1000, timeout_s: float = 0.0) -> list[Record]:
         """Up to `max_records` records from the current positions; waits up to `timeout_s` for one."""
+        ...
+
+    def poll_blocks(self, max_records: int = 1000, timeout_s: float = 0.0) -> list[RecordBlock]:
+        """`poll` as blocks: the same records in the same order, positions moved and errors
+        raised as `poll` would (keys are not carried)."""
         ...
 
     def commit(self, positions: Mapping[int, int] | None = None) -> None:
@@ -227,6 +291,9 @@ class MemoryConsumer:
                 if left <= 0:
                     return out
                 self._log._cond.wait(left)
+
+    def poll_blocks(self, max_records: int = 1000, timeout_s: float = 0.0) -> list[RecordBlock]:
+        return blocks_of(self.poll(max_records, timeout_s))
 
     def commit(self, positions: Mapping[int, int] | None = None) -> None:
         with self._log._cond:

@@ -21,6 +21,8 @@ An `ExampleSchema` names what the model reads from an example:
 turns every record in the canonical example layout into columns; the others are decoded one by
 one (`decode_examples`) and merged in log order, so the dataset, and the bad records with their
 reasons, equal `examples_to_dataset(decode_records(records)[0], schema)` and its bad list.
+`decode_blocks(blocks, schema)` does the same for a block poll (`Consumer.poll_blocks`): the
+bytes as the log read them, value spans, no `Record` at all unless a record is bad.
 
     schema = ExampleSchema(slots=("user_id", "item_id"), dense=("position",), label="click")
     ds = examples_to_dataset([Example(..., sparse={"user_id": [7], "item_id": [3]}, ...)], schema)
@@ -32,7 +34,7 @@ holding several ids its first, exactly as the serving replica reads requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -43,12 +45,13 @@ from freshrec.data.dataset import Dataset, Ragged, concat
 from freshrec.errors import ConfigError, EventError
 from freshrec.stream._example_kernels import decode_columns
 from freshrec.stream.events import TS_MAX, Example, decode_examples, encode_example
-from freshrec.stream.log import Record
+from freshrec.stream.log import Record, RecordBlock
 
 __all__ = [
     "MISSING_ID",
     "ExampleSchema",
     "dataset_to_examples",
+    "decode_blocks",
     "decode_dataset",
     "decode_records",
     "examples_to_dataset",
@@ -296,11 +299,55 @@ def decode_dataset(
         return examples_to_dataset(good, schema, name=name), refused
     values = [r.value for r in records]
     n = len(values)
-    data = b"".join(values)
-    ends = np.cumsum(np.fromiter(map(len, values), np.int64, n))
     spans = np.empty((n, 2), np.int64)
-    spans[:, 1] = ends
-    spans[:, 0] = ends - np.fromiter(map(len, values), np.int64, n)
+    np.cumsum(np.fromiter(map(len, values), np.int64, n), out=spans[:, 1])
+    spans[:, 0] = spans[:, 1] - np.fromiter(map(len, values), np.int64, n)
+    return _decode(b"".join(values), spans, records.__getitem__, tables, schema, name)
+
+
+def decode_blocks(
+    blocks: Sequence[RecordBlock], schema: ExampleSchema, *, name: str = "examples"
+) -> tuple[Dataset, list[tuple[Record, str]]]:
+    """`decode_dataset` of the records of `blocks` (as `Consumer.poll_blocks` returns them), in
+    order, without a `Record` per record: the blocks' bytes go to the kernel as read (joined
+    into one buffer when there are several). Bad records come as `Record`s with key None."""
+    tables = _tables(schema)
+    if tables is None:
+        return decode_dataset([r for b in blocks for r in b.records()], schema, name=name)
+    if len(blocks) == 1:
+        data, spans = blocks[0].data, blocks[0].spans
+    else:
+        sizes = np.fromiter((len(b.data) for b in blocks), np.int64, len(blocks))
+        shift = np.cumsum(sizes) - sizes  # (k,) where each block's bytes start in the joined buffer
+        data = b"".join(b.data for b in blocks)
+        spans = (
+            np.concatenate([b.spans + d for b, d in zip(blocks, shift.tolist(), strict=True)])
+            if blocks
+            else np.zeros((0, 2), np.int64)
+        )
+    counts = np.fromiter((len(b.spans) for b in blocks), np.int64, len(blocks))
+    firsts = np.cumsum(counts) - counts  # (k,) the first record of each block
+
+    def record_at(i: int) -> Record:
+        k = int(np.searchsorted(firsts, i, side="right")) - 1
+        b = blocks[k]
+        s, e = spans[i].tolist()
+        return Record(b.partition, b.offset + i - int(firsts[k]), None, data[s:e])
+
+    return _decode(data, spans, record_at, tables, schema, name)
+
+
+def _decode(
+    data: bytes,
+    spans: np.ndarray,
+    record_at: Callable[[int], Record],
+    tables: _Tables,
+    schema: ExampleSchema,
+    name: str,
+) -> tuple[Dataset, list[tuple[Record, str]]]:
+    """The kernel's pass over the values `data[spans[i, 0]:spans[i, 1]]` ((n, 2) int64), then the
+    records it refused (`record_at(i)`) one by one, merged in log order."""
+    n = len(spans)
     buf = np.frombuffer(data, np.uint8) if data else np.zeros(0, np.uint8)
     ok, single, offsets, ids, dense, labels, ts, ts_span, ts_exact, rate = decode_columns(buf, spans, *tables)
     for i in np.flatnonzero(ok & (ts_exact ^ 1)).tolist():  # ts of more digits than the kernel converts
@@ -333,10 +380,11 @@ def decode_dataset(
     bad: list[tuple[Record, str]] = []
     for i in slow.tolist():
         starts[i] = n + len(examples)
+        rec = record_at(i)
         try:
-            got = decode_examples(records[i].value)
+            got = decode_examples(rec.value)
         except EventError as e:
-            bad.append((records[i], str(e)))
+            bad.append((rec, str(e)))
             continue
         counts[i] = len(got)
         examples.extend(got)

@@ -7,12 +7,14 @@ hand-off: `OnlineTrainer.from_checkpoint(path)` reads any snapshot `freshrec tra
 online run wrote) or from scratch (`from_spec`, any model of `freshrec.model.contract`). One step on
 a mini-batch of polled records:
 
-    ds, bad = decode_dataset(records, schema)                  # freshrec.train.examples: columns
+    ds, bad = decode_blocks(consumer.poll_blocks(n), schema)  # freshrec.train.examples: columns
     b = next(iter_batches(ds, len(ds), tasks=ps.tasks))        # the batch trainer's tensors
     ps.train_step(b)                                           # outputs BEFORE the update, recorded
 
-`decode_dataset` turns the canonical records of a poll into columns in one numba pass (no Python
-object per example); `OnlineConfig(columnar=False)` takes the reference path instead, one
+The loop polls blocks (`Consumer.poll_blocks`: the local log hands over the bytes it read, CRCs
+checked, with value spans; other backends group `poll`'s records), and `decode_blocks` turns the
+canonical records of a poll into columns in one numba pass (no Python object per record or
+example); `OnlineConfig(columnar=False)` takes the reference path instead, `poll`, then one
 `Example` per record (`decode_records`, then `examples_to_dataset`): the same dataset, batches and
 trained parameters, several times slower.
 
@@ -52,8 +54,15 @@ from freshrec.data.dataset import Dataset
 from freshrec.errors import ConfigError, LogError
 from freshrec.model import FeatureSpec, ModelSpec, Task
 from freshrec.ps.training import TrainingPS
+from freshrec.stream.log import RecordBlock
 from freshrec.train.batch import Batch, iter_batches
-from freshrec.train.examples import ExampleSchema, decode_dataset, decode_records, examples_to_dataset
+from freshrec.train.examples import (
+    ExampleSchema,
+    decode_blocks,
+    decode_dataset,
+    decode_records,
+    examples_to_dataset,
+)
 from freshrec.train.metrics import auc
 from freshrec.train.prefetch import Idle, Prefetcher, Prepared, SerialSource
 
@@ -405,17 +414,21 @@ class OnlineTrainer:
         want = self.config.batch_size
         if self.config.stop_at is not None:
             want = max(0, min(want, self.config.stop_at - int(sum(base.values()))))
-        records: list = self._pending
+        records: list = self._pending  # Records, or RecordBlocks on the columnar path
         self._pending = []
         timeout = self.config.poll_timeout_s
+        columnar = self.config.columnar
+        poll = consumer.poll_blocks if columnar else consumer.poll
+        have = sum(map(len, records)) if columnar else len(records)
         t0 = time.perf_counter()
-        while len(records) < want:
-            got = consumer.poll(max_records=want - len(records), timeout_s=timeout if not records else 0.0)
+        while have < want:
+            got = poll(max_records=want - have, timeout_s=timeout if not have else 0.0)
             if not got:
                 break
             records.extend(got)
+            have += sum(map(len, got)) if columnar else len(got)
         self._time("poll", t0)
-        if self.config.whole_batches and 0 < len(records) < want:
+        if self.config.whole_batches and 0 < have < want:
             self._pending = records  # the batch is not whole yet: wait for the rest (run() trains
             # the remainder once the log is drained)
             return [], 0, base
@@ -425,10 +438,17 @@ class OnlineTrainer:
         return examples, bad, consumer.position() if records else base
 
     def decode(self, records: Sequence) -> tuple[Sequence | Dataset, int]:
-        """(examples, bad record count) of polled records: their `Dataset` (`decode_dataset`), or
+        """(examples, bad record count) of polled records (`Record`s, or `RecordBlock`s as
+        `poll_blocks` returns them): their `Dataset` (`decode_blocks` / `decode_dataset`), or
         with `columnar=False` their `Example`s. Bad records are counted, never raised."""
         if not records:
             return [], 0
+        if isinstance(records[0], RecordBlock):
+            if not self.config.columnar:
+                records = [r for b in records for r in b.records()]
+            else:
+                ds, bad = decode_blocks(records, self.schema)
+                return ds, len(bad)
         if self.config.columnar:
             ds, bad = decode_dataset(records, self.schema)
             return ds, len(bad)
