@@ -315,6 +315,8 @@ def create_app(
     def body_doc(model: type[BaseModel], secured: bool) -> dict[str, Any]:
         """OpenAPI requestBody of a handler that parses its body itself."""
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        if model.__module__ == bodies_module:  # ids bodies: the model's feature names are the only keys
+            _name_features(schema, sparse_names, dense_names)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
         ref = {"$ref": f"#/components/schemas/{model.__name__}"}
@@ -327,6 +329,8 @@ def create_app(
 
     def json_response(data: bytes, status: int = 200) -> Response:
         return Response(data, status_code=status, media_type="application/json")
+
+    bodies_module = body_models.rank.__module__
 
     # ---- handlers: parse, then score and log (on the event loop when cheap, else in a worker) ----
     def rank_cost(req: Any) -> int:
@@ -594,6 +598,22 @@ def create_app(
     app.body_endpoints = body_guard
     app.body_routes = BodyRoutes(paths=BODY_PATHS, guard=body_guard, answer=answer_body)
     return app
+
+
+def _name_features(schema: Any, sparse: frozenset[str], dense: frozenset[str]) -> None:
+    """Document in a body's JSON schema (in place, nested models too) that the keys of every
+    `sparse` / `dense` object are the model's feature names (others are a 422)."""
+    if isinstance(schema, dict):
+        props = schema.get("properties")
+        if isinstance(props, dict):
+            for key, names in (("sparse", sparse), ("dense", dense)):
+                if isinstance(props.get(key), dict):
+                    props[key]["propertyNames"] = {"enum": sorted(names)}
+        for v in schema.values():
+            _name_features(v, sparse, dense)
+    elif isinstance(schema, list):
+        for v in schema:
+            _name_features(v, sparse, dense)
 
 
 def error_reply(e: Exception) -> Reply:
