@@ -60,7 +60,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -90,6 +90,7 @@ from freshrec.serve.bodies import (
 from freshrec.serve.guard import Guard
 from freshrec.serve.metrics import ServeMetrics
 from freshrec.serve.page import ServerStats, StatsResponse, serve_page
+from freshrec.serve.replies import error_reply, name_features, rank_body
 from freshrec.serve.schema_body import RawPredictIn, RawRankIn, refuse_unknown, schema_parser
 from freshrec.serve.server import ARRIVED
 from freshrec.serve.writers import ActionLogger, FeatureLogger, feature_records
@@ -105,7 +106,6 @@ __all__ = ["AppConfig", "create_app", "feature_records", "rank_body"]
 log = logging.getLogger(__name__)
 
 BODY_PATHS = frozenset({"/v1/rank", "/v1/predict", "/v1/actions"})
-_dump = json.JSONEncoder(ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,39 +158,6 @@ class AppConfig:
             if tok is not None and (not tok or not tok.isascii() or not tok.isprintable() or " " in tok):
                 msg = f"AppConfig {name} must be non-empty printable ASCII without spaces"
                 raise ConfigError(msg)
-
-
-def rank_body(
-    rid: str,
-    items: list[int],
-    scores: np.ndarray,
-    version: int,
-    *,
-    tasks: Sequence[str] | None = None,
-    per_task: np.ndarray | None = None,
-) -> bytes:
-    """The /v1/rank response JSON. Scores are written with 9 significant digits, which round-trips
-    float32 exactly, and cost half of `json.dumps`'s 17-digit float64 repr. With several tasks each
-    item also carries `"scores": {task: score}` (`per_task` (B, T) in `tasks` order)."""
-    if tasks is not None and per_task is not None:
-        names = [_dump(t) for t in tasks]
-        parts = [
-            f'{{"item_id":{i},"score":{x:.9g},"scores":{{'
-            + ",".join(f"{n}:{v:.9g}" for n, v in zip(names, row, strict=True))
-            + "}}"
-            for i, x, row in zip(items, scores.tolist(), per_task.tolist(), strict=True)
-        ]
-    else:  # one %-format of the whole list: a third of the cost of a join over one f-string per item
-        flat: list[Any] = [None] * (2 * len(items))
-        flat[::2] = items
-        flat[1::2] = scores.tolist()
-        parts = [(_RANKED * len(items) % tuple(flat))[:-1]]
-    return (
-        f'{{"request_id":{_dump(rid)},"items":[{",".join(parts)}],"model_version":{int(version)}}}'
-    ).encode()
-
-
-_RANKED = '{"item_id":%d,"score":%.9g},'
 
 
 def _with_features(candidates: list[Any]) -> list[Any]:
@@ -316,7 +283,7 @@ def create_app(
         """OpenAPI requestBody of a handler that parses its body itself."""
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         if model.__module__ == bodies_module:  # ids bodies: the model's feature names are the only keys
-            _name_features(schema, sparse_names, dense_names)
+            name_features(schema, sparse_names, dense_names)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
         ref = {"$ref": f"#/components/schemas/{model.__name__}"}
@@ -598,35 +565,6 @@ def create_app(
     app.body_endpoints = body_guard
     app.body_routes = BodyRoutes(paths=BODY_PATHS, guard=body_guard, answer=answer_body)
     return app
-
-
-def _name_features(schema: Any, sparse: frozenset[str], dense: frozenset[str]) -> None:
-    """Document in a body's JSON schema (in place, nested models too) that the keys of every
-    `sparse` / `dense` object are the model's feature names (others are a 422)."""
-    if isinstance(schema, dict):
-        props = schema.get("properties")
-        if isinstance(props, dict):
-            for key, names in (("sparse", sparse), ("dense", dense)):
-                if isinstance(props.get(key), dict):
-                    props[key]["propertyNames"] = {"enum": sorted(names)}
-        for v in schema.values():
-            _name_features(v, sparse, dense)
-    elif isinstance(schema, list):
-        for v in schema:
-            _name_features(v, sparse, dense)
-
-
-def error_reply(e: Exception) -> Reply:
-    """The reply of an error raised while answering: an HTTPException as FastAPI's handler here
-    writes it (`{"detail": ...}` with its headers), anything else a logged 500."""
-    if isinstance(e, StarletteHTTPException):
-        resp = JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=e.headers)
-        return Reply(resp.status_code, tuple(resp.raw_headers), bytes(resp.body))
-    log.error("Exception in ASGI application", exc_info=e)
-    return Reply(500, _TEXT_500, b"Internal Server Error")
-
-
-_TEXT_500 = ((b"content-length", b"21"), (b"content-type", b"text/plain; charset=utf-8"))
 
 
 class _ServingApp(FastAPI):
