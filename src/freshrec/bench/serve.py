@@ -56,6 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-interval", type=float, default=1.0, help="seconds between syncs")
     parser.add_argument("--dense-interval", type=float, default=5.0, help="seconds between dense updates")
     parser.add_argument("--threads", type=at_least(1), default=1, help="torch threads of the server")
+    parser.add_argument("--workers", type=at_least(1), default=1,
+                        help="server processes (freshrec serve --workers); CPU is counted over all of them")
     parser.add_argument("--connections", type=at_least(1), default=None,
                         help="instead of --clients: this many keep-alive connections from a load generator "
                              "in another process (wrk when installed: bash scripts/wrk.sh; else asyncio)")
@@ -104,7 +106,7 @@ def _build(root: Path, args: argparse.Namespace):
     return ps, pub, backend, snap, first
 
 
-def _start_server(root: Path, snap: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def _start_server(root: Path, snap: Path, threads: int, workers: int) -> tuple[subprocess.Popen, str]:
     cmd = [
         sys.executable,
         "-m",
@@ -118,6 +120,8 @@ def _start_server(root: Path, snap: Path, threads: int) -> tuple[subprocess.Pope
         "0",
         "--threads",
         str(threads),
+        "--workers",
+        str(workers),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -189,7 +193,7 @@ def main(args: argparse.Namespace) -> int:
         ps, pub, backend, snap, first = _build(root, args)
         say(f"initial publish: {first.touched} rows, {first.bytes / 1e6:.1f} MB in {first.frames} frames")
         say("starting `freshrec serve` subprocess ...")
-        proc, url = _start_server(root, snap, args.threads)
+        proc, url = _start_server(root, snap, args.threads, args.workers)
         rng = np.random.default_rng(1)
         try:
             # baseline 1: in-process scoring alone, same snapshot (torch threads: --threads, set by the CLI)
@@ -254,6 +258,17 @@ def main(args: argparse.Namespace) -> int:
             import psutil
 
             sproc = psutil.Process(proc.pid)
+
+            def server_cpu() -> float:
+                """CPU seconds of the server: its process and every worker process under it."""
+                total = 0.0
+                for p in (sproc, *sproc.children(recursive=True)):
+                    try:
+                        t = p.cpu_times()
+                    except psutil.NoSuchProcess:
+                        continue
+                    total += t.user + t.system
+                return total
             pth.start()
             load = None
             if args.connections is not None:
@@ -270,12 +285,12 @@ def main(args: argparse.Namespace) -> int:
                     t_warm = time.monotonic() + 1.0
                     while time.monotonic() < t_warm:
                         c.post("/v1/rank", content=bodies[0], headers={"content-type": "application/json"})
-                c0 = sproc.cpu_times()
+                c0 = server_cpu()
                 load = run_load(
                     url + "/v1/rank", bodies, connections=args.connections, seconds=args.seconds,
                     use_wrk=args.load_generator != "asyncio",
                 )  # fmt: skip
-                c1 = sproc.cpu_times()
+                c1 = server_cpu()
                 say(f"load generator: {load.generator}")
             else:
                 say(
@@ -288,10 +303,10 @@ def main(args: argparse.Namespace) -> int:
                     th.start()
                 while time.monotonic() < t_start:  # warm-up: clients run, not measured
                     time.sleep(0.005)
-                c0 = sproc.cpu_times()
+                c0 = server_cpu()
                 for th in threads:
                     th.join()
-                c1 = sproc.cpu_times()
+                c1 = server_cpu()
             stop_pub.set()
             pth.join()
             with httpx.Client(base_url=url, timeout=10.0) as c:
@@ -324,7 +339,7 @@ def main(args: argparse.Namespace) -> int:
             "transport_errors": load.transport_errors,
             "p99_over_p50": round(load.p99_ms / load.p50_ms, 2) if load.p50_ms > 0 else None,
         }
-    cpu_ms = 1000.0 * ((c1.user + c1.system) - (c0.user + c0.system)) / max(n_req, 1)
+    cpu_ms = 1000.0 * (c1 - c0) / max(n_req, 1)
     result = {
         "p50_ms": p50,
         "p99_ms": p99,
@@ -337,6 +352,7 @@ def main(args: argparse.Namespace) -> int:
         "users": args.users,
         "items": args.items,
         "server_threads": args.threads,
+        "server_workers": args.workers,
         "versions_applied": int(v1 - v0) if v1 == v1 and v0 == v0 else None,
         "server_cpu_ms_per_request": round(cpu_ms, 3),
         "server_p50_ms_le": _bucket_quantile(b0, b1, 0.50),

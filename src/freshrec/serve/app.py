@@ -41,9 +41,12 @@ behind an expensive one. A body request that waited past `AppConfig.max_queue_s`
 (from its headers being in, as the connection layer stamps it) is answered 503 with Retry-After
 at once, unparsed: an overloaded loop sheds its backlog cheaply instead of queueing without limit.
 
-The POST body endpoints are answered by a plain ASGI handler (`body_endpoints`) ahead of
-Starlette's stack, behind the same `Guard`; FastAPI serves everything else (and documents those
-three routes, whose handlers are the same functions).
+The POST body endpoints are answered by `answer_body(path, body, arrived)` (a `Reply`, or an
+awaitable of one when a worker scores it), which the server's connection protocol calls itself,
+without ASGI (`app.body_routes`, `freshrec.serve._protocol`); under another ASGI server (or a
+root path) a plain ASGI handler (`body_endpoints`) ahead of Starlette's stack, behind the same
+`Guard`, calls it. FastAPI serves everything else (and documents those three routes, whose
+handlers call the same function).
 
 A request that makes the model's scores non-finite is a 422 when its dense values are the cause
 (the scores are finite without them), a 500 otherwise (the served parameters are broken).
@@ -57,8 +60,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,20 +73,24 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freshrec.errors import ConfigError
+from freshrec.serve._protocol import BodyRoutes
 from freshrec.serve.bodies import (
     ActionsResponse,
     ErrorOut,
     HealthResponse,
     PredictResponse,
     RankResponse,
+    Reply,
     ValidationErrorOut,
     bodies,
+    json_reply,
     parse_body,
     unprocessable,
 )
 from freshrec.serve.guard import Guard
 from freshrec.serve.metrics import ServeMetrics
 from freshrec.serve.page import ServerStats, StatsResponse, serve_page
+from freshrec.serve.replies import error_reply, name_features, rank_body
 from freshrec.serve.schema_body import RawPredictIn, RawRankIn, refuse_unknown, schema_parser
 from freshrec.serve.server import ARRIVED
 from freshrec.serve.writers import ActionLogger, FeatureLogger, feature_records
@@ -99,7 +106,6 @@ __all__ = ["AppConfig", "create_app", "feature_records", "rank_body"]
 log = logging.getLogger(__name__)
 
 BODY_PATHS = frozenset({"/v1/rank", "/v1/predict", "/v1/actions"})
-_dump = json.JSONEncoder(ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,39 +160,6 @@ class AppConfig:
                 raise ConfigError(msg)
 
 
-def rank_body(
-    rid: str,
-    items: list[int],
-    scores: np.ndarray,
-    version: int,
-    *,
-    tasks: Sequence[str] | None = None,
-    per_task: np.ndarray | None = None,
-) -> bytes:
-    """The /v1/rank response JSON. Scores are written with 9 significant digits, which round-trips
-    float32 exactly, and cost half of `json.dumps`'s 17-digit float64 repr. With several tasks each
-    item also carries `"scores": {task: score}` (`per_task` (B, T) in `tasks` order)."""
-    if tasks is not None and per_task is not None:
-        names = [_dump(t) for t in tasks]
-        parts = [
-            f'{{"item_id":{i},"score":{x:.9g},"scores":{{'
-            + ",".join(f"{n}:{v:.9g}" for n, v in zip(names, row, strict=True))
-            + "}}"
-            for i, x, row in zip(items, scores.tolist(), per_task.tolist(), strict=True)
-        ]
-    else:  # one %-format of the whole list: a third of the cost of a join over one f-string per item
-        flat: list[Any] = [None] * (2 * len(items))
-        flat[::2] = items
-        flat[1::2] = scores.tolist()
-        parts = [(_RANKED * len(items) % tuple(flat))[:-1]]
-    return (
-        f'{{"request_id":{_dump(rid)},"items":[{",".join(parts)}],"model_version":{int(version)}}}'
-    ).encode()
-
-
-_RANKED = '{"item_id":%d,"score":%.9g},'
-
-
 def _with_features(candidates: list[Any]) -> list[Any]:
     """The candidates given as objects (with features of their own), in order; usually none."""
     return [c for c in candidates if type(c) is not int]
@@ -210,13 +183,17 @@ class _Workers:
         self.max_pending = max_pending
         self.pending = 0
 
-    async def run(self, fn: Callable[[Any], Response], arg: Any) -> Response:
+    def run(self, fn: Callable[[Any], Reply], arg: Any) -> Awaitable[Reply]:
+        """`fn(arg)` submitted now (or a 503 raised now); the awaitable of its reply must be awaited."""
         if self.pending >= self.max_pending:
             msg = f"server overloaded: {self.pending} requests in progress; retry later"
             raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "1"})
         self.pending += 1
+        return self._reply(self._pool.submit(fn, arg))
+
+    async def _reply(self, fut: Future[Reply]) -> Reply:
         try:
-            return await asyncio.wrap_future(self._pool.submit(fn, arg))
+            return await asyncio.wrap_future(fut)
         finally:
             self.pending -= 1
 
@@ -305,6 +282,8 @@ def create_app(
     def body_doc(model: type[BaseModel], secured: bool) -> dict[str, Any]:
         """OpenAPI requestBody of a handler that parses its body itself."""
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        if model.__module__ == bodies_module:  # ids bodies: the model's feature names are the only keys
+            name_features(schema, sparse_names, dense_names)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
         ref = {"$ref": f"#/components/schemas/{model.__name__}"}
@@ -318,6 +297,8 @@ def create_app(
     def json_response(data: bytes, status: int = 200) -> Response:
         return Response(data, status_code=status, media_type="application/json")
 
+    bodies_module = body_models.rank.__module__
+
     # ---- handlers: parse, then score and log (on the event loop when cheap, else in a worker) ----
     def rank_cost(req: Any) -> int:
         """Ids the model reads: each candidate reads its own and the context's (a bag per row)."""
@@ -325,7 +306,7 @@ def create_app(
         own = sum(sum(map(len, c.sparse.values())) for c in _with_features(req.candidates))
         return len(req.candidates) * (2 + ctx) + own
 
-    def do_rank(req: Any) -> Response:
+    def do_rank(req: Any) -> Reply:
         rid = req.request_id or new_request_id()
         isparse: dict[int, dict[str, list[int]]] | None = None
         idense: dict[int, dict[str, float]] | None = None
@@ -367,12 +348,12 @@ def create_app(
             ts = req.ts if req.ts is not None else clock()
             features.submit((rid, req.user_id, item_list, req.sparse, req.dense, isparse, idense, ts))
         names = [t.name for t in replica.tasks] if per_task is not None else None
-        return json_response(rank_body(rid, item_list, scores, version, tasks=names, per_task=per_task))
+        return json_reply(rank_body(rid, item_list, scores, version, tasks=names, per_task=per_task))
 
     def predict_cost(req: Any) -> int:
         return sum(2 + sum(map(len, e.sparse.values())) for e in req.examples)
 
-    def do_predict(req: Any) -> Response:
+    def do_predict(req: Any) -> Reply:
         version = replica.version
         examples = [
             {"user_id": e.user_id, "item_id": e.item_id, "sparse": e.sparse, "dense": e.dense}
@@ -390,12 +371,12 @@ def create_app(
 
             raise _non_finite(has_dense, finite_without)
         probs = ("%.9g," * len(p) % tuple(p.tolist()))[:-1]
-        return json_response(f'{{"probabilities":[{probs}],"model_version":{int(version)}}}'.encode())
+        return json_reply(f'{{"probabilities":[{probs}],"model_version":{int(version)}}}'.encode())
 
     def len_actions(req: Any) -> int:
         return len(req.actions)
 
-    def do_actions(req: Any) -> Response:
+    def do_actions(req: Any) -> Reply:
         assert actions is not None
         now = clock()
         events = [
@@ -405,11 +386,10 @@ def create_app(
         if not actions.submit(events):
             msg = f"the actions log is behind ({cfg.max_pending_actions} batches waiting); retry later"
             raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "1"})
-        return json_response(b'{"accepted":%d}' % len(events), status=202)
+        return json_reply(b'{"accepted":%d}' % len(events), status=202)
 
-    def shed(scope: Any) -> None:
+    def shed(arrived: float | None) -> None:
         """503 for a request that waited past `max_queue_s` for its turn (see AppConfig)."""
-        arrived = scope.get("extensions", {}).get(ARRIVED)
         if arrived is not None:
             waited = time.monotonic() - arrived
             if waited > cfg.max_queue_s:
@@ -419,43 +399,69 @@ def create_app(
                 )
                 raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "1"})
 
-    async def dispatch(
+    def dispatch(
         body: bytes,
         model: type[BaseModel],
         cost: Callable[[Any], int],
-        answer: Callable[[Any], Response],
+        answer: Callable[[Any], Reply],
         parse: Callable[[Any, bytes], Any] = parse_body,
-    ) -> Response:
-        """Parse and answer on the event loop when the body is small and the answer cheap (a thread
-        hop costs more than such a request); otherwise in a worker, so the loop stays free."""
+    ) -> Reply | Awaitable[Reply]:
+        """Parse and answer here (on the event loop) when the body is small and the answer cheap (a
+        thread hop costs more than such a request); otherwise in a worker, so the loop stays free."""
         if len(body) <= cfg.inline_max_bytes:
             req = parse(model, body)
             if cost(req) <= cfg.inline_max_ids:
                 return answer(req)
-            return await workers.run(answer, req)
-        return await workers.run(lambda b: answer(parse(model, b)), body)
+            return workers.run(answer, req)
+        return workers.run(lambda b: answer(parse(model, b)), body)
 
-    async def answer_rank(body: bytes, scope: Any) -> Response:
-        shed(scope)
-        return await dispatch(body, body_models.rank, rank_cost, do_rank, parse_rank)
+    def answer_rank(body: bytes, arrived: float | None) -> Reply | Awaitable[Reply]:
+        shed(arrived)
+        return dispatch(body, body_models.rank, rank_cost, do_rank, parse_rank)
 
-    async def answer_predict(body: bytes, scope: Any) -> Response:
-        shed(scope)
-        return await dispatch(body, body_models.predict, predict_cost, do_predict, parse_predict)
+    def answer_predict(body: bytes, arrived: float | None) -> Reply | Awaitable[Reply]:
+        shed(arrived)
+        return dispatch(body, body_models.predict, predict_cost, do_predict, parse_predict)
 
-    async def answer_actions(body: bytes, scope: Any) -> Response:
+    def answer_actions(body: bytes, arrived: float | None) -> Reply | Awaitable[Reply]:
         if actions is None:
             raise HTTPException(
                 status_code=404, detail="this server logs no actions (started without an actions log)"
             )
-        shed(scope)
+        shed(arrived)
         failing = actions.failing(within_s=max(5.0, 5 * flush_s))
         if failing is not None:
             msg = f"the actions log is failing ({failing[:200]}); retry later"
             raise HTTPException(status_code=503, detail=msg, headers={"Retry-After": "5"})
-        return await dispatch(body, body_models.actions, len_actions, do_actions)
+        return dispatch(body, body_models.actions, len_actions, do_actions)
 
     answers = {"/v1/rank": answer_rank, "/v1/predict": answer_predict, "/v1/actions": answer_actions}
+
+    def answer_body(path: str, body: bytes, arrived: float | None) -> Reply | Awaitable[Reply]:
+        """The reply to a POST of `body` to a body endpoint that passed the Guard's rules: a Reply
+        when it was answered here, an awaitable of one when it went to a worker. Errors are
+        replies too (HTTPException: its status, JSON detail and headers; anything else: 500)."""
+        try:
+            r = answers[path](body, arrived)
+        except Exception as e:
+            return error_reply(e)
+        if isinstance(r, Reply):
+            return r
+        return finish(r)
+
+    async def finish(pending: Awaitable[Reply]) -> Reply:
+        try:
+            return await pending
+        except Exception as e:
+            return error_reply(e)
+
+    async def answer_request(path: str, request: Request) -> Response:
+        body = await request.body()
+        r = answer_body(path, body, request.scope.get("extensions", {}).get(ARRIVED))
+        reply = r if isinstance(r, Reply) else await r
+        resp = Response(reply.body, status_code=reply.status)
+        resp.raw_headers = list(reply.headers)
+        return resp
 
     # ---- routes --------------------------------------------------------------------------------
     secured = cfg.api_token is not None
@@ -468,7 +474,7 @@ def create_app(
         openapi_extra=body_doc(body_models.rank if schema is None else RawRankIn, secured),
     )
     async def rank(request: Request) -> Response:
-        return await answer_rank(await request.body(), request.scope)
+        return await answer_request("/v1/rank", request)
 
     @app.post(
         "/v1/predict",
@@ -477,7 +483,7 @@ def create_app(
         openapi_extra=body_doc(body_models.predict if schema is None else RawPredictIn, secured),
     )
     async def predict(request: Request) -> Response:
-        return await answer_predict(await request.body(), request.scope)
+        return await answer_request("/v1/predict", request)
 
     @app.post(
         "/v1/actions",
@@ -487,7 +493,7 @@ def create_app(
         openapi_extra=body_doc(body_models.actions, secured),
     )
     async def post_actions(request: Request) -> Response:
-        return await answer_actions(await request.body(), request.scope)
+        return await answer_request("/v1/actions", request)
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> Response:
@@ -550,17 +556,14 @@ def create_app(
         read the whole body and replays it as one message): what the FastAPI routes above do,
         without Starlette's routing, dependency and middleware layers on the way."""
         body = (await receive()).get("body", b"")
-        try:
-            resp = await answers[scope["path"]](body, scope)
-        except StarletteHTTPException as e:
-            resp = JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=e.headers)
-        except Exception:
-            log.exception("Exception in ASGI application")
-            resp = PlainTextResponse("Internal Server Error", status_code=500)
-        await send({"type": "http.response.start", "status": resp.status_code, "headers": resp.raw_headers})
-        await send({"type": "http.response.body", "body": resp.body})
+        r = answer_body(scope["path"], body, scope.get("extensions", {}).get(ARRIVED))
+        reply = r if isinstance(r, Reply) else await r
+        await send({"type": "http.response.start", "status": reply.status, "headers": list(reply.headers)})
+        await send({"type": "http.response.body", "body": reply.body})
 
-    app.body_endpoints = Guard(body_endpoints, **guard)
+    body_guard = Guard(body_endpoints, **guard)
+    app.body_endpoints = body_guard
+    app.body_routes = BodyRoutes(paths=BODY_PATHS, guard=body_guard, answer=answer_body)
     return app
 
 
@@ -570,6 +573,7 @@ class _ServingApp(FastAPI):
     methods, unknown paths) goes the FastAPI way."""
 
     body_endpoints: Callable[..., Any] | None = None
+    body_routes: BodyRoutes | None = None  # the same endpoints, for the connection layer (_protocol)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         fast = self.body_endpoints

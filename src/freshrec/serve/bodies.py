@@ -41,6 +41,7 @@ __all__ = [
     "ErrorOut",
     "ExampleIn",
     "FieldErrorOut",
+    "Reply",
     "ValidationErrorOut",
     "bodies",
     "parse_body",
@@ -219,6 +220,26 @@ def unprocessable(field: str, msg: str) -> HTTPException:
     return HTTPException(
         status_code=422, detail=[{"type": "value_error", "loc": ["body", field], "msg": msg}]
     )
+
+
+class Reply(NamedTuple):
+    """One HTTP reply of a body endpoint as plain data: the status, the headers in the order they
+    are written (lowercase names; content-length and content-type included) and the body. The
+    connection layer adds the date and, where the connection ends, `connection: close`."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    close: bool = False  # the connection ends after this reply (a rejection before the body)
+
+
+def json_reply(body: bytes, status: int = 200, extra: tuple[tuple[bytes, bytes], ...] = ()) -> Reply:
+    """A JSON reply with the headers Starlette's `Response(media_type="application/json")` writes,
+    in its order (given headers, content-length, content-type)."""
+    return Reply(status, (*extra, (b"content-length", b"%d" % len(body)), (b"content-type", _JSON)), body)
+
+
+_JSON = b"application/json"
 
 
 def error_json(detail: str) -> bytes:

@@ -104,10 +104,17 @@ class ServeMetrics:
             "freshrec_log_errors", "Failed writes to a log of the server", ["log"], registry=self.registry
         )
         self.registry.register(_ReplicaCollector(replica, subscriber, clock))
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
-        self.latency.labels(endpoint).observe(seconds)
-        self.requests.labels(endpoint, str(status)).inc()
+        """Count one answered request (its handling time and status); the labelled children are
+        looked up once per label set (prometheus' `labels()` costs more than the update)."""
+        children = self._children.get((endpoint, status))
+        if children is None:
+            children = (self.latency.labels(endpoint), self.requests.labels(endpoint, str(status)))
+            self._children[(endpoint, status)] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,11 +22,16 @@ A dropped connection is aborted (its descriptor freed at once). At most `max_con
 a new one past it pushes out the connection that has waited longest for a request (idle, or
 still sending headers); when every connection has a request in progress, the new one is closed.
 So descriptors stay bounded and a flood of slow connections cannot keep /healthz out.
+
+Connections waiting in the listening socket's queue are accepted as soon as one arrives (up to
+64 at a time), not one per turn of the event loop. The app's body endpoints are answered by the
+protocol itself (`freshrec.serve._protocol`), everything else over ASGI.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
@@ -39,6 +44,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from freshrec.errors import ConfigError, RoleError
+from freshrec.serve._protocol import ARRIVED, BodyProtocol, BodyRoutes, HasBodyRoutes
 
 __all__ = [
     "ARRIVED",
@@ -51,8 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ARRIVED = "freshrec.arrived"  # scope["extensions"][ARRIVED]: time.monotonic() when the headers were in
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +75,9 @@ class ServerConfig:
         if not min(times) > 0 or self.max_connections < 1 or self.max_header_bytes < 1024:
             msg = f"ServerConfig limits must be positive (max_header_bytes >= 1024), got {self}"
             raise ConfigError(msg)
+
+
+_ACCEPT_BATCH = 64  # connections taken from the listening queue per new connection at most
 
 
 class _HeadersTooLarge(Exception):
@@ -108,8 +115,9 @@ class _OneWrite:
         return getattr(self._transport, name)
 
 
-class _GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the deadlines and the connection cap of `ServerConfig`.
+class _GuardedProtocol(BodyProtocol):
+    """uvicorn's httptools protocol with the deadlines and the connection cap of `ServerConfig`,
+    answering the app's body endpoints itself (`freshrec.serve._protocol`).
 
     `_waiting` (one dict per server, insertion-ordered = oldest first) holds the connections that
     wait for a request: connected or idle between requests, headers not complete.
@@ -117,6 +125,8 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ServerConfig]
     _waiting: ClassVar[dict[_GuardedProtocol, None]]
+    listen: ClassVar[socket.socket | None] = None  # the listening socket, when the server was given it
+    _accepting: ClassVar[set[asyncio.Task[Any]]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -159,6 +169,7 @@ class _GuardedProtocol(HttpToolsProtocol):
     # ---- uvicorn / asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self._accept_waiting()
         if len(self.connections) > self.limits.max_connections:
             victim = next(iter(self._waiting), None)
             if victim is None:
@@ -167,6 +178,28 @@ class _GuardedProtocol(HttpToolsProtocol):
             victim._drop("connection limit reached (longest waiting)")
         self._wait_for_request()
         self._arm(self.limits.header_timeout_s, "headers not complete in time")
+
+    def _accept_waiting(self) -> None:
+        """Take up the connections already waiting in the listening socket's queue now, not one
+        per turn of the event loop (the loop's own accept), so under load a burst of new
+        connections does not wait a loop turn each (64 connections on a busy loop: seconds)."""
+        listen = self.listen
+        if listen is None or listen.fileno() < 0 or listen.getblocking():
+            return  # none, closed, or not yet the loop's (non-blocking) socket
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _ = listen.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # closed (shutting down), or out of descriptors: the loop's accept decides
+                return
+            conn.setblocking(False)
+            make = functools.partial(
+                type(self), config=self.config, server_state=self.server_state, app_state=self.app_state
+            )
+            task = self.loop.create_task(self.loop.connect_accepted_socket(make, conn))
+            self._accepting.add(task)  # held until done (the loop keeps only weak references)
+            task.add_done_callback(self._accepting.discard)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -238,9 +271,13 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._write_deadline = None
 
 
-def guarded_protocol(limits: ServerConfig) -> type[HttpToolsProtocol]:
-    """The protocol class of one server (its own limits and its own waiting list)."""
-    return type("GuardedProtocol", (_GuardedProtocol,), {"limits": limits, "_waiting": {}})
+def guarded_protocol(
+    limits: ServerConfig, routes: BodyRoutes | None = None, listen: socket.socket | None = None
+) -> type[HttpToolsProtocol]:
+    """The protocol class of one server (its own limits, its own waiting list, the body
+    endpoints it answers itself, and the listening socket it accepts from)."""
+    attrs = {"limits": limits, "_waiting": {}, "routes": routes, "listen": listen, "_accepting": set()}
+    return type("GuardedProtocol", (_GuardedProtocol,), attrs)
 
 
 def is_loopback(host: str) -> bool:
@@ -280,7 +317,10 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def _config(app: Any, host: str, port: int, log_level: str, limits: ServerConfig) -> uvicorn.Config:
+def _config(
+    app: Any, host: str, port: int, log_level: str, limits: ServerConfig, sock: socket.socket | None = None
+) -> uvicorn.Config:
+    routes = app.body_routes if isinstance(app, HasBodyRoutes) else None
     return uvicorn.Config(
         app,
         host=host,
@@ -288,7 +328,7 @@ def _config(app: Any, host: str, port: int, log_level: str, limits: ServerConfig
         log_level=log_level,
         access_log=False,
         lifespan="on",
-        http=guarded_protocol(limits),
+        http=guarded_protocol(limits, routes, sock),
         ws="none",
         timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]
         server_header=False,
@@ -311,7 +351,7 @@ class ServerThread:
         self.host = host
         self.port = int(self.sock.getsockname()[1])
         self.config = config or ServerConfig()
-        self.server = uvicorn.Server(_config(app, host, self.port, log_level, self.config))
+        self.server = uvicorn.Server(_config(app, host, self.port, log_level, self.config, self.sock))
         self._thread = threading.Thread(target=self._run, name="freshrec-uvicorn", daemon=True)
         self.error: BaseException | None = None
 
@@ -363,5 +403,5 @@ def serve_forever(
 ) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles the signals); with `sock`, on
     that already-bound socket (see `bind_socket`)."""
-    server = uvicorn.Server(_config(app, host, port, log_level, config or ServerConfig()))
+    server = uvicorn.Server(_config(app, host, port, log_level, config or ServerConfig(), sock))
     server.run(sockets=[sock] if sock is not None else None)

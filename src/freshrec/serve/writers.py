@@ -9,7 +9,12 @@ Durability: a submitted record is durable once the next flush returns (`Log.flus
 acknowledged by Kafka), i.e. at most about `flush_interval_s` after it was submitted, and at
 shutdown (`close()`, run by the app's lifespan on SIGINT/SIGTERM). A crash (kill -9, power loss)
 loses what was submitted since the last flush. A write that fails is logged and counted
-(`errors`, `last_error`); the records of that call are lost.
+(`errors`, `last_error`); the records of that call are lost (for the features logger: of the
+requests written together).
+
+The features logger wakes at most every `linger_s` (2 ms) and writes all the requests queued
+by then at once: on a one-partition local log, as one block of frames made by numba kernels
+(`impression_block`, `LocalLog.append_frames`), the same bytes as record by record.
 
 Keys: every record is keyed by its own request_id ("<request>:<position>" for an impression, the
 impression's id for an action), so an impression and its actions land in the same partition
@@ -18,6 +23,7 @@ number of their logs (docs/wire-format.md).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -25,11 +31,13 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from freshrec.serve.metrics import ServeMetrics
 from freshrec.stream.events import ActionEvent, FeatureEvent, encode_action, encode_feature
 from freshrec.stream.log import Log
 
-__all__ = ["ActionLogger", "FeatureLogger", "feature_records"]
+__all__ = ["ActionLogger", "FeatureLogger", "feature_records", "impression_block", "impression_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,55 @@ def feature_records(
     return out
 
 
+def impression_frames(
+    rid: str,
+    user_id: int,
+    items: list[int],
+    sparse: dict[str, list[int]],
+    dense: dict[str, float],
+    ts: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The impressions of one ranked request as a block of frames (`impression_block`)."""
+    return impression_block([(rid, user_id, items, sparse, dense, ts)])
+
+
+def impression_block(
+    requests: list[tuple[str, int, list[int], dict[str, list[int]], dict[str, float], float]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The impressions of ranked requests ((rid, user_id, items, sparse, dense, ts) each, no
+    candidate with features of its own), in order, as a block of local-log frames, headers not
+    yet sealed: (buf uint8, ends int64 (n,), key lengths int64 (n,)); the frame of request r's
+    candidate i holds key "<rid>:<i>" and `feature_records`' record i (the bytes
+    `encode_feature` gives, tested). `local_frames.seal_frames(buf, ends, key_lens)` fills in
+    the headers; the kernels and the layout of their input are `freshrec.stream._feature_kernels`."""
+    from freshrec.stream._feature_kernels import impression_lengths, write_impressions
+
+    parts: list[bytes] = []
+    for rid, user_id, _, sparse, dense, ts in requests:
+        parts += (
+            rid.encode(),
+            ('{"request_id":' + _dump(rid)[:-1]).encode(),  # '{"request_id":"rid' (quote left open)
+            b',"user_id":%d,"item_id":' % int(user_id),
+            f',"sparse":{_dump(sparse)},"dense":{_dump(dense)},"ts":{_dump(ts)}}}'.encode(),
+        )
+    part_ends = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)))
+    joined = np.frombuffer(b"".join(parts), dtype=np.uint8)
+    counts = np.fromiter((len(r[2]) for r in requests), dtype=np.int64, count=len(requests))
+    ids = np.fromiter(itertools.chain.from_iterable(r[2] for r in requests), dtype=np.int64)
+    item_ends = np.cumsum(counts)
+    klen, vlen = impression_lengths(part_ends, ids, item_ends)
+    ends = np.cumsum(klen + vlen + _FRAME_HEADER)
+    buf = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.uint8)
+    write_impressions(buf, ends, joined, part_ends, ids, item_ends)
+    return buf, ends, klen
+
+
+_FRAME_HEADER = 10  # the local log's [u32 length][u32 crc32][u16 keylen]
+
+
+_BATCH = 256  # items written in one go at most
+
+
 class _LogWriter:
     """The writer thread (see the module docstring); subclasses say how an item is written.
 
@@ -78,6 +135,7 @@ class _LogWriter:
     """
 
     what = "records"
+    linger_s = 0.0  # after waking for an item, wait this long for more (one write for several)
 
     def __init__(
         self,
@@ -119,19 +177,43 @@ class _LogWriter:
             self._dirty = False
             self.log.flush()
 
-    def _run(self) -> None:
-        next_flush = time.monotonic() + self.flush_interval_s
-        while True:
+    def _write_many(self, items: list[Any]) -> int:
+        """Append the records of several items, in order; returns how many."""
+        return sum(self._write(item) for item in items)
+
+    def _take(self, kind: str, arg: Any) -> tuple[list[Any], str, Any]:
+        """The items queued from (kind, arg) on, at most `_BATCH`, and the message after them
+        (an "item" when the batch is full: the first of the next batch)."""
+        batch: list[Any] = []
+        while kind == "item" and len(batch) < _BATCH:
+            batch.append(arg)
             try:
-                kind, arg = self._q.get(timeout=max(0.0, next_flush - time.monotonic()))
+                kind, arg = self._q.get_nowait()
             except queue.Empty:
                 kind, arg = "tick", None
+        return batch, kind, arg
+
+    def _run(self) -> None:
+        next_flush = time.monotonic() + self.flush_interval_s
+        carry: tuple[str, Any] | None = None  # the first item of the next batch
+        while True:
+            if carry is not None:
+                (kind, arg), carry = carry, None
+            else:
+                try:
+                    kind, arg = self._q.get(timeout=max(0.0, next_flush - time.monotonic()))
+                except queue.Empty:
+                    kind, arg = "tick", None
+                if kind == "item" and self.linger_s > 0:
+                    time.sleep(self.linger_s)  # let a few more requests' items come: one block for all
+            batch, kind, arg = self._take(kind, arg)
+            if kind == "item":
+                carry, kind, arg = (kind, arg), "tick", None
             try:
-                if kind == "item":
-                    n = self._write(arg)
-                    self.logged += n
+                if batch:
+                    self.logged += self._write_many(batch)
                     self._dirty = True
-                elif kind in ("flush", "stop"):
+                if kind in ("flush", "stop"):
                     self._flush()
                 if time.monotonic() >= next_flush:
                     self._flush()
@@ -170,6 +252,7 @@ class FeatureLogger(_LogWriter):
     features log, each keyed by its request_id. Unbounded: impressions come no faster than scoring."""
 
     what = "features"
+    linger_s = 0.002
 
     def __init__(
         self, features_log: Log, *, flush_interval_s: float = 1.0, metrics: ServeMetrics | None = None
@@ -180,8 +263,32 @@ class FeatureLogger(_LogWriter):
         """(request_id, user_id, item_ids, sparse, dense, item_sparse, item_dense, ts) of one request."""
         self._put(item)
 
+    def _write_many(self, items: list[tuple]) -> int:
+        frames = getattr(self.log, "append_frames", None)  # the Log protocol's block fast path
+        own = any(it[5] is not None or it[6] is not None for it in items)  # candidates' own features
+        if frames is None or self.log.partitions != 1 or own:
+            return super()._write_many(items)
+        # all the requests' records, keys and frames written by numba kernels, in one block: this
+        # thread holds the GIL a few microseconds per request, not for each record
+        from freshrec.stream.local_frames import seal_frames
+
+        buf, ends, key_lens = impression_block([(it[0], it[1], it[2], it[3], it[4], it[7]) for it in items])
+        if len(ends):
+            seal_frames(buf, ends, key_lens)
+            frames(buf, ends, partition=0)
+        if self.metrics is not None:
+            self.metrics.features_logged.inc(len(ends))
+        return len(ends)
+
     def _write(self, item: tuple) -> int:
         rid, user_id, items, sparse, dense, isparse, idense, ts = item
+        self._append_each(rid, user_id, items, sparse, dense, isparse, idense, ts)
+        if self.metrics is not None:
+            self.metrics.features_logged.inc(len(items))
+        return len(items)
+
+    def _append_each(self, rid: str, user_id: int, items: list[int], *rest: Any) -> None:
+        sparse, dense, isparse, idense, ts = rest
         values = feature_records(rid, user_id, items, sparse, dense, ts, isparse, idense)
         prefix = rid.encode()
         keys = [b"%b:%d" % (prefix, pos) for pos in range(len(values))]
@@ -191,9 +298,6 @@ class FeatureLogger(_LogWriter):
         else:
             for key, value in zip(keys, values, strict=True):
                 self.log.append(value, key=key)
-        if self.metrics is not None:
-            self.metrics.features_logged.inc(len(items))
-        return len(items)
 
 
 class ActionLogger(_LogWriter):
