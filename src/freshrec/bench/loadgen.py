@@ -74,6 +74,27 @@ end
 function response(status, headers, body)
   counts[status] = (counts[status] or 0) + 1
 end
+-- paced (FRESHREC_INTERVAL_MS: ms between requests of one thread): each request takes the next
+-- slot of the thread's schedule and waits for it; behind schedule, requests go at once
+local pace = tonumber(os.getenv("FRESHREC_INTERVAL_MS") or "")
+if pace then
+  local ffi = require("ffi")
+  ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } freshrec_ts;
+             int clock_gettime(int clk, freshrec_ts *tp); ]]
+  local ts = ffi.new("freshrec_ts")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts)
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+  local due = nil
+  function delay()
+    local now = now_ms()
+    if due == nil then due = now end
+    due = due + pace
+    if due <= now then return 0 end
+    return math.floor(due - now + 0.5)
+  end
+end
 function done(summary, latency, requests)
   local all = {}
   for _, t in ipairs(threads) do
@@ -102,7 +123,15 @@ def _wrk_version(wrk: str) -> str:
     return f"wrk {words[1]}" if len(words) > 1 else "wrk"
 
 
-def _run_wrk(wrk: str, url: str, bodies: Path, connections: int, seconds: float, threads: int) -> LoadResult:
+def _run_wrk(
+    wrk: str,
+    url: str,
+    bodies: Path,
+    connections: int,
+    seconds: float,
+    threads: int,
+    rate: float | None = None,
+) -> LoadResult:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_SCRIPT)
         script = f.name
@@ -112,6 +141,8 @@ def _run_wrk(wrk: str, url: str, bodies: Path, connections: int, seconds: float,
             "--timeout", "10s", "-s", script, url,
         ]  # fmt: skip
         env = dict(os.environ, FRESHREC_BODIES=str(bodies))
+        if rate is not None:  # each of the threads paces its share of `rate`
+            env["FRESHREC_INTERVAL_MS"] = repr(1000.0 * min(threads, connections) / rate)
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False)
     finally:
         os.unlink(script)
@@ -122,7 +153,8 @@ def _run_wrk(wrk: str, url: str, bodies: Path, connections: int, seconds: float,
     r = json.loads(line.split(" ", 1)[1])
     dur = r["duration_us"] / 1e6
     return LoadResult(
-        generator=f"{_wrk_version(wrk)} ({min(threads, connections)} threads)",
+        generator=f"{_wrk_version(wrk)} ({min(threads, connections)} threads"
+        + (f", paced at {rate:.0f} req/s)" if rate is not None else ")"),
         connections=connections,
         seconds=round(dur, 3),
         requests=r["requests"],
@@ -219,16 +251,21 @@ def run_load(
     seconds: float,
     threads: int = 2,
     use_wrk: bool = True,
+    rate: float | None = None,
 ) -> LoadResult:
     """Drive `url` with `connections` keep-alive connections POSTing `bodies` (JSON, one per line
     when written out) for `seconds`, from another process: wrk when installed and `use_wrk`, else
-    the asyncio client of this module."""
+    the asyncio client of this module. `rate` (wrk only): requests/s on a fixed schedule instead of
+    back to back (a request waits for its slot; one behind schedule goes at once)."""
     with tempfile.TemporaryDirectory(prefix="freshrec-load-") as tmp:
         path = Path(tmp) / "bodies.jsonl"
         path.write_bytes(b"\n".join(bodies) + b"\n")
         wrk = wrk_path() if use_wrk else None
         if wrk is not None:
-            return _run_wrk(wrk, url, path, connections, seconds, threads)
+            return _run_wrk(wrk, url, path, connections, seconds, threads, rate)
+        if rate is not None:
+            msg = "a paced load needs wrk (bash scripts/wrk.sh)"
+            raise RoleError(msg)
         cmd = [
             sys.executable, "-m", "freshrec.bench.loadgen", "--url", url, "--bodies", str(path),
             "--connections", str(connections), "--seconds", str(seconds),

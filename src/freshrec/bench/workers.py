@@ -10,13 +10,14 @@ features log as a default server does. Measured per N:
   split between the processes that map them), after warm-up, and the plain RSS sum for reference;
 - closed loop: `--connections` keep-alive connections send /v1/rank (`--candidates` random
   candidates) back to back for `--seconds`: requests/s, p50, p99, max;
-- paced (N > 1): the requests/s that N = 1 sustained, sent on a fixed schedule (latency counted
-  from the scheduled send, so a stall is not hidden), p50 / p99.
+- paced (N > 1): the requests/s that N = 1 sustained, sent on a fixed schedule, p50 / p99 (with
+  wrk, latency runs from each request's write, as wrk measures, and the rate actually sent is
+  reported next to the one asked; without wrk, an asyncio pacer counts from the scheduled send).
 
-The load generators are separate processes that cost little CPU next to the servers: the closed
-loop is `freshrec.bench.loadgen` (wrk with one thread when installed, `bash scripts/wrk.sh`; else
-its asyncio client), the paced loop an asyncio client (raw HTTP/1.1 over keep-alive sockets,
-bodies encoded once, each connection's first request sent before the clock starts). They share
+The load generators are separate processes that cost little CPU next to the servers:
+`freshrec.bench.loadgen` (wrk with one thread when installed, `bash scripts/wrk.sh`, paced by its
+Lua `delay` hook; else an asyncio client: raw HTTP/1.1 over keep-alive sockets, bodies encoded
+once, each connection's first request sent before the clock starts). They share
 the machine's cores with the servers, which the figures include. Before the measured phases, a
 warm-up phase sends every worker its first requests. Ratios against N = 1 are printed; `--json`
 prints one object.
@@ -178,6 +179,34 @@ def _closed(port: int, args: argparse.Namespace, seconds: float) -> dict:
     }
 
 
+def _paced(port: int, args: argparse.Namespace, seconds: float, rate: float) -> dict:
+    """`rate` requests/s on a schedule: wrk (its Lua `delay` hook) when installed, else the asyncio
+    pacer; `rps` is what was sent and answered, `rate` what was asked."""
+    from freshrec.bench.loadgen import run_load, wrk_path
+
+    if wrk_path() is None:
+        return _drive(port, args, seconds, rate=rate)
+    res = run_load(
+        f"http://127.0.0.1:{port}/v1/rank",
+        _bodies(args),
+        connections=args.connections,
+        seconds=seconds,
+        threads=1,
+        rate=rate,
+    )
+    ok = res.statuses.get("200", 0)
+    return {
+        "generator": res.generator,
+        "rate": rate,
+        "requests": res.requests,
+        "errors": res.requests - ok + res.transport_errors,
+        "rps": res.rps,
+        "p50_ms": res.p50_ms,
+        "p99_ms": res.p99_ms,
+        "max_ms": res.max_ms,
+    }
+
+
 def _drive(port: int, args: argparse.Namespace, seconds: float, rate: float | None = None) -> dict:
     job = {
         "host": "127.0.0.1",
@@ -299,7 +328,7 @@ def main(args: argparse.Namespace) -> int:
         "seconds": args.seconds,
         "cpus": os.cpu_count(),
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
-        "load_generator": "closed: freshrec.bench.loadgen (wrk 1 thread, else asyncio); paced: asyncio",
+        "load_generator": "freshrec.bench.loadgen: wrk, 1 thread (paced: its Lua delay hook); else asyncio",
         "runs": {},
     }
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-workers-") as tmp:
@@ -318,7 +347,7 @@ def main(args: argparse.Namespace) -> int:
                 if base_rps is None:
                     base_rps = closed["rps"]
                 elif n > 1:
-                    run["paced_at_1_worker_rps"] = _drive(port, args, args.seconds, rate=base_rps)
+                    run["paced_at_1_worker_rps"] = _paced(port, args, args.seconds, base_rps)
                 result["runs"][str(n)] = run
                 say(
                     f"  workers {n}: PSS {mem['pss_mb']:.0f} MB ({mem['processes']} processes), "

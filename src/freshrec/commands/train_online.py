@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -95,9 +96,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefetch",
         type=at_least(0),
-        default=0,
+        default=2 if (os.cpu_count() or 1) >= 2 else 0,
         help="batches polled, decoded and assembled ahead in a background thread while one trains "
-        "(trains exactly the same; 0: one thread)",
+        "(trains exactly the same; default 2 with two cores or more; 0: one thread)",
     )
     parser.add_argument(
         "--whole-batches",
