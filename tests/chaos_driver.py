@@ -12,6 +12,13 @@ The loop under test, over one log backend (a local-log folder or kafka://...?pre
 killed role is restarted at once), waits for the joiner and the trainer to finish, and returns what
 happened: the kill log, the windows in which the serving process was down, and the failures of a
 client thread that polled /healthz every ~50 ms.
+
+`freshrec serve` runs one process per core here (`--workers`: a supervisor, a zygote, the
+workers). A kill -9 of the supervisor takes its workers down with it a few tens of milliseconds
+later (each dies with its parent), and a poll in that moment may still be answered by a worker of
+the killed tree. So a serving outage lasts from the kill until a process of the *restarted* server
+answers: polls name their worker (`x-freshrec-worker: index/pid`), and answers from a worker seen
+before the kill do not end the outage.
 """
 
 from __future__ import annotations
@@ -145,6 +152,7 @@ class LoopResult:
     polls: int = 0
     failures: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, why)
     ok_times: list[float] = field(default_factory=list)  # start times of successful polls
+    ok_workers: list[str] = field(default_factory=list)  # their x-freshrec-worker ("" for one process)
     serving_kills: list[float] = field(default_factory=list)  # monotonic times
     broker_faults: list[tuple[float, str, float]] = field(default_factory=list)  # (wall time, how, down s)
     seconds: float = 0.0
@@ -152,12 +160,17 @@ class LoopResult:
     trainer_output: str = ""
 
     def down_windows(self) -> list[tuple[float, float]]:
-        """From each kill of the serving process to the first successful poll that began after it."""
+        """From each kill of the serving process to the first successful poll that began after it
+        and was answered by the restarted server (not by a worker of the killed tree: see the
+        module docstring)."""
         import bisect
 
         out = []
         for t in self.serving_kills:
             i = bisect.bisect_right(self.ok_times, t)
+            before = {w for w in self.ok_workers[:i] if w}
+            while i < len(self.ok_times) and self.ok_workers[i] in before:
+                i += 1
             out.append((t, self.ok_times[i] if i < len(self.ok_times) else float("inf")))
         return out
 
@@ -218,6 +231,7 @@ class Poller(threading.Thread):
                 try:
                     r = client.get("/healthz")
                     why = "" if r.status_code == 200 else f"status {r.status_code}"
+                    worker = r.headers.get("x-freshrec-worker", "")
                 except httpx.HTTPError as e:
                     why = type(e).__name__
                 t1 = time.monotonic()
@@ -225,6 +239,7 @@ class Poller(threading.Thread):
                 if why:
                     self.result.failures.append((t0, t1, why))
                 else:
+                    self.result.ok_workers.append(worker)
                     self.result.ok_times.append(t0)
                 self.halt.wait(max(0.0, 0.05 - (t1 - t0)))
 
@@ -310,9 +325,7 @@ def run_loop(
             for r in roles.values():
                 r.check()
             running = [n for n, r in roles.items() if r.alive()]
-            serving_ready = not result.serving_kills or (
-                bool(result.ok_times) and result.ok_times[-1] > result.serving_kills[-1]
-            )
+            serving_ready = not result.serving_kills or result.down_windows()[-1][1] != float("inf")
             if not serving_ready and len(running) > 1:
                 running.remove("serving")  # it is still starting: kill another role meanwhile
             elif not serving_ready:
@@ -344,7 +357,7 @@ def run_loop(
         if result.serving_kills:
             wait_ready(serving_role, base)
             deadline = time.monotonic() + 10
-            while not (result.ok_times and result.ok_times[-1] > result.serving_kills[-1]):
+            while result.down_windows()[-1][1] == float("inf"):
                 assert time.monotonic() < deadline, "the poller never saw the restarted serving"
                 time.sleep(0.05)
         for name in ("joiner", "trainer"):
