@@ -240,7 +240,7 @@ def serve_requests(sock: socket.socket, root: Path, worker: Callable[[int, int, 
                 sock.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                die_with_parent(zygote, signal.SIGKILL)  # at once: a kill -9 of the supervisor leaves no server
+                die_with_parent(zygote, signal.SIGKILL)  # at once: no worker outlives a kill -9
                 code = worker(index, fds[0], fds[1])
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
