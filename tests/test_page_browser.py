@@ -246,8 +246,10 @@ def traffic(root: Path, url: str) -> Iterator[None]:
 @pytest.mark.timeout(300)
 def test_the_server_page_shows_the_stats_behind_the_token(demo, tmp_path, shots, figures):
     make_snapshot(tmp_path)
+    # one process: with --workers N each worker's page shows its own request figures, and the
+    # traffic here would be split between them (docs/http.md)
     with (
-        serve_process(tmp_path, env={"FRESHREC_TOKEN": TOKEN}) as url,
+        serve_process(tmp_path, "--workers", "1", env={"FRESHREC_TOKEN": TOKEN}) as url,
         traffic(tmp_path, url),
         chromium() as d,
     ):
