@@ -37,6 +37,12 @@ def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return res
 
 
+def _train(config: str, data, snap: str, *flags: str) -> subprocess.CompletedProcess:
+    """`freshrec train --config` of a small model (1 epoch, dim 4) on `data` into `snap`."""
+    cmd = ["train", "--config", config, "--data", str(data), "--out", snap, "--epochs", "1"]
+    return _run(*cmd, "--dim", "4", "--hidden", "8", "--no-progress", *flags)
+
+
 def _last_json(res: subprocess.CompletedProcess) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -67,25 +73,7 @@ def test_the_loop_from_one_config(tmp_path, shape, write, n):
     data = write(tmp_path, n=n)
     config = str(EXAMPLES / f"{shape}.toml")
     snap, logs, snaps = str(tmp_path / "snap"), str(tmp_path / "logs"), str(tmp_path / "snaps")
-    trained = _last_json(
-        _run(
-            "train",
-            "--config",
-            config,
-            "--data",
-            str(data),
-            "--out",
-            snap,
-            "--epochs",
-            "1",
-            "--dim",
-            "4",
-            "--hidden",
-            "8",
-            "--no-progress",
-            "--json",
-        )
-    )
+    trained = _last_json(_train(config, data, snap, "--json"))
     assert 0.0 <= trained["auc"] <= 1.0
     stored = snapshot_schema(snap, required=True)
     assert (
@@ -201,22 +189,7 @@ def test_a_trainer_resumed_with_another_schema_is_refused(tmp_path):
     data = write_clicks(tmp_path, n=400)
     config = EXAMPLES / "clickstream.toml"
     snap = str(tmp_path / "snap")
-    _run(
-        "train",
-        "--config",
-        str(config),
-        "--data",
-        str(data),
-        "--out",
-        snap,
-        "--epochs",
-        "1",
-        "--dim",
-        "4",
-        "--hidden",
-        "8",
-        "--no-progress",
-    )
+    _train(str(config), data, snap)
     other = tmp_path / "other.toml"
     other.write_text(config.read_text().replace("[schema.slots.device]", "[schema.slots.os]"))
     res = _run(

@@ -113,27 +113,15 @@ def parse_weights(text: str) -> dict[str, float] | None:
     return out or None
 
 
-def _has_schema(config: Path) -> bool:
-    import tomllib
-
-    with open(config, "rb") as f:
-        return "schema" in tomllib.load(f)
-
-
-def _schema(snap: Path, config: Path | None, *, ids: bool):
-    """The schema the server speaks: the snapshot's (None with `--ids`, or when it holds none);
-    `config`'s [schema] must match it."""
-    from freshrec.data.schema import load_schema
-    from freshrec.ps.schema_check import snapshot_schema
+def _schema(snap: Path, config: Path | None):
+    """The snapshot's schema (None when it holds none); `config`'s [schema], if any, must match."""
+    from freshrec.train.schema_train import checked_snapshot_schema
 
     try:
-        stored = snapshot_schema(snap, required=config is not None and _has_schema(config))
+        return checked_snapshot_schema(config, snap)
     except SnapshotError as e:
         msg = f"--snapshot {e}"
         raise SnapshotError(msg) from e
-    if config is not None and _has_schema(config):
-        load_schema(config).check_matches(stored, where=str(snap))
-    return None if ids else stored
 
 
 def main(args: argparse.Namespace) -> int:
@@ -171,7 +159,8 @@ def main(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
         )
         snap = Path(args.snapshot)
-        schema = _schema(snap, args.config, ids=args.ids)  # --config: the command line's TOML file
+        stored = _schema(snap, args.config)  # --config: the command line's TOML file
+        schema = None if args.ids else stored  # what the app speaks
         if args.workers < 1:
             msg = f"--workers must be >= 1, got {args.workers}"
             raise ConfigError(msg)
@@ -188,7 +177,7 @@ def main(args: argparse.Namespace) -> int:
         if args.workers > 1:
             from freshrec.commands.serve_workers import serve_workers
 
-            return serve_workers(args, pipe, app_config, server_config, schema)
+            return serve_workers(args, pipe, app_config, server_config, stored)
         try:
             replica, sub = pipe.replica(snapshot=snap, group=args.group)
         except SnapshotError as e:

@@ -24,9 +24,10 @@ from freshrec.errors import FreshrecError, SnapshotError
 
 
 def serve_workers(
-    args: argparse.Namespace, pipe: Any, app_config: Any, server_config: Any, schema: Any = None
+    args: argparse.Namespace, pipe: Any, app_config: Any, server_config: Any, stored: Any = None
 ) -> int:
-    from freshrec.ps.schema_check import snapshot_schema
+    """Serve with `args.workers` processes; `stored`: the snapshot's schema (the workers speak it
+    unless `--ids`, and name the dense features as it does)."""
     from freshrec.ps.sync import SyncSubscriber
     from freshrec.ps.training import TrainingPS
     from freshrec.serve.server import is_loopback
@@ -35,6 +36,7 @@ def serve_workers(
     from freshrec.serve.zygote import Zygote
 
     snap = Path(args.snapshot)
+    schema = None if args.ids else stored
     root = shared_root()
     applier: SharedApplier | None = None
     sub: SyncSubscriber | None = None
@@ -49,7 +51,6 @@ def serve_workers(
     try:
         try:
             ps, positions = TrainingPS.load(snap)
-            stored = snapshot_schema(snap)
         except SnapshotError as e:
             msg = f"--snapshot {e}"
             raise SnapshotError(msg) from e

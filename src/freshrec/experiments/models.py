@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ModelsConfig", "run_models_experiment"]
+__all__ = ["ModelsConfig", "batch_outputs", "run_models_experiment", "stream_metrics"]
 
 HELP = "models and tasks (DeepFM, DeepFM click+rating, DIN over a history bag): online vs frozen, one run"
 EXAMPLE = "freshrec experiment models --json"
@@ -63,7 +63,8 @@ class ModelsConfig:
 QUICK = ModelsConfig(limit=12_000, epochs=1, dim=8, batch_size=256)
 
 
-def _outputs(model, batch, n_tasks: int) -> np.ndarray:
+def batch_outputs(model, batch, n_tasks: int) -> np.ndarray:
+    """(B, T) float64: the model's served outputs on `batch` (eval mode, no gradient)."""
     import torch
 
     from freshrec.model.contract import outputs_2d
@@ -73,7 +74,8 @@ def _outputs(model, batch, n_tasks: int) -> np.ndarray:
         return outputs_2d(model(batch.sparse, batch.dense), n_tasks).numpy().astype(np.float64)
 
 
-def _metrics(tasks, out: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float]]:
+def stream_metrics(tasks, out: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per task over a whole stream: {"auc"} for a binary task, {"rmse"} for a value task."""
     from freshrec.train.metrics import auc
 
     res = {}
@@ -127,8 +129,8 @@ def run_models_experiment(
             trainer = OnlineTrainer.from_checkpoint(snap, OnlineConfig(batch_size=config.batch_size))
             on, fr, ys = [], [], []
             for b in iter_batches(stream, config.batch_size, tasks=tasks):
-                fr.append(_outputs(frozen, b, len(tasks)))
-                on.append(_outputs(trainer.model, b, len(tasks)))  # before the model sees the batch
+                fr.append(batch_outputs(frozen, b, len(tasks)))
+                on.append(batch_outputs(trainer.model, b, len(tasks)))  # before the model sees the batch
                 ys.append(b.targets.numpy().astype(np.float64))
                 trainer.train_step(b)
             y = np.concatenate(ys)
@@ -136,8 +138,8 @@ def run_models_experiment(
                 "model": label,
                 "path": res.ps.model_spec.path,
                 "tasks": [t.name for t in tasks],
-                "online": _metrics(tasks, np.concatenate(on), y),
-                "frozen": _metrics(tasks, np.concatenate(fr), y),
+                "online": stream_metrics(tasks, np.concatenate(on), y),
+                "frozen": stream_metrics(tasks, np.concatenate(fr), y),
                 "seconds": time.perf_counter() - t0,
             }
             out.append(row)

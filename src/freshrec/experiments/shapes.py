@@ -182,13 +182,10 @@ def _run(*args: str) -> dict[str, Any]:
 
 def _progressive(snap: Path, logs: Path, batch_size: int) -> tuple[dict, dict, dict]:
     """(online, frozen, counts) over the examples log, batch by batch (module docstring)."""
-    import torch
-
-    from freshrec.model.contract import outputs_2d
+    from freshrec.experiments.models import batch_outputs, stream_metrics
     from freshrec.stream.local_log import LocalBackend
     from freshrec.train.batch import iter_batches, load_checkpoint
     from freshrec.train.examples import decode_records, examples_to_dataset
-    from freshrec.train.metrics import auc
     from freshrec.train.online import OnlineConfig, OnlineTrainer
     from freshrec.train.schema_train import check_init_schema
 
@@ -208,28 +205,13 @@ def _progressive(snap: Path, logs: Path, batch_size: int) -> tuple[dict, dict, d
     ds = examples_to_dataset(examples, trainer.schema)
     tasks = trainer.ps.tasks
     on, fr, ys = [], [], []
-
-    def out(model, b) -> np.ndarray:
-        model.eval()
-        with torch.no_grad():
-            return outputs_2d(model(b.sparse, b.dense), len(tasks)).numpy().astype(np.float64)
-
     for b in iter_batches(ds, batch_size, tasks=tasks):
-        fr.append(out(frozen, b))
-        on.append(out(trainer.model, b))  # before the model sees the batch
+        fr.append(batch_outputs(frozen, b, len(tasks)))
+        on.append(batch_outputs(trainer.model, b, len(tasks)))  # before the model sees the batch
         ys.append(b.targets.numpy().astype(np.float64))
         trainer.train_step(b)
-    y, o, f = np.concatenate(ys), np.concatenate(on), np.concatenate(fr)
-    online, still = {}, {}
-    for t, task in enumerate(tasks):
-        if task.kind == "binary":
-            online[task.name], still[task.name] = (
-                {"auc": auc(y[:, t], o[:, t])},
-                {"auc": auc(y[:, t], f[:, t])},
-            )
-        else:
-            online[task.name] = {"rmse": float(np.sqrt(np.mean((o[:, t] - y[:, t]) ** 2)))}
-            still[task.name] = {"rmse": float(np.sqrt(np.mean((f[:, t] - y[:, t]) ** 2)))}
+    y = np.concatenate(ys)
+    online, still = stream_metrics(tasks, np.concatenate(on), y), stream_metrics(tasks, np.concatenate(fr), y)
     counts = {
         "examples": len(examples),
         "bad": len(bad),

@@ -103,11 +103,14 @@ def serving_table_config(cfg: TableConfig, *, initial_capacity: int = 1024) -> T
     )
 
 
-def _with_dense_names(config: ServingConfig | None, names: tuple[str, ...] | None) -> ServingConfig | None:
-    """`config` with the dense features named as the snapshot's schema names them (unless given)."""
+def _with_dense_names(config: ServingConfig | None, meta: Mapping[str, Any]) -> ServingConfig | None:
+    """`config` with the dense features named as the schema in a snapshot's `meta` names them
+    (unless the config names them, or the snapshot holds no schema)."""
+    schema = meta.get("extra", {}).get("schema")
+    names = tuple(s["name"] for s in schema["slots"] if s.get("kind") == "dense") if schema else ()
     if not names or (config is not None and config.dense_names is not None):
         return config
-    return replace(config or ServingConfig(), dense_names=tuple(names))
+    return replace(config or ServingConfig(), dense_names=names)
 
 
 class ServingReplica:
@@ -303,9 +306,7 @@ class ServingReplica:
         """A replica holding the embeddings and dense weights of a full training state
         (`TrainingPS.state()`, a snapshot's meta and arrays)."""
         ps = TrainingPS.from_state(meta, arrays, source=source)
-        schema = meta.get("extra", {}).get("schema")
-        dense = tuple(s["name"] for s in schema["slots"] if s.get("kind") == "dense") if schema else None
-        config = _with_dense_names(config, dense)
+        config = _with_dense_names(config, meta)
         return cls.from_ps(ps, positions=meta.get("positions", {}), config=config, clock=clock)
 
     @classmethod
@@ -319,12 +320,11 @@ class ServingReplica:
         """A replica from any snapshot a command wrote: a snapshot folder (`freshrec train --out`,
         `TrainingPS.save`, `SyncPublisher.snapshot`), a snapshot store, or a periodic-snapshot folder
         (`freshrec train online --snapshots`: its newest full snapshot plus incrementals)."""
-        from freshrec.ps.schema_check import snapshot_schema
+        from freshrec.ps.training import load_training_snapshot
 
-        ps, positions = TrainingPS.load(path)
-        schema = snapshot_schema(path)
-        config = _with_dense_names(config, schema.dense_names if schema is not None else None)
-        return cls.from_ps(ps, positions=positions, config=config, clock=clock)
+        ps, meta = load_training_snapshot(path)  # one read: the state and its meta (the schema)
+        config = _with_dense_names(config, meta)
+        return cls.from_ps(ps, positions=dict(meta.get("positions", {})), config=config, clock=clock)
 
     # ---- scoring -------------------------------------------------------------------------------
     def _slot_input(

@@ -24,21 +24,17 @@ import math
 import numpy as np
 from numba import njit
 
-from freshrec.stream._wire_kernels import _k_id, _k_lit, _k_name, _k_num, _k_str
+from freshrec.stream._wire_kernels import _F_DENSE as _DENSE
+from freshrec.stream._wire_kernels import _F_IID as _IID
+from freshrec.stream._wire_kernels import _F_RID as _RID
+from freshrec.stream._wire_kernels import _F_SPARSE as _SPARSE
+from freshrec.stream._wire_kernels import _F_TS as _TS
+from freshrec.stream._wire_kernels import _F_UID as _UID
+from freshrec.stream._wire_kernels import _k_id, _k_lit, _k_name, _k_num, _k_str, _lit
 
 MISSING = -(2**63)
 
-
-def _lit(text: bytes) -> np.ndarray:
-    return np.frombuffer(text, dtype=np.uint8).copy()
-
-
-_RID = _lit(b'{"request_id":')
-_UID = _lit(b',"user_id":')
-_IID = _lit(b',"item_id":')
-_SPARSE = _lit(b',"sparse":{')
-_DENSE = _lit(b',"dense":{')
-_TS = _lit(b',"ts":')
+# an example is a canonical feature record (the same leading literals) with its labels after it
 _LABELS = _lit(b',"labels":{')
 _RATE = _lit(b',"sample_rate":')
 _POW10 = np.array([10.0**k for k in range(23)], dtype=np.float64)

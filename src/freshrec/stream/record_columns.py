@@ -200,6 +200,19 @@ class ColumnRecords:
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def _columns(self) -> tuple[np.ndarray, ...]:
+        """The columns every writing kernel takes, in its argument order."""
+        return (
+            self.lit_data,
+            self.lit_off,
+            self.ints,
+            self.str_data,
+            self.str_off,
+            self.rag_vals,
+            self.rag_off,
+        )
+
     def _rows(self, rows: np.ndarray | None) -> np.ndarray:
         return np.arange(self.n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
 
@@ -237,13 +250,7 @@ class ColumnRecords:
             self.kops,
             self.vops,
             rows,
-            self.lit_data,
-            self.lit_off,
-            self.ints,
-            self.str_data,
-            self.str_off,
-            self.rag_vals,
-            self.rag_off,
+            *self._columns,
         )
         seal_frames(buf, ends, klen)
         return buf, ends
@@ -301,13 +308,7 @@ class ColumnRecords:
             self.vops,
             rows,
             bounds,
-            self.lit_data,
-            self.lit_off,
-            self.ints,
-            self.str_data,
-            self.str_off,
-            self.rag_vals,
-            self.rag_off,
+            *self._columns,
         )
         assert c == len(rows), "the bounds hold every frame"
         return buf[: ends[c - 1]] if c else buf[:0], ends[:c]
@@ -344,16 +345,5 @@ class ColumnRecords:
         """zlib.crc32 of each key of `rows` (default all), int64: what `partition_for` hashes."""
         rows = self._rows(rows)
         out = np.empty(len(rows), np.int64)
-        k.key_crcs(
-            self.kops,
-            rows,
-            self.lit_data,
-            self.lit_off,
-            self.ints,
-            self.str_data,
-            self.str_off,
-            self.rag_vals,
-            self.rag_off,
-            out,
-        )
+        k.key_crcs(*(self.kops, rows, *self._columns, out))
         return out

@@ -10,7 +10,7 @@ from freshrec.data.schema import Schema, load_schema
 from freshrec.errors import SchemaError
 from freshrec.train.batch import time_split
 
-__all__ = ["check_init_schema", "load_train_test_schema"]
+__all__ = ["check_init_schema", "checked_snapshot_schema", "load_train_test_schema"]
 
 
 def load_train_test_schema(
@@ -39,10 +39,10 @@ def load_train_test_schema(
     return train, test, resolved
 
 
-def check_init_schema(config: str | os.PathLike | None, snapshot: str | os.PathLike) -> tuple[str, ...]:
-    """For a trainer resumed from `snapshot`: SchemaError naming what differs when the config file
-    has a `[schema]` that is not the snapshot's; returns the snapshot schema's dense names (() when
-    the snapshot holds no schema)."""
+def checked_snapshot_schema(config: str | os.PathLike | None, snapshot: str | os.PathLike) -> Schema | None:
+    """The schema stored in `snapshot` (None when it holds none), read once; SchemaError naming
+    what differs when the config file has a `[schema]` that is not the snapshot's (or the snapshot
+    holds none)."""
     import tomllib
 
     from freshrec.ps.schema_check import snapshot_schema
@@ -55,4 +55,11 @@ def check_init_schema(config: str | os.PathLike | None, snapshot: str | os.PathL
             has = False
         if has:
             load_schema(config).check_matches(stored, where=str(snapshot))
+    return stored
+
+
+def check_init_schema(config: str | os.PathLike | None, snapshot: str | os.PathLike) -> tuple[str, ...]:
+    """For a trainer resumed from `snapshot`: `checked_snapshot_schema`'s check; returns the
+    snapshot schema's dense names (() when the snapshot holds no schema)."""
+    stored = checked_snapshot_schema(config, snapshot)
     return stored.dense_names if stored is not None else ()
