@@ -210,6 +210,13 @@ def test_finite_scores_are_required_and_the_fault_is_placed():
         def rank(self, user_id, ids, *, sparse=None, dense=None, item_sparse=None, item_dense=None):
             return np.asarray(ids), self._p(len(ids), bool(dense) or any(item_dense or ()))
 
+        def rank_many(self, queries):
+            out = []
+            for q in queries:
+                p = self._p(len(q.item_ids), bool(q.dense) or any(q.item_dense or ()))
+                out.append((np.asarray(q.item_ids), p, p[:, None]))
+            return out
+
         def predict(self, examples):
             return self._p(len(examples), any(e.get("dense") for e in examples))
 
@@ -408,6 +415,12 @@ def test_integer_dense_values_are_numbers(served):
 # ---- overload: 503 instead of an unbounded queue -----------------------------------------------
 
 
+def scored(ids):
+    """A fake replica's ranking of `ids`: all 0.5, in their order (`ServingReplica.rank_many`'s form)."""
+    p = np.full(len(ids), 0.5, np.float32)
+    return np.asarray(ids), p, p[:, None]
+
+
 def test_overload_is_503_and_healthz_stays_fast():
     class SlowReplica:
         spec, version, dense_version = SPEC, 1, 1
@@ -416,9 +429,9 @@ def test_overload_is_503_and_healthz_stays_fast():
         last_apply_wall = data_ts = None
         deltas_applied = rows_applied = rows_deleted = dense_applied = 0
 
-        def rank(self, user_id, ids, **kw):
+        def rank_many(self, queries):
             time.sleep(0.3)
-            return np.asarray(ids), np.full(len(ids), 0.5, np.float32)
+            return [scored(q.item_ids) for q in queries]
 
         def table_sizes(self):
             return {}
@@ -459,10 +472,10 @@ def test_cheap_requests_do_not_wait_behind_an_expensive_one():
         last_apply_wall = data_ts = None
         deltas_applied = rows_applied = rows_deleted = dense_applied = 0
 
-        def rank(self, user_id, ids, **kw):
-            if len(ids) > 50:
+        def rank_many(self, queries):
+            if any(len(q.item_ids) > 50 for q in queries):
                 time.sleep(1.0)
-            return np.asarray(ids), np.full(len(ids), 0.5, np.float32)
+            return [scored(q.item_ids) for q in queries]
 
         def table_sizes(self):
             return {}

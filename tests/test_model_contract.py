@@ -115,6 +115,13 @@ def test_check_model_and_build_model_refuse_what_breaks_the_contract():
     with pytest.raises(ConfigError, match=r"expected \(B, 2\)"):
         check_model(m, b)
     check_model(build_model(ModelSpec("test_model_contract:PooledTower"), spec, tasks=two), b)
+
+    class Listwise(PooledTower):
+        def forward(self, sparse, dense=None):
+            return torch.log_softmax(super().forward(sparse, dense), dim=0)  # a row's score needs the others'
+
+    with pytest.raises(ConfigError, match="rule 7: rows are independent"):
+        check_model(Listwise(spec, spec.build(), tasks=two), b)
     with pytest.raises(ConfigError, match="cannot be imported"):
         build_model(ModelSpec("no_such_module:Model"), spec)
     with pytest.raises(ConfigError, match="cannot be built with kwargs"):

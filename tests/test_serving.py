@@ -11,7 +11,7 @@ import torch
 
 from freshrec.errors import ConfigError
 from freshrec.model import FeatureSpec, SlotSpec
-from freshrec.ps import MISSING_ID, Delta, DenseUpdate, ServingConfig, ServingReplica, TrainingPS
+from freshrec.ps import MISSING_ID, Delta, DenseUpdate, RankQuery, ServingConfig, ServingReplica, TrainingPS
 
 HIDDEN = (16, 8)
 
@@ -64,6 +64,35 @@ def test_rank_is_sorted_and_agrees_with_predict():
     )
     by_item = dict(zip(cands.tolist(), probs.tolist(), strict=True))
     np.testing.assert_allclose(scores, [by_item[i] for i in items.tolist()], rtol=1e-6)
+
+
+def test_rank_many_scores_each_query_as_rank_tasks_does_alone():
+    rep = loaded_replica()
+    rep.apply(dense_update(rep, 2, 5))
+    queries = [
+        RankQuery(3, [5, 1, 40, 7], sparse={"tags": [1, 2]}, dense={"dense_0": 0.5}),
+        RankQuery(4, []),  # no candidates: an empty answer, nothing scored for it
+        RankQuery(9, np.array([2, 33, 999]), sparse={"tags": [4, 5, 6]}),  # a longer bag, an unknown item
+        RankQuery(
+            1,
+            [8, 9],
+            sparse={"tags": [3]},
+            item_sparse=[{"tags": [7, 8]}, {}],  # the first candidate's own bag
+            item_dense=[{}, {"dense_1": 2.0}],
+        ),
+    ]
+    together = rep.rank_many(queries)
+    assert len(together) == len(queries)
+    for q, (items, blended, per_task) in zip(queries, together, strict=True):
+        kw = {"sparse": q.sparse, "dense": q.dense, "item_sparse": q.item_sparse, "item_dense": q.item_dense}
+        alone = rep.rank_tasks(q.user_id, q.item_ids, **kw)
+        assert items.tolist() == alone[0].tolist()
+        np.testing.assert_allclose(blended, alone[1], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(per_task, alone[2], rtol=1e-5, atol=1e-7)
+    assert together[1][0].shape == (0,)
+    # the bags were not mixed up: the query with its own per-candidate bag differs from one without
+    plain = rep.rank_tasks(1, [8, 9], sparse={"tags": [3]})
+    assert not np.allclose(np.sort(together[3][1]), np.sort(plain[1]))
 
 
 def test_inputs_follow_the_documented_mapping():

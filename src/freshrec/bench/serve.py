@@ -58,6 +58,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=at_least(1), default=1, help="torch threads of the server")
     parser.add_argument("--workers", type=at_least(1), default=1,
                         help="server processes (freshrec serve --workers); CPU is counted over all of them")
+    parser.add_argument("--batch-rows", type=at_least(0), default=4096,
+                        help="the server's --batch-rows (0: each request scored alone)")
     parser.add_argument("--connections", type=at_least(1), default=None,
                         help="instead of --clients: this many keep-alive connections from a load generator "
                              "in another process (wrk when installed: bash scripts/wrk.sh; else asyncio)")
@@ -106,7 +108,9 @@ def _build(root: Path, args: argparse.Namespace):
     return ps, pub, backend, snap, first
 
 
-def _start_server(root: Path, snap: Path, threads: int, workers: int) -> tuple[subprocess.Popen, str]:
+def _start_server(
+    root: Path, snap: Path, threads: int, workers: int, batch_rows: int = 4096
+) -> tuple[subprocess.Popen, str]:
     cmd = [
         sys.executable,
         "-m",
@@ -122,6 +126,8 @@ def _start_server(root: Path, snap: Path, threads: int, workers: int) -> tuple[s
         str(threads),
         "--workers",
         str(workers),
+        "--batch-rows",
+        str(batch_rows),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -168,6 +174,12 @@ def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: f
     return float("inf")
 
 
+def _rank_answered(text: str) -> float:
+    """/v1/rank requests the server answered 200 (its `freshrec_requests_total`)."""
+    head = 'freshrec_requests_total{endpoint="/v1/rank",status="200"} '
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(head))
+
+
 def _metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -193,16 +205,16 @@ def main(args: argparse.Namespace) -> int:
         ps, pub, backend, snap, first = _build(root, args)
         say(f"initial publish: {first.touched} rows, {first.bytes / 1e6:.1f} MB in {first.frames} frames")
         say("starting `freshrec serve` subprocess ...")
-        proc, url = _start_server(root, snap, args.threads, args.workers)
+        proc, url = _start_server(root, snap, args.threads, args.workers, args.batch_rows)
         rng = np.random.default_rng(1)
         try:
             # baseline 1: in-process scoring alone, same snapshot (torch threads: --threads, set by the CLI)
             rep = ServingReplica.from_snapshot(snap)
             score_lat = []
-            for _ in range(300):
-                cands = rng.integers(0, args.items, args.candidates)
+            for _ in range(300):  # the clients' bodies, as the server gets them after parsing
+                b = _body(rng, args)
                 t0 = time.perf_counter()
-                rep.rank(int(rng.integers(args.users)), cands, sparse={"category": [int(rng.integers(1000))]})
+                rep.rank(b["user_id"], b["candidates"], sparse=b["sparse"], dense=b["dense"])
                 score_lat.append(time.perf_counter() - t0)
             del rep
             # baseline 2: /healthz over the same HTTP path
@@ -215,6 +227,7 @@ def main(args: argparse.Namespace) -> int:
                 m0 = c.get("/metrics").text
                 v0 = _metric(m0, "freshrec_model_version")
                 b0 = _rank_buckets(m0)
+                calls0, answered0 = _metric(m0, "freshrec_rank_calls_total"), _rank_answered(m0)
 
             stop_pub = threading.Event()
             syncs: list[float] = []
@@ -340,6 +353,8 @@ def main(args: argparse.Namespace) -> int:
             "p99_over_p50": round(load.p99_ms / load.p50_ms, 2) if load.p50_ms > 0 else None,
         }
     cpu_ms = 1000.0 * (c1 - c0) / max(n_req, 1)
+    calls = _metric(mtext, "freshrec_rank_calls_total") - calls0
+    per_call = (_rank_answered(mtext) - answered0) / calls if calls > 0 else None
     result = {
         "p50_ms": p50,
         "p99_ms": p99,
@@ -365,6 +380,8 @@ def main(args: argparse.Namespace) -> int:
         "baseline_inprocess_rank_p50_ms": round(_pct(score_lat, 50), 3),
         "baseline_inprocess_rank_p99_ms": round(_pct(score_lat, 99), 3),
         "server_cpu_over_inprocess_rank": round(cpu_ms / _pct(score_lat, 50), 2),
+        "batch_rows": args.batch_rows,
+        "requests_per_model_call": None if per_call is None else round(per_call, 2),
         "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
         **extra,
@@ -391,7 +408,8 @@ def main(args: argparse.Namespace) -> int:
         f"server-side handling time (histogram buckets): p50 <= {result['server_p50_ms_le']} ms, "
         f"p99 <= {result['server_p99_ms_le']} ms; server CPU {result['server_cpu_ms_per_request']} ms/req "
         f"({result['server_cpu_over_inprocess_rank']}x the in-process rank) "
-        f"(deltas and feature logging included); load avg {result['load_avg_1m']} on {os.cpu_count()} cpus"
+        f"(deltas and feature logging included); {result['requests_per_model_call']} requests per model "
+        f"call (--batch-rows {args.batch_rows}); load avg {result['load_avg_1m']} on {os.cpu_count()} cpus"
     )
     if load is not None:
         print(

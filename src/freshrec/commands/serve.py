@@ -94,6 +94,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=20_000,
         help="cheap requests answered on the event loop (0: none)",
     )
+    parser.add_argument(
+        "--batch-rows",
+        type=int,
+        default=4096,
+        help="candidates of concurrent rank requests scored in one model call at most (0: each alone)",
+    )
 
 
 def parse_weights(text: str) -> dict[str, float] | None:
@@ -149,6 +155,7 @@ def main(args: argparse.Namespace) -> int:
             max_pending=args.max_pending,
             max_queue_s=args.max_queue,
             inline_max_ids=args.inline_max_ids,
+            batch_max_rows=args.batch_rows,
             api_token=token,
             metrics_token=metrics_token,
         )

@@ -44,6 +44,10 @@ The rules (`check_model` tests a model against them):
 5. **Deterministic construction.** Given the same kwargs (a `seed` among them) the model starts
    from the same weights, so a trainer and a replica built apart agree before any sync.
 6. **Plain-data kwargs.** JSON values only (numbers, strings, lists, dicts): they go in manifests.
+7. **Rows are independent.** In eval mode, row b's outputs depend on row b's inputs alone (no
+   softmax or normalization across the batch): a trained batch mixes examples of many requests,
+   and the model server scores the candidates of concurrent requests in one call
+   (`freshrec.model.rows`).
 
 Short names: "deepfm", "dcn" and "din" stand for the models shipped in `freshrec.model`.
 """
@@ -62,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from freshrec.errors import ConfigError
+from freshrec.model.rows import head_rows
 
 if TYPE_CHECKING:
     from freshrec.model.features import FeatureSpec
@@ -362,7 +367,8 @@ def task_losses(
 
 def check_model(model: nn.Module, batch: Batch) -> None:
     """Check a built model against the contract on one batch: its attributes, the output shape,
-    that the dense state is in `state_dict()` and that it is deterministic in eval mode.
+    that the dense state is in `state_dict()`, that it is deterministic in eval mode and that
+    its rows are independent (the first half of the batch scores alike alone).
 
     Raises ConfigError naming the rule that failed."""
     for attr in ("spec", "embeddings", "tasks"):
@@ -380,10 +386,19 @@ def check_model(model: nn.Module, batch: Batch) -> None:
     with torch.no_grad():
         a = outputs_2d(model(batch.sparse, batch.dense), len(model.tasks))  # type: ignore[arg-type]
         b = outputs_2d(model(batch.sparse, batch.dense), len(model.tasks))  # type: ignore[arg-type]
+        k = max(1, len(batch) // 2)
+        head = outputs_2d(model(*head_rows(batch.sparse, batch.dense, k)), len(m.tasks))
     model.train(was)
     if a.shape[0] != len(batch):
         msg = f"{type(model).__name__}: {a.shape[0]} outputs for a batch of {len(batch)} (rule 3)"
         raise ConfigError(msg)
     if not torch.equal(a, b):
         msg = f"{type(model).__name__}: two eval-mode forwards differ (rule 5: deterministic)"
+        raise ConfigError(msg)
+    if not torch.allclose(head, a[:k], rtol=1e-4, atol=1e-5):
+        worst = float((head - a[:k]).abs().max())
+        msg = (
+            f"{type(model).__name__}: the first {k} rows score differently alone than in a batch of "
+            f"{len(batch)} (max difference {worst:.3g}; rule 7: rows are independent)"
+        )
         raise ConfigError(msg)

@@ -17,7 +17,7 @@ from freshrec._exports import lazy_exports
 if TYPE_CHECKING:
     from freshrec.ps.delta import Delta, DenseUpdate
     from freshrec.ps.ray_ps import RayShardedTable
-    from freshrec.ps.serving import MISSING_ID, ServingConfig, ServingReplica
+    from freshrec.ps.serving import MISSING_ID, RankQuery, ServingConfig, ServingReplica
     from freshrec.ps.sharded import ShardedTable
     from freshrec.ps.sync import PublishReport, SyncPublisher, SyncSubscriber
     from freshrec.ps.training import TrainingPS
@@ -31,6 +31,7 @@ else:  # type checkers read the imports above; a module __getattr__ would hide t
             ),
             "freshrec.ps.serving": (
                 "MISSING_ID",
+                "RankQuery",
                 "ServingConfig",
                 "ServingReplica",
             ),
@@ -56,6 +57,7 @@ __all__ = [
     "DenseUpdate",
     "MISSING_ID",
     "PublishReport",
+    "RankQuery",
     "RayShardedTable",
     "ServingConfig",
     "ServingReplica",

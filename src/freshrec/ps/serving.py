@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -55,13 +55,25 @@ from torch import nn
 from freshrec.errors import ConfigError
 from freshrec.model import CollisionlessEmbedding, FeatureSpec, HashedEmbedding, ModelSpec, Task, build_model
 from freshrec.model.contract import DEFAULT_TASKS, extra_columns_of, outputs_2d
+from freshrec.model.rows import concat_rows
 from freshrec.ps.delta import Delta, DenseUpdate
 from freshrec.ps.training import TrainingPS
 from freshrec.table import SGD, EmbeddingTable, Initializer, TableConfig
 
-__all__ = ["MISSING_ID", "ServingConfig", "ServingReplica", "serving_table_config"]
+__all__ = ["MISSING_ID", "RankQuery", "ServingConfig", "ServingReplica", "serving_table_config"]
 
 MISSING_ID = -(2**63)  # the id a single-valued slot reads when the request lacks it
+
+
+class RankQuery(NamedTuple):
+    """One ranking request of `ServingReplica.rank_many`: the arguments of `rank_tasks`."""
+
+    user_id: int
+    item_ids: Sequence[int] | np.ndarray
+    sparse: Mapping[str, Sequence[int]] | None = None
+    dense: Mapping[str, float] | None = None
+    item_sparse: Sequence[Mapping[str, Sequence[int]]] | None = None
+    item_dense: Sequence[Mapping[str, float]] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -447,10 +459,39 @@ class ServingReplica:
             row_sparse=item_sparse,
             row_dense=item_dense,
         )
-        per_task = self._scores(sp, de)
+        return self._ranked(items, self._scores(sp, de))
+
+    def _ranked(self, items: np.ndarray, per_task: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         blended = self.blend(per_task)
         order = np.argsort(-blended, kind="stable")
         return items[order], blended[order], per_task[order]
+
+    def rank_many(self, queries: Sequence[RankQuery]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`rank_tasks` of each query, the candidates of all of them scored in one model call (a
+        row's scores depend on its own inputs alone, rule 7 of `freshrec.model.contract`), so that
+        concurrent requests share the model's fixed cost per call. One read of the dense model:
+        every query sees the same weights."""
+        items = [np.asarray(q.item_ids, dtype=np.int64).reshape(-1) for q in queries]
+        parts = [
+            self.inputs(
+                np.asarray([q.user_id], np.int64),
+                ids,
+                sparse=q.sparse,
+                dense=q.dense,
+                row_sparse=q.item_sparse,
+                row_dense=q.item_dense,
+            )
+            for q, ids in zip(queries, items, strict=True)
+            if ids.shape[0]
+        ]
+        per_task = self._scores(*concat_rows(parts)) if parts else np.empty((0, len(self.tasks)), np.float32)
+        out = []
+        start = 0
+        for ids in items:
+            n = int(ids.shape[0])
+            out.append(self._ranked(ids, per_task[start : start + n]))
+            start += n
+        return out
 
     def predict(self, examples: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The first task's scores (B,) (a click probability) of examples {"user_id", "item_id",

@@ -9,8 +9,9 @@ itself, from the parser's callbacks:
                         size 413) ─► a rejection is written at once and closes the connection
     body chunks      ─► collected here; past `max_bytes`: 413, connection closed
     message complete ─► `BodyRoutes.answer(path, body, arrived)`: a `Reply` (answered on the
-                        loop), or an awaitable of one (a worker thread scores it); the reply goes
-                        out in one `transport.write`
+                        loop), a `Pending` one (scored with the other rank requests of this
+                        turn, in the next: `freshrec.serve.batching`), or an awaitable of one (a
+                        worker thread scores it); the reply goes out in one `transport.write`
 
 Everything the ASGI path promises holds: replies are byte-identical (same status line, `date`,
 headers in the same order, body), HTTP/1.1 keep-alive by default, `Connection: close` and
@@ -23,6 +24,7 @@ root_path, go the ASGI way.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from freshrec.serve.batching import Pending
 from freshrec.serve.bodies import Reply
 from freshrec.serve.guard import Guard, endpoint_label
 
@@ -181,6 +184,9 @@ class BodyProtocol(HttpToolsProtocol):
             self._reply(cycle, r)
             return
         self._answering = True
+        if isinstance(r, Pending):  # queued for a batched model call in the loop's next turn
+            r.then(functools.partial(self._reply, cycle))
+            return
         task = self.loop.create_task(self._await_reply(cycle, r))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)

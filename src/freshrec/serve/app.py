@@ -40,6 +40,9 @@ connections, /healthz and /metrics (answered on it at once), and cheap requests 
 behind an expensive one. A body request that waited past `AppConfig.max_queue_s` for its turn
 (from its headers being in, as the connection layer stamps it) is answered 503 with Retry-After
 at once, unparsed: an overloaded loop sheds its backlog cheaply instead of queueing without limit.
+The cheap rank requests that arrive in one turn of the loop are scored in one model call
+(`freshrec.serve.batching`, at most `AppConfig.batch_max_rows` candidates;
+`freshrec_rank_calls_total` counts the calls).
 
 The POST body endpoints are answered by `answer_body(path, body, arrived)` (a `Reply`, or an
 awaitable of one when a worker scores it), which the server's connection protocol calls itself,
@@ -58,12 +61,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -74,6 +77,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freshrec.errors import ConfigError
 from freshrec.serve._protocol import BodyRoutes
+from freshrec.serve.batching import Pending, RankBatcher
 from freshrec.serve.bodies import (
     ActionsResponse,
     ErrorOut,
@@ -99,7 +103,7 @@ from freshrec.stream.log import Log
 
 if TYPE_CHECKING:
     from freshrec.data.schema import Schema
-    from freshrec.ps.serving import ServingReplica
+    from freshrec.ps.serving import RankQuery, ServingReplica
 
 __all__ = ["AppConfig", "create_app", "feature_records", "rank_body"]
 
@@ -116,11 +120,13 @@ class AppConfig:
     max_body_bytes: request body limit (413 past it). flush_interval_s: how often the logs are
     flushed. workers: threads that parse and score the requests that are not cheap (a body over
     inline_max_bytes, or more than inline_max_ids ids for the model to read); cheap ones are
-    answered on the event loop. max_pending: requests queued or running in the workers at most
-    (503 past it). max_queue_s: a body request that waited longer than this for its turn (from
-    its headers being in, as the connection layer stamps it in `scope["extensions"][ARRIVED]`, to
-    the app taking it up) is answered 503 at once, unparsed, so an overloaded event loop sheds
-    its backlog instead of queueing without limit. max_pending_actions: action batches waiting
+    answered on the event loop, the rank requests of one loop turn in one model call of at most
+    batch_max_rows candidates (`freshrec.serve.batching`; 0: each alone). max_pending:
+    requests queued or running in the workers at most (503 past it). max_queue_s: a body
+    request that waited longer than this for its turn (from its headers being in, as the
+    connection layer stamps it in `scope["extensions"][ARRIVED]`, to the app taking it up) is
+    answered 503 at once, unparsed, so an overloaded event loop sheds its backlog instead of
+    queueing without limit. max_pending_actions: action batches waiting
     for the actions log at most (503 past it). api_token: bearer token every path but /healthz
     and the docs needs (None: open). metrics_token: bearer token /metrics needs (None: open).
     """
@@ -134,6 +140,7 @@ class AppConfig:
     max_pending_actions: int = 1024
     inline_max_bytes: int = 65_536
     inline_max_ids: int = 20_000
+    batch_max_rows: int = 4096
     api_token: str | None = field(default=None, repr=False)
     metrics_token: str | None = field(default=None, repr=False)
 
@@ -147,7 +154,7 @@ class AppConfig:
         )
         if (
             min(limits) < 1
-            or min(self.inline_max_bytes, self.inline_max_ids) < 0
+            or min(self.inline_max_bytes, self.inline_max_ids, self.batch_max_rows) < 0
             or not self.flush_interval_s > 0
             or not self.max_queue_s > 0
         ):
@@ -158,6 +165,16 @@ class AppConfig:
             if tok is not None and (not tok or not tok.isascii() or not tok.isprintable() or " " in tok):
                 msg = f"AppConfig {name} must be non-empty printable ASCII without spaces"
                 raise ConfigError(msg)
+
+
+class _RankJob(NamedTuple):
+    """A rank request ready to score: the parsed body, its model query, the candidates' own
+    features by item id (None: none has any)."""
+
+    req: Any
+    query: RankQuery
+    isparse: dict[int, dict[str, list[int]]] | None
+    idense: dict[int, dict[str, float]] | None
 
 
 def _with_features(candidates: list[Any]) -> list[Any]:
@@ -224,7 +241,7 @@ def create_app(
     subscriber: Any = None,
     config: AppConfig | None = None,
     clock: Callable[[], float] = time.time,
-    new_request_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
+    new_request_id: Callable[[], str] = lambda: os.urandom(8).hex(),
     schema: Schema | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `replica` (see the module docstring).
@@ -240,6 +257,8 @@ def create_app(
         schema: the data schema the model was trained with: /v1/rank and /v1/predict then take raw
             feature values and encode them as training did (`freshrec.serve.schema_body`).
     """
+    from freshrec.ps.serving import RankQuery
+
     cfg = config or AppConfig()
     body_models = bodies(cfg.max_candidates)
     metrics = ServeMetrics(replica, subscriber=subscriber, clock=clock)
@@ -306,8 +325,8 @@ def create_app(
         own = sum(sum(map(len, c.sparse.values())) for c in _with_features(req.candidates))
         return len(req.candidates) * (2 + ctx) + own
 
-    def do_rank(req: Any) -> Reply:
-        rid = req.request_id or new_request_id()
+    def prepare_rank(req: Any) -> _RankJob:
+        """A parsed rank body checked against the model's feature names, ready to score."""
         isparse: dict[int, dict[str, list[int]]] | None = None
         idense: dict[int, dict[str, float]] | None = None
         row_sparse: list[dict[str, list[int]]] | None = None
@@ -325,30 +344,61 @@ def create_app(
         else:
             ids = req.candidates  # plain ints, as validated
             refuse_unknown(sparse_names, dense_names, [req.sparse], [req.dense])
-        version = replica.version
-        per_task = None
-        kw = {"sparse": req.sparse, "dense": req.dense, "item_sparse": row_sparse, "item_dense": row_dense}
-        if len(replica.tasks) > 1:
-            items, scores, per_task = replica.rank_tasks(req.user_id, ids, **kw)
-        else:
-            items, scores = replica.rank(req.user_id, ids, **kw)
+        query = RankQuery(req.user_id, ids, req.sparse, req.dense, row_sparse, row_dense)
+        return _RankJob(req, query, isparse, idense)
+
+    def finish_rank(job: _RankJob, ranked: tuple[np.ndarray, np.ndarray, np.ndarray], version: int) -> Reply:
+        """The reply of a scored rank job: its top_k, its impressions logged, the JSON."""
+        req, q = job.req, job.query
+        items, scores, per_task = ranked
         if not np.isfinite(scores).all():
-            has_dense = bool(req.dense) or any(row_dense or ())
+            has_dense = bool(req.dense) or any(q.item_dense or ())
 
             def finite_without() -> bool:
-                _, s = replica.rank(req.user_id, ids, sparse=req.sparse, item_sparse=row_sparse)
+                _, s = replica.rank(req.user_id, q.item_ids, sparse=req.sparse, item_sparse=q.item_sparse)
                 return bool(np.isfinite(s).all())
 
             raise _non_finite(has_dense, finite_without)
+        tasks = [t.name for t in replica.tasks] if len(replica.tasks) > 1 else None
         if req.top_k is not None:
-            items, scores = items[: req.top_k], scores[: req.top_k]
-            per_task = None if per_task is None else per_task[: req.top_k]
+            items, scores, per_task = items[: req.top_k], scores[: req.top_k], per_task[: req.top_k]
+        rid = req.request_id or new_request_id()
         item_list = items.tolist()
         if features is not None:
             ts = req.ts if req.ts is not None else clock()
-            features.submit((rid, req.user_id, item_list, req.sparse, req.dense, isparse, idense, ts))
-        names = [t.name for t in replica.tasks] if per_task is not None else None
-        return json_reply(rank_body(rid, item_list, scores, version, tasks=names, per_task=per_task))
+            features.submit((rid, req.user_id, item_list, req.sparse, req.dense, job.isparse, job.idense, ts))
+        return json_reply(rank_body(rid, item_list, scores, version, tasks=tasks, per_task=per_task))
+
+    def do_rank(req: Any) -> Reply:
+        """A rank request scored alone (in a worker thread)."""
+        job = prepare_rank(req)
+        version = replica.version
+        return finish_rank(job, replica.rank_many([job.query])[0], version)
+
+    def rank_jobs(jobs: Sequence[_RankJob]) -> list[Reply]:
+        """The replies of rank jobs scored in one model call (`freshrec.serve.batching`)."""
+        version = replica.version
+        metrics.rank_calls.inc()
+        try:
+            ranked = replica.rank_many([j.query for j in jobs])
+        except Exception as e:
+            return [error_reply(e)] * len(jobs)
+        replies = []
+        for job, r in zip(jobs, ranked, strict=True):
+            try:
+                replies.append(finish_rank(job, r, version))
+            except Exception as e:
+                replies.append(error_reply(e))
+        return replies
+
+    batcher = RankBatcher(rank_jobs, lambda job: len(job.query.item_ids), max_rows=cfg.batch_max_rows)
+
+    def queue_rank(req: Any) -> Reply | Pending:
+        """A cheap rank request, answered in the loop's next turn with the others then queued."""
+        job = prepare_rank(req)
+        if cfg.batch_max_rows == 0:
+            return rank_jobs([job])[0]
+        return batcher.add(job)
 
     def predict_cost(req: Any) -> int:
         return sum(2 + sum(map(len, e.sparse.values())) for e in req.examples)
@@ -405,19 +455,21 @@ def create_app(
         cost: Callable[[Any], int],
         answer: Callable[[Any], Reply],
         parse: Callable[[Any, bytes], Any] = parse_body,
+        inline: Callable[[Any], Reply | Pending] | None = None,
     ) -> Reply | Awaitable[Reply]:
-        """Parse and answer here (on the event loop) when the body is small and the answer cheap (a
-        thread hop costs more than such a request); otherwise in a worker, so the loop stays free."""
+        """Parse and answer here (on the event loop, by `inline` when given) when the body is small
+        and the answer cheap (a thread hop costs more than such a request); otherwise in a worker,
+        so the loop stays free."""
         if len(body) <= cfg.inline_max_bytes:
             req = parse(model, body)
             if cost(req) <= cfg.inline_max_ids:
-                return answer(req)
+                return (inline or answer)(req)
             return workers.run(answer, req)
         return workers.run(lambda b: answer(parse(model, b)), body)
 
     def answer_rank(body: bytes, arrived: float | None) -> Reply | Awaitable[Reply]:
         shed(arrived)
-        return dispatch(body, body_models.rank, rank_cost, do_rank, parse_rank)
+        return dispatch(body, body_models.rank, rank_cost, do_rank, parse_rank, inline=queue_rank)
 
     def answer_predict(body: bytes, arrived: float | None) -> Reply | Awaitable[Reply]:
         shed(arrived)
@@ -445,7 +497,7 @@ def create_app(
             r = answers[path](body, arrived)
         except Exception as e:
             return error_reply(e)
-        if isinstance(r, Reply):
+        if isinstance(r, (Reply, Pending)):  # a Pending's errors are replies already
             return r
         return finish(r)
 

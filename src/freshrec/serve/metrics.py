@@ -100,6 +100,11 @@ class ServeMetrics:
         self.actions_logged = Counter(
             "freshrec_actions_logged", "Action events written to the actions log", registry=self.registry
         )
+        self.rank_calls = Counter(
+            "freshrec_rank_calls",
+            "Model calls that scored /v1/rank requests on the event loop (concurrent ones in one call)",
+            registry=self.registry,
+        )
         self.log_errors = Counter(
             "freshrec_log_errors", "Failed writes to a log of the server", ["log"], registry=self.registry
         )
