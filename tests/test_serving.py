@@ -82,8 +82,10 @@ def test_rank_many_scores_each_query_as_rank_tasks_does_alone():
         ),
     ]
     together = rep.rank_many(queries)
+    context_only = rep.rank_many(queries[:3])  # no candidate with features of its own: built at once
     assert len(together) == len(queries)
-    for q, (items, blended, per_task) in zip(queries, together, strict=True):
+    pairs = [*zip(queries, together, strict=True), *zip(queries[:3], context_only, strict=True)]
+    for q, (items, blended, per_task) in pairs:
         kw = {"sparse": q.sparse, "dense": q.dense, "item_sparse": q.item_sparse, "item_dense": q.item_dense}
         alone = rep.rank_tasks(q.user_id, q.item_ids, **kw)
         assert items.tolist() == alone[0].tolist()

@@ -400,6 +400,38 @@ class ServingReplica:
                 out[s.name] = self._slot_input(s.name, s.multi_valued, n, ctx, row_sparse)
         return out, self._dense_input(n, dense or {}, row_dense)
 
+    def _context_inputs(
+        self, queries: Sequence[RankQuery], items: list[np.ndarray], counts: np.ndarray
+    ) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """`inputs` of all the rows of queries whose candidates have no features of their own,
+        at once: each query's user, context ids and dense values repeated over its candidates."""
+        ctx = [q.sparse or {} for q in queries]
+        k = len(queries)
+        out: dict[str, Any] = {}
+        for s in self.spec.slots:
+            if s.name == "user_id":
+                users = np.fromiter((int(q.user_id) for q in queries), np.int64, k)
+                out[s.name] = torch.from_numpy(np.repeat(users, counts))
+            elif s.name == "item_id":
+                out[s.name] = torch.from_numpy(np.concatenate(items))
+            elif not s.multi_valued:
+                first = np.fromiter(
+                    (int(v[0]) if (v := c.get(s.name)) else MISSING_ID for c in ctx), np.int64, k
+                )
+                out[s.name] = torch.from_numpy(np.repeat(first, counts))
+            else:  # bag b of query q's rows: q's list, repeated
+                bags = [np.asarray(c.get(s.name) or (), np.int64) for c in ctx]
+                lens = np.repeat(np.fromiter(map(len, bags), np.int64, k), counts)
+                offsets = np.zeros(lens.shape[0], np.int64)
+                np.cumsum(lens[:-1], out=offsets[1:])
+                flat = np.concatenate([np.tile(b, n) for b, n in zip(bags, counts.tolist(), strict=True)])
+                out[s.name] = (torch.from_numpy(flat), torch.from_numpy(offsets))
+        if not self.dense_names:
+            return out, None
+        names = self.dense_names
+        base = np.array([[float((q.dense or {}).get(n, 0.0)) for n in names] for q in queries], np.float32)
+        return out, torch.from_numpy(np.repeat(base, counts, axis=0))
+
     def _scores(self, sparse: Mapping[str, Any], dense: torch.Tensor | None) -> np.ndarray:
         """(B, T) float32: each task's served score (probability for binary tasks, value else)."""
         model = self._model  # read once: old or new dense weights, never a mix
@@ -472,19 +504,25 @@ class ServingReplica:
         concurrent requests share the model's fixed cost per call. One read of the dense model:
         every query sees the same weights."""
         items = [np.asarray(q.item_ids, dtype=np.int64).reshape(-1) for q in queries]
-        parts = [
-            self.inputs(
-                np.asarray([q.user_id], np.int64),
-                ids,
-                sparse=q.sparse,
-                dense=q.dense,
-                row_sparse=q.item_sparse,
-                row_dense=q.item_dense,
-            )
-            for q, ids in zip(queries, items, strict=True)
-            if ids.shape[0]
-        ]
-        per_task = self._scores(*concat_rows(parts)) if parts else np.empty((0, len(self.tasks)), np.float32)
+        counts = np.fromiter((ids.shape[0] for ids in items), np.int64, len(items))
+        if not counts.sum():
+            per_task = np.empty((0, len(self.tasks)), np.float32)
+        elif any(q.item_sparse is not None or q.item_dense is not None for q in queries):
+            parts = [
+                self.inputs(
+                    np.asarray([q.user_id], np.int64),
+                    ids,
+                    sparse=q.sparse,
+                    dense=q.dense,
+                    row_sparse=q.item_sparse,
+                    row_dense=q.item_dense,
+                )
+                for q, ids in zip(queries, items, strict=True)
+                if ids.shape[0]
+            ]
+            per_task = self._scores(*concat_rows(parts))
+        else:
+            per_task = self._scores(*self._context_inputs(queries, items, counts))
         out = []
         start = 0
         for ids in items:

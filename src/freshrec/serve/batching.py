@@ -21,12 +21,16 @@ rounding of a longer matrix product.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from freshrec.serve.bodies import Reply
+from freshrec.serve.replies import error_reply
 
 __all__ = ["Pending", "RankBatcher"]
+
+log = logging.getLogger(__name__)
 
 
 class Pending:
@@ -54,7 +58,7 @@ class Pending:
     def __await__(self) -> Generator[Any, None, Reply]:  # the ASGI path awaits it
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Reply] = loop.create_future()
-        self.then(fut.set_result)
+        self.then(lambda reply: None if fut.done() else fut.set_result(reply))  # done: cancelled
         return fut.__await__()
 
 
@@ -75,8 +79,6 @@ class RankBatcher:
         self.max_rows = int(max_rows)
         self._jobs: list[tuple[Any, Pending]] = []
         self._scheduled = False
-        self.calls = 0  # model calls made, for the stats
-        self.batched = 0  # requests answered
 
     def add(self, job: Any) -> Pending:
         """Queue `job`; its reply comes through the Pending. Call on the event loop."""
@@ -103,8 +105,13 @@ class RankBatcher:
         if self._jobs:  # past max_rows: the rest in the next turn
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        replies = self._answer([job for job, _ in taken])
-        self.calls += 1
-        self.batched += len(taken)
+        try:
+            replies = self._answer([job for job, _ in taken])
+        except Exception as e:  # `answer` gives errors as replies; anything else fails its batch alone
+            log.exception("scoring a batch of %d rank requests failed", len(taken))
+            replies = [error_reply(e)] * len(taken)
         for (_, pending), reply in zip(taken, replies, strict=True):
-            pending.resolve(reply)
+            try:
+                pending.resolve(reply)
+            except Exception:  # one connection's failure to take its reply is not the others'
+                log.exception("answering a batched rank request failed")

@@ -252,7 +252,7 @@ class FeatureLogger(_LogWriter):
     features log, each keyed by its request_id. Unbounded: impressions come no faster than scoring."""
 
     what = "features"
-    linger_s = 0.002
+    linger_s = 0.01
 
     def __init__(
         self, features_log: Log, *, flush_interval_s: float = 1.0, metrics: ServeMetrics | None = None
