@@ -12,6 +12,7 @@ LOAD_FIELDS = {
     "p50_ms", "p99_ms", "max_ms", "rps", "requests", "errors", "server_cpu_ms_per_request",
     "baseline_inprocess_rank_p50_ms", "server_cpu_over_inprocess_rank", "load_generator", "connections",
     "statuses", "status_503", "transport_errors", "p99_over_p50", "load_avg_1m", "cpus",
+    "requests_per_model_call", "batch_rows", "baseline_inprocess_rank_p50_ms_before_after",
 }  # fmt: skip
 
 
