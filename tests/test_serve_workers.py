@@ -294,3 +294,31 @@ def test_workers_are_forked_by_one_zygote_that_dies_with_the_supervisor(tmp_path
         while time.monotonic() < deadline and any(map(_alive, [zygote, *pids])):
             time.sleep(0.1)
         assert not [p for p in [zygote, *pids] if _alive(p)], "a process outlived the supervisor"
+
+
+def test_kill_9_of_the_zygote_replaces_it_and_the_workers_it_took_down(tmp_path):
+    make_snapshot(tmp_path)
+    with workers(tmp_path) as (proc, url, _lines):
+        first = by_worker(url)
+        old = {a["pid"] for a in first.values()}
+        zygote = _parent(int(first["0"]["pid"].split("/")[1]))
+        os.kill(zygote, signal.SIGKILL)  # its workers die with it (PR_SET_PDEATHSIG)
+        deadline = time.monotonic() + 180
+        now: dict[str, dict] = {}
+        while time.monotonic() < deadline:
+            try:
+                now = by_worker(url, tries=50)
+            except (AssertionError, httpx.HTTPError):  # a worker still starting
+                time.sleep(0.2)
+                continue
+            if not old & {a["pid"] for a in now.values()}:
+                break
+            time.sleep(0.2)
+        assert now and not old & {a["pid"] for a in now.values()}, "the workers were not started again"
+        zygotes = {_parent(int(a["pid"].split("/")[1])) for a in now.values()}
+        assert len(zygotes) == 1 and zygote not in zygotes  # a new zygote forked both
+        assert _parent(next(iter(zygotes))) == proc.pid
+        r = httpx.post(url + "/v1/rank", json={"user_id": 1, "candidates": [1, 2, 3]}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["items"]) == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
