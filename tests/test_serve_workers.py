@@ -136,6 +136,21 @@ def by_worker(
     raise AssertionError(f"only workers {sorted(out)} answered in {tries} requests")
 
 
+def ranks_counted(url: str) -> dict[str, float]:
+    """/v1/rank 200s as each worker's /metrics counts them (by worker index)."""
+    out: dict[str, float] = {}
+    head = 'freshrec_requests_total{endpoint="/v1/rank",status="200"} '
+    for _ in range(400):
+        with httpx.Client(timeout=30) as c:
+            r = c.get(url + "/metrics")
+        assert r.status_code == 200
+        lines = [ln for ln in r.text.splitlines() if ln.startswith(head)]
+        out[r.headers["x-freshrec-worker"].split("/")[0]] = sum(float(ln.split()[-1]) for ln in lines)
+        if len(out) == 2:
+            return out
+    raise AssertionError(f"only workers {sorted(out)} answered /metrics")
+
+
 def score(url_answer: dict) -> float:
     return float(url_answer["items"][0]["score"])
 
@@ -229,6 +244,11 @@ def test_kill_9_of_a_worker_restarts_it_and_sigterm_stops_the_tree(tmp_path):
     with workers(tmp_path) as (proc, url, lines):
         root = next(x for x in lines if "tables shared in" in x).rsplit(" in ", 1)[1].strip()
         assert Path(root).is_dir()
+        for _ in range(10):
+            with httpx.Client(timeout=30) as c:
+                assert c.post(url + "/v1/rank", json={"user_id": 1, "candidates": [1, 2]}).status_code == 200
+        # every worker's /metrics counts the whole server's requests, not its own
+        assert set(ranks_counted(url).values()) == {10.0}
         first = by_worker(url)
         victim = int(first["0"]["pid"].split("/")[1])
         os.kill(victim, signal.SIGKILL)
@@ -242,12 +262,14 @@ def test_kill_9_of_a_worker_restarts_it_and_sigterm_stops_the_tree(tmp_path):
         assert now["0"]["pid"] != first["0"]["pid"], "worker 0 was not started again"
         assert now["1"]["pid"] == first["1"]["pid"]
         # ranked impressions of both workers reach the features log, once each
-        n = 0
+        n = 20  # the 10 ranks above
         for _ in range(20):
             with httpx.Client(timeout=30) as c:
                 r = c.post(url + "/v1/rank", json={"user_id": 1, "candidates": [1, 2, 3]})
             assert r.status_code == 200
             n += 3
+        # the killed worker's requests still count: 10 before, 20 since
+        assert set(ranks_counted(url).values()) == {30.0}
         pids = [int(a["pid"].split("/")[1]) for a in now.values()]
         pids.append(_parent(pids[0]))  # the zygote
         proc.send_signal(signal.SIGTERM)

@@ -18,20 +18,40 @@ Exposed at `GET /metrics` (text format 0.0.4):
     freshrec_param_frames_bad_total                 frames the subscriber could not decode
 
 Ages are NaN until something was applied.
+
+Several worker processes on one port (`freshrec serve --workers N`) share their request metrics:
+`share_between_processes(folder)`, called in each worker before its app is made, keeps every
+counter and histogram of the process in a file of `folder` (prometheus_client's multiprocess
+mode), and whichever worker answers `/metrics` or `/v1/stats` sums the files of all of them, the
+workers that died and were replaced included, so a counter never goes back when a worker restarts.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-__all__ = ["LATENCY_BUCKETS", "ServeMetrics"]
+__all__ = ["LATENCY_BUCKETS", "ServeMetrics", "share_between_processes"]
+
+_shared: list[Path] = []  # the folder of `share_between_processes`, once called
+
+
+def share_between_processes(folder: Path) -> None:
+    """Keep the metrics this process makes from now on in files of `folder`, which every process
+    sharing it sums (module docstring). Call before the app is made (a forked worker: at once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # where prometheus_client's files go
+    values.ValueClass = values.MultiProcessValue()  # what new metrics keep their values in
+    _shared[:] = [folder]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -108,7 +128,13 @@ class ServeMetrics:
         self.log_errors = Counter(
             "freshrec_log_errors", "Failed writes to a log of the server", ["log"], registry=self.registry
         )
-        self.registry.register(_ReplicaCollector(replica, subscriber, clock))
+        collector = _ReplicaCollector(replica, subscriber, clock)
+        self.registry.register(collector)
+        self.shared: CollectorRegistry | None = None  # every process's request metrics, summed
+        if _shared:
+            self.shared = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(self.shared, path=str(_shared[0]))
+            self.shared.register(collector)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
@@ -121,5 +147,16 @@ class ServeMetrics:
         children[0].observe(seconds)
         children[1].inc()
 
+    def families(self, metric: Any) -> Iterator[Metric]:
+        """The families of one of this object's metrics (`requests`, `latency`, ...): its values
+        in this process, or summed over every sharing process (`share_between_processes`)."""
+        if self.shared is None:
+            yield from metric.collect()
+            return
+        name = metric.describe()[0].name  # the family's name (a counter's without "_total")
+        for fam in self.shared.collect():
+            if fam.name == name:
+                yield fam
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry if self.shared is None else self.shared)

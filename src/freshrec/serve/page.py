@@ -174,11 +174,11 @@ def tallies(metrics: ServeMetrics) -> dict[str, Tally]:
     """Each endpoint's `Tally` as the server's metrics hold it now."""
     statuses: dict[str, dict[int, float]] = collections.defaultdict(dict)
     buckets: dict[str, dict[float, float]] = collections.defaultdict(dict)
-    for fam in metrics.requests.collect():
+    for fam in metrics.families(metrics.requests):
         for s in fam.samples:
             if s.name.endswith("_total"):
                 statuses[s.labels["endpoint"]][int(s.labels["status"])] = s.value
-    for fam in metrics.latency.collect():
+    for fam in metrics.families(metrics.latency):
         for s in fam.samples:
             if s.name.endswith("_bucket"):
                 buckets[s.labels["endpoint"]][float(s.labels["le"])] = s.value
@@ -189,9 +189,10 @@ def tallies(metrics: ServeMetrics) -> dict[str, Tally]:
     return out
 
 
-def _count(counter: Any) -> int:
-    """The total of a prometheus Counter over all its labels."""
-    return int(sum(s.value for f in counter.collect() for s in f.samples if s.name.endswith("_total")))
+def _count(metrics: ServeMetrics, counter: Any) -> int:
+    """The total of a prometheus Counter over all its labels (and every worker's, when shared)."""
+    fams = metrics.families(counter)
+    return int(sum(s.value for f in fams for s in f.samples if s.name.endswith("_total")))
 
 
 def _sum(ts: Mapping[str, Tally], names: Sequence[str]) -> Tally:
@@ -281,9 +282,9 @@ class ServerStats:
             "deltas_applied": int(r.deltas_applied),
             "rows_applied": int(r.rows_applied),
             "rows_deleted": int(r.rows_deleted),
-            "features_logged": _count(m.features_logged),
-            "actions_logged": _count(m.actions_logged),
-            "log_errors": _count(m.log_errors),
+            "features_logged": _count(m, m.features_logged),
+            "actions_logged": _count(m, m.actions_logged),
+            "log_errors": _count(m, m.log_errors),
             "uptime_s": round(t - self._t0, 3),
             "window_s": round(span, 3),
             "api": api.model_dump(),
