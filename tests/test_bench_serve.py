@@ -13,6 +13,7 @@ LOAD_FIELDS = {
     "baseline_inprocess_rank_p50_ms", "server_cpu_over_inprocess_rank", "load_generator", "connections",
     "statuses", "status_503", "transport_errors", "p99_over_p50", "load_avg_1m", "cpus",
     "requests_per_model_call", "batch_rows", "baseline_inprocess_rank_p50_ms_before_after",
+    "baseline_inprocess_rank_paced_p50_ms", "server_cpu_over_paced_rank",
 }  # fmt: skip
 
 

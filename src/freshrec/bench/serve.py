@@ -19,7 +19,10 @@ and how many parameter versions the server applied during the run. Baselines mea
 run: GET /healthz over the same HTTP path (transport + framework floor), and `ServingReplica.rank`
 called in-process on the same snapshot with the clients' bodies (the scoring alone, 300 calls
 before the load and 300 after it); `server_cpu_over_inprocess_rank` is the server's CPU per
-request (deltas and impression logging included) over that baseline's p50. The server scores the
+request (deltas and impression logging included) over that baseline's p50. The same calls each
+after an idle millisecond (`baseline_inprocess_rank_paced_p50_ms`, as a server's requests come:
+caches and branch predictors cool in between) cost more than back to back;
+`server_cpu_over_paced_rank` is the server's CPU per request over that. The server scores the
 rank requests that arrive together in one model call (`--batch-rows`, 0: each alone);
 `requests_per_model_call` says how many it joined on average: about 1 with 2 closed-loop
 clients, tens with 64 connections.
@@ -216,16 +219,19 @@ def main(args: argparse.Namespace) -> int:
             # CLI), before the load and again after it (the machine's speed drifts within a run)
             rep = ServingReplica.from_snapshot(snap)
 
-            def score_alone(n: int) -> list[float]:
+            def score_alone(n: int, pause_s: float = 0.0) -> list[float]:
                 out = []
                 for _ in range(n):  # the clients' bodies, as the server gets them after parsing
                     b = _body(rng, args)
+                    if pause_s:
+                        time.sleep(pause_s)
                     t0 = time.perf_counter()
                     rep.rank(b["user_id"], b["candidates"], sparse=b["sparse"], dense=b["dense"])
                     out.append(time.perf_counter() - t0)
                 return out
 
             score_before = score_alone(300)
+            score_paced = score_alone(300, pause_s=0.001)  # each call after an idle ms, as a request
             # baseline 2: /healthz over the same HTTP path
             health_lat = []
             with httpx.Client(base_url=url, timeout=10.0) as c:
@@ -394,6 +400,8 @@ def main(args: argparse.Namespace) -> int:
             round(_pct(score_before, 50), 3), round(_pct(score_after, 50), 3)
         ],
         "server_cpu_over_inprocess_rank": round(cpu_ms / _pct(score_lat, 50), 2),
+        "baseline_inprocess_rank_paced_p50_ms": round(_pct(score_paced, 50), 3),
+        "server_cpu_over_paced_rank": round(cpu_ms / _pct(score_paced, 50), 2),
         "batch_rows": args.batch_rows,
         "requests_per_model_call": None if per_call is None else round(per_call, 2),
         "cpus": os.cpu_count(),
@@ -421,7 +429,8 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"server-side handling time (histogram buckets): p50 <= {result['server_p50_ms_le']} ms, "
         f"p99 <= {result['server_p99_ms_le']} ms; server CPU {result['server_cpu_ms_per_request']} ms/req "
-        f"({result['server_cpu_over_inprocess_rank']}x the in-process rank) "
+        f"({result['server_cpu_over_inprocess_rank']}x the in-process rank, "
+        f"{result['server_cpu_over_paced_rank']}x it paced by 1 ms idle) "
         f"(deltas and feature logging included); {result['requests_per_model_call']} requests per model "
         f"call (--batch-rows {args.batch_rows}); load avg {result['load_avg_1m']} on {os.cpu_count()} cpus"
     )
