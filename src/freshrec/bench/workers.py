@@ -259,6 +259,25 @@ def tree_memory(pid: int) -> dict[str, Any]:
     return {"pss_mb": pss / 1024.0, "rss_sum_mb": rss / 1024.0, "processes": len(pids)}
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of one process so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of `pid` (the supervisor) and of its descendants, by role: "supervisor",
+    "zygote" (a child with children of its own) and "workers" (the rest, summed)."""
+    out = {"supervisor": _cpu_s(pid), "zygote": 0.0, "workers": 0.0}
+    for p in _tree(pid)[1:]:
+        role = "zygote" if len(_tree(p)) > 1 else "workers"
+        out[role] += _cpu_s(p)
+    return out
+
+
 # ---- the run -----------------------------------------------------------------------------------------
 def _snapshot(root: Path, args: argparse.Namespace) -> Path:
     from freshrec.model import FeatureSpec, SlotSpec
@@ -342,8 +361,13 @@ def main(args: argparse.Namespace) -> int:
             try:
                 _closed(port, args, min(2.0, args.seconds))  # warm-up: every worker's first requests
                 mem = tree_memory(proc.pid)
+                cpu0 = tree_cpu(proc.pid)
                 closed = _closed(port, args, args.seconds)
-                run: dict[str, Any] = {"memory": mem, "closed": closed}
+                cpu1 = tree_cpu(proc.pid)
+                cpu_ms = {  # per request answered, by role (the supervisor: applier and log appends)
+                    k: round(1000.0 * (cpu1[k] - cpu0[k]) / max(closed["requests"], 1), 3) for k in cpu0
+                }
+                run: dict[str, Any] = {"memory": mem, "closed": closed, "cpu_ms_per_request": cpu_ms}
                 if base_rps is None:
                     base_rps = closed["rps"]
                 elif n > 1:
@@ -351,7 +375,8 @@ def main(args: argparse.Namespace) -> int:
                 result["runs"][str(n)] = run
                 say(
                     f"  workers {n}: PSS {mem['pss_mb']:.0f} MB ({mem['processes']} processes), "
-                    f"{closed['rps']:.0f} req/s, p50 {closed['p50_ms']:.1f} ms, p99 {closed['p99_ms']:.1f} ms"
+                    f"{closed['rps']:.0f} req/s, p50 {closed['p50_ms']:.1f} ms, "
+                    f"p99 {closed['p99_ms']:.1f} ms; CPU ms per request: {cpu_ms}"
                 )
             finally:
                 proc.terminate()

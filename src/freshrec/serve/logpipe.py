@@ -10,12 +10,18 @@ Frames, worker -> supervisor (little-endian):
 
     op u8 | log u8 | key length i32 (-1: no key) | value length u32 | key | value
     op "A": append the record to log number `log`
+    op "B": append a block of records already framed as the local log frames them
+            (`LocalLog.append_frames`): the key length field holds the partition, the value is
+            u32 n | n x i64 frame ends | the frames; one message for all the impressions a
+            worker's features logger wrote at once, not one per record
     op "F": flush log `log`; the supervisor answers b"K" once `Log.flush` returned (the records
             before it are durable), or b"E" + u32 length + message when it failed
     op "R": the worker is serving (no payload)
 
 `ForwardedLog` is the worker's side (a `Log` that only appends and flushes); `LogPump` is the
-supervisor's (one thread per worker).
+supervisor's (one thread per worker). A block goes to the supervisor's log by `append_frames`
+when it has one (the local log: the frames are written as they came, after their lengths are
+checked to chain), else record by record (Kafka).
 """
 
 from __future__ import annotations
@@ -27,14 +33,18 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from freshrec.errors import LogError
+from freshrec.stream.local_frames import HEADER_BYTES, NO_KEY, frames_chain
 
 __all__ = ["ForwardedLog", "LogLink", "LogPump"]
 
 log = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("<BBiI")
-APPEND, FLUSH, READY = ord("A"), ord("F"), ord("R")
+_COUNT = struct.Struct("<I")
+APPEND, BLOCK, FLUSH, READY = ord("A"), ord("B"), ord("F"), ord("R")
 
 
 class LogLink:
@@ -49,6 +59,14 @@ class LogLink:
         head = _HEAD.pack(op, log_id, -1 if key is None else len(key), len(value))
         with self._lock:
             self.sock.sendall(b"".join((head, key or b"", value)))
+
+    def send_block(self, log_id: int, partition: int, frames: np.ndarray, ends: np.ndarray) -> None:
+        n = int(ends.shape[0])
+        size = int(ends[-1]) if n else 0
+        body = (_COUNT.pack(n), np.ascontiguousarray(ends, dtype="<i8").tobytes(), frames[:size].tobytes())
+        head = _HEAD.pack(BLOCK, log_id, int(partition), sum(map(len, body)))
+        with self._lock:
+            self.sock.sendall(b"".join((head, *body)))
 
     def flush(self, log_id: int) -> None:
         with self._lock:
@@ -84,6 +102,15 @@ class ForwardedLog:
             msg = f"log {self.name}: the supervisor's link failed ({e})"
             raise LogError(msg) from e
         return None  # the offset is the supervisor's to know
+
+    def append_frames(self, frames: np.ndarray | bytes, ends: np.ndarray, *, partition: int = 0) -> None:
+        """A block of framed records (as `LocalLog.append_frames` takes it), in one message."""
+        buf = np.frombuffer(frames, dtype=np.uint8) if isinstance(frames, bytes) else frames
+        try:
+            self.link.send_block(self.log_id, partition, buf, np.asarray(ends, dtype=np.int64))
+        except OSError as e:
+            msg = f"log {self.name}: the supervisor's link failed ({e})"
+            raise LogError(msg) from e
 
     def flush(self) -> None:
         try:
@@ -136,9 +163,11 @@ class LogPump:
                 if len(head) < _HEAD.size:
                     return  # the worker closed its end (exited)
                 op, lid, klen, vlen = _HEAD.unpack(head)
-                key = rfile.read(klen) if klen >= 0 else None
+                key = rfile.read(klen) if klen >= 0 and op != BLOCK else None
                 value = rfile.read(vlen) if vlen else b""
-                if op == READY:
+                if op == BLOCK:
+                    self._append_block(lid, klen, value)
+                elif op == READY:
                     self.on_ready()
                 elif op == APPEND:
                     self._append(lid, value, key)
@@ -154,6 +183,26 @@ class LogPump:
             with self.locks[lid]:
                 self.logs[lid].append(value, key=key)
             self.appended += 1
+        except Exception as e:  # reported to the worker on its next flush
+            self.errors += 1
+            self._error = f"{type(e).__name__}: {e}"
+
+    def _append_block(self, lid: int, partition: int, body: bytes) -> None:
+        try:
+            (n,) = _COUNT.unpack_from(body, 0)
+            ends = np.frombuffer(body, dtype="<i8", count=n, offset=_COUNT.size).astype(np.int64)
+            frames = np.frombuffer(body, dtype=np.uint8, offset=_COUNT.size + 8 * n)
+            target = self.logs[lid]
+            with self.locks[lid]:
+                if hasattr(target, "append_frames"):
+                    target.append_frames(frames, ends, partition=partition)  # checks the chain
+                else:
+                    if frames_chain(frames, ends) != n:
+                        msg = f"log {lid}: a block of {n} frames does not chain to its ends"
+                        raise LogError(msg)
+                    for key, value in split_frames(frames, ends):
+                        target.append(value, key=key)
+            self.appended += n
         except Exception as e:  # reported to the worker on its next flush
             self.errors += 1
             self._error = f"{type(e).__name__}: {e}"
@@ -175,3 +224,22 @@ class LogPump:
 
     def join(self, timeout_s: float = 10.0) -> None:
         self._thread.join(timeout_s)
+
+
+def split_frames(frames: np.ndarray, ends: np.ndarray) -> list[tuple[bytes | None, bytes]]:
+    """The (key, value) of each framed record of a block (record i: frames[ends[i - 1]:ends[i]])."""
+    data = frames.tobytes()
+    out: list[tuple[bytes | None, bytes]] = []
+    start = 0
+    for end in ends.tolist():
+        if end - start < HEADER_BYTES or end > len(data):
+            msg = f"a block's frame ends at {end}, past its {len(data)} bytes or inside its header"
+            raise LogError(msg)
+        klen = int.from_bytes(data[start + 8 : start + 10], "little")
+        at = start + HEADER_BYTES
+        if klen == NO_KEY:
+            out.append((None, data[at:end]))
+        else:
+            out.append((data[at : at + klen], data[at + klen : end]))
+        start = end
+    return out
