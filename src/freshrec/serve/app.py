@@ -367,7 +367,7 @@ def create_app(
         if features is not None:
             ts = req.ts if req.ts is not None else clock()
             features.submit((rid, req.user_id, item_list, req.sparse, req.dense, job.isparse, job.idense, ts))
-        return json_reply(rank_body(rid, item_list, scores, version, tasks=tasks, per_task=per_task))
+        return json_reply(rank_body(rid, items, scores, version, tasks=tasks, per_task=per_task))
 
     def do_rank(req: Any) -> Reply:
         """A rank request scored alone (in a worker thread)."""

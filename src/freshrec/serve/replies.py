@@ -12,6 +12,7 @@ import numpy as np
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from freshrec.serve._reply_kernels import write_ranked
 from freshrec.serve.bodies import Reply
 
 __all__ = ["error_reply", "name_features", "rank_body"]
@@ -23,7 +24,7 @@ _dump = json.JSONEncoder(ensure_ascii=False).encode
 
 def rank_body(
     rid: str,
-    items: list[int],
+    items: Sequence[int] | np.ndarray,
     scores: np.ndarray,
     version: int,
     *,
@@ -32,26 +33,19 @@ def rank_body(
 ) -> bytes:
     """The /v1/rank response JSON. Scores are written with 9 significant digits, which round-trips
     float32 exactly, and cost half of `json.dumps`'s 17-digit float64 repr. With several tasks each
-    item also carries `"scores": {task: score}` (`per_task` (B, T) in `tasks` order)."""
+    item also carries `"scores": {task: score}` (`per_task` (B, T) in `tasks` order). The items of
+    one task are written by a numba kernel (`freshrec.serve._reply_kernels`, the `%.9g` layout)."""
     if tasks is not None and per_task is not None:
         names = [_dump(t) for t in tasks]
-        parts = [
+        ranked = ",".join(
             f'{{"item_id":{i},"score":{x:.9g},"scores":{{'
             + ",".join(f"{n}:{v:.9g}" for n, v in zip(names, row, strict=True))
             + "}}"
-            for i, x, row in zip(items, scores.tolist(), per_task.tolist(), strict=True)
-        ]
-    else:  # one %-format of the whole list: a third of the cost of a join over one f-string per item
-        flat: list[Any] = [None] * (2 * len(items))
-        flat[::2] = items
-        flat[1::2] = scores.tolist()
-        parts = [(_RANKED * len(items) % tuple(flat))[:-1]]
-    return (
-        f'{{"request_id":{_dump(rid)},"items":[{",".join(parts)}],"model_version":{int(version)}}}'
-    ).encode()
-
-
-_RANKED = '{"item_id":%d,"score":%.9g},'
+            for i, x, row in zip(np.asarray(items).tolist(), scores.tolist(), per_task.tolist(), strict=True)
+        ).encode()
+    else:
+        ranked = write_ranked(np.asarray(items), scores)
+    return b'{"request_id":%b,"items":[%b],"model_version":%d}' % (_dump(rid).encode(), ranked, int(version))
 
 
 def name_features(schema: Any, sparse: frozenset[str], dense: frozenset[str]) -> None:

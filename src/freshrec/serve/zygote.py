@@ -204,6 +204,12 @@ def preload(root: Path) -> None:
     replica, follower = attach_replica(root, follow=False)
     with contextlib.suppress(Exception):  # best effort: a model the warm-up ids don't fit
         replica.rank(1, np.arange(1, 9))
+    from freshrec.serve.replies import rank_body
+    from freshrec.serve.writers import impression_block
+    from freshrec.stream.local_frames import seal_frames
+
+    rank_body("warm", np.arange(2), np.zeros(2, np.float32), 0)  # the reply and impression kernels
+    seal_frames(*impression_block([("warm", 1, [1, 2], {}, {}, 0.0)]))
     del replica, follower
     gc.collect()
     gc.freeze()
