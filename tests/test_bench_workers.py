@@ -19,5 +19,7 @@ def test_bench_workers_quick_json_has_the_fields():
         assert run["memory"]["processes"] == (1 if n == "1" else 4)  # the supervisor, the zygote, 2 workers
         assert {"rps", "p50_ms", "p99_ms", "max_ms", "requests", "errors"} <= set(run["closed"])
         assert run["closed"]["requests"] > 0 and run["closed"]["errors"] == 0
-        assert {"pss_ratio", "rps_ratio"} <= set(run)
+        assert {"pss_ratio", "rps_ratio", "rps_ratio_by_round", "rounds"} <= set(run)
+        assert len(run["rounds"]) == len(run["rps_ratio_by_round"]) == 3  # interleaved: 1, 2, 1, 2, 1, 2
+        assert {"supervisor", "zygote", "workers"} == set(run["closed"]["cpu_ms_per_request"])
     assert {"rps", "p50_ms", "p99_ms"} <= set(out["runs"]["2"]["paced_at_1_worker_rps"])

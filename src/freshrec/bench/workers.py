@@ -53,6 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", type=at_least(1), default=100, help="candidates per request")
     parser.add_argument("--connections", type=at_least(1), default=8, help="keep-alive connections")
     parser.add_argument("--seconds", type=positive, default=10.0, help="measured seconds per phase")
+    parser.add_argument("--rounds", type=at_least(1), default=3,
+                        help="closed-loop phases per worker count, interleaved (1, 2, 1, 2, ...)")
     parser.add_argument("--quick", action="store_true", help="short run: 20k rows, 2 s phases")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -354,40 +356,54 @@ def main(args: argparse.Namespace) -> int:
         root = Path(tmp)
         say(f"building the snapshot: 2 tables x {args.rows} rows, dim {args.dim} ...")
         snap = _snapshot(root, args)
-        base_rps = None
-        for n in counts:
-            say(f"serve --workers {n}: starting ...")
-            proc, port = _serve(root, snap, n)
-            try:
-                _closed(port, args, min(2.0, args.seconds))  # warm-up: every worker's first requests
-                mem = tree_memory(proc.pid)
-                cpu0 = tree_cpu(proc.pid)
-                closed = _closed(port, args, args.seconds)
-                cpu1 = tree_cpu(proc.pid)
-                cpu_ms = {  # per request answered, by role (the supervisor: applier and log appends)
-                    k: round(1000.0 * (cpu1[k] - cpu0[k]) / max(closed["requests"], 1), 3) for k in cpu0
-                }
-                run: dict[str, Any] = {"memory": mem, "closed": closed, "cpu_ms_per_request": cpu_ms}
-                if base_rps is None:
-                    base_rps = closed["rps"]
-                elif n > 1:
-                    run["paced_at_1_worker_rps"] = _paced(port, args, args.seconds, base_rps)
+        servers: dict[int, tuple[subprocess.Popen, int]] = {}
+        try:
+            # every server runs for the whole benchmark (the others idle while one is loaded), so
+            # the phases interleave and the machine's drift falls on every count alike
+            for n in counts:
+                say(f"serve --workers {n}: starting ...")
+                (root / f"w{n}").mkdir()
+                servers[n] = _serve(root / f"w{n}", snap, n)
+                _closed(servers[n][1], args, min(2.0, args.seconds))  # warm-up: every worker's first
+            runs: dict[int, dict[str, Any]] = {
+                n: {"memory": tree_memory(proc.pid), "rounds": []} for n, (proc, _) in servers.items()
+            }
+            for r in range(args.rounds):
+                for n, (proc, port) in servers.items():
+                    cpu0 = tree_cpu(proc.pid)
+                    closed = _closed(port, args, args.seconds)
+                    cpu1 = tree_cpu(proc.pid)
+                    per = 1000.0 / max(closed["requests"], 1)  # by role (supervisor: applier, log appends)
+                    closed["cpu_ms_per_request"] = {k: round(per * (cpu1[k] - cpu0[k]), 3) for k in cpu0}
+                    runs[n]["rounds"].append(closed)
+                    say(
+                        f"  round {r + 1}, workers {n}: {closed['rps']:.0f} req/s, "
+                        f"p50 {closed['p50_ms']:.1f} ms, p99 {closed['p99_ms']:.1f} ms; "
+                        f"CPU ms per request: {closed['cpu_ms_per_request']}"
+                    )
+            base_n = counts[0]
+            base_rps = float(np.median([c["rps"] for c in runs[base_n]["rounds"]]))
+            for n, run in runs.items():
+                rps = [c["rps"] for c in run["rounds"]]
+                run["closed"] = run["rounds"][int(np.argsort(rps)[len(rps) // 2])]  # the median round
+                pairs = zip(run["rounds"], runs[base_n]["rounds"], strict=True)
+                run["rps_ratio_by_round"] = [round(c["rps"] / b["rps"], 3) for c, b in pairs]
+                run["rps_ratio"] = float(np.median(run["rps_ratio_by_round"]))
+                run["pss_ratio"] = run["memory"]["pss_mb"] / runs[base_n]["memory"]["pss_mb"]
+                if n != base_n:
+                    run["paced_at_1_worker_rps"] = _paced(servers[n][1], args, args.seconds, base_rps)
                 result["runs"][str(n)] = run
+                mem = run["memory"]
                 say(
-                    f"  workers {n}: PSS {mem['pss_mb']:.0f} MB ({mem['processes']} processes), "
-                    f"{closed['rps']:.0f} req/s, p50 {closed['p50_ms']:.1f} ms, "
-                    f"p99 {closed['p99_ms']:.1f} ms; CPU ms per request: {cpu_ms}"
+                    f"  workers {n} / {base_n}: PSS {mem['pss_mb']:.0f} MB ({mem['processes']} processes), "
+                    f"memory x{run['pss_ratio']:.2f}, requests/s x{run['rps_ratio']:.2f} "
+                    f"(rounds {run['rps_ratio_by_round']})"
                 )
-            finally:
+        finally:
+            for proc, _ in servers.values():
                 proc.terminate()
+            for proc, _ in servers.values():
                 proc.wait(60)
-    base = result["runs"].get(str(counts[0]))
-    if base is not None:
-        for k, run in result["runs"].items():
-            run["pss_ratio"] = run["memory"]["pss_mb"] / base["memory"]["pss_mb"]
-            run["rps_ratio"] = run["closed"]["rps"] / base["closed"]["rps"]
-            ratios = f"memory x{run['pss_ratio']:.2f}, requests/s x{run['rps_ratio']:.2f}"
-            say(f"  workers {k} / {counts[0]}: {ratios}")
     result["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     if args.json:
         print(json.dumps(result))
