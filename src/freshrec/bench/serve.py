@@ -17,12 +17,12 @@ asyncio client), which also counts the statuses (503s apart) and names itself in
 Reported: client-side p50 / p99 / max latency, requests/s, errors (non-200 or transport errors),
 and how many parameter versions the server applied during the run. Baselines measured in the same
 run: GET /healthz over the same HTTP path (transport + framework floor), and `ServingReplica.rank`
-called in-process on the same snapshot with the clients' bodies (the scoring alone, 300 calls
-before the load and 300 after it); `server_cpu_over_inprocess_rank` is the server's CPU per
-request (deltas and impression logging included) over that baseline's p50. The same calls each
-after an idle millisecond (`baseline_inprocess_rank_paced_p50_ms`, as a server's requests come:
-caches and branch predictors cool in between) cost more than back to back;
-`server_cpu_over_paced_rank` is the server's CPU per request over that. The server scores the
+called in-process on the same snapshot with the clients' bodies (the scoring alone, its thread's
+CPU time, 300 calls before the load and 300 after it); `server_cpu_over_inprocess_rank` is the
+server's CPU per request (deltas and impression logging included) over that baseline's p50.
+The same calls each after an idle millisecond (`baseline_inprocess_rank_paced_p50_ms`, as a
+server's requests come: caches and branch predictors cool in between) cost more CPU than back
+to back; `server_cpu_over_paced_rank` is the server's CPU per request over that. The server scores the
 rank requests that arrive together in one model call (`--batch-rows`, 0: each alone);
 `requests_per_model_call` says how many it joined on average: about 1 with 2 closed-loop
 clients, tens with 64 connections.
@@ -225,9 +225,9 @@ def main(args: argparse.Namespace) -> int:
                     b = _body(rng, args)
                     if pause_s:
                         time.sleep(pause_s)
-                    t0 = time.perf_counter()
+                    t0 = time.thread_time()  # CPU, as the server's is counted
                     rep.rank(b["user_id"], b["candidates"], sparse=b["sparse"], dense=b["dense"])
-                    out.append(time.perf_counter() - t0)
+                    out.append(time.thread_time() - t0)
                 return out
 
             score_before = score_alone(300)
