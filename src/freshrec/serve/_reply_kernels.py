@@ -18,6 +18,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from freshrec.stream._feature_kernels import _digits
+from freshrec.stream._feature_kernels import _put_int as _put_digits
+
 __all__ = ["write_ranked"]
 
 _POW10 = np.array([10.0**k for k in range(23)])  # exact in float64
@@ -43,25 +46,7 @@ def _scale(a: float, k: int, pow10: np.ndarray) -> float:
 @njit(cache=True, inline="always")
 def _put_int(buf: np.ndarray, at: int, v: int) -> int:
     """Write the decimal digits of an int64 at buf[at]; returns the end."""
-    if v < 0:
-        buf[at] = 45
-        at += 1
-        m = np.uint64(-(v + 1)) + np.uint64(1)
-    else:
-        m = np.uint64(v)
-    n = 1
-    t = m
-    while t >= np.uint64(10):
-        t //= np.uint64(10)
-        n += 1
-    j = at + n - 1
-    while True:
-        buf[j] = np.uint8(48 + m % np.uint64(10))
-        m //= np.uint64(10)
-        j -= 1
-        if m == np.uint64(0):
-            break
-    return at + n
+    return _put_digits(buf, at, v, _digits(v))
 
 
 @njit(cache=True)
