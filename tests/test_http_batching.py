@@ -120,3 +120,12 @@ def test_requests_that_arrive_together_share_one_model_call_and_get_their_own_an
         logged.setdefault(rid, []).append(ev.item_id)
     for k in range(1, n + 1):  # each request's impressions, its own items in its own order
         assert logged[f"req-{k}"] == [i["item_id"] for i in replies[k - 1][1]["items"]]
+
+
+def test_a_negative_batch_size_is_refused_by_name():
+    from freshrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"batch_max_rows must be >= 0 \(got batch_max_rows=-1\)"):
+        AppConfig(batch_max_rows=-1)
+    with pytest.raises(ConfigError, match="max_queue_s must be > 0"):
+        AppConfig(max_queue_s=0)

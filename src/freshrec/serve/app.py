@@ -145,20 +145,17 @@ class AppConfig:
     metrics_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        limits = (
-            self.max_candidates,
-            self.max_body_bytes,
-            self.workers,
-            self.max_pending,
-            self.max_pending_actions,
-        )
-        if (
-            min(limits) < 1
-            or min(self.inline_max_bytes, self.inline_max_ids, self.batch_max_rows) < 0
-            or not self.flush_interval_s > 0
-            or not self.max_queue_s > 0
-        ):
-            msg = f"AppConfig limits must be positive (inline_* >= 0), got {self}"
+        positive = ("max_candidates", "max_body_bytes", "workers", "max_pending", "max_pending_actions",
+                    "flush_interval_s", "max_queue_s")  # fmt: skip
+        bad = [f"{n} must be > 0" for n in positive if not getattr(self, n) > 0]
+        bad += [
+            f"{n} must be >= 0"
+            for n in ("inline_max_bytes", "inline_max_ids", "batch_max_rows")
+            if not getattr(self, n) >= 0
+        ]
+        if bad:
+            got = ", ".join(f"{b.split()[0]}={getattr(self, b.split()[0])!r}" for b in bad)
+            msg = f"AppConfig: {'; '.join(bad)} (got {got})"
             raise ConfigError(msg)
         for name in ("api_token", "metrics_token"):
             tok = getattr(self, name)
