@@ -86,6 +86,18 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     yield broker.bootstrap
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Small models train fastest on one thread (and CI has two cores shared by everything); a
+    module uses it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def deterministic_torch() -> Iterator[None]:
     import torch

@@ -6,20 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from freshrec.cli import main as cli_main
 from freshrec.experiments.collision import PAPER_RATES, buckets_for_rate
 from freshrec.model.embedding import collision_rate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models train fastest on one thread (and CI has two cores shared by everything)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("target", [0.0773, 0.0286, 0.0])

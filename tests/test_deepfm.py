@@ -12,14 +12,7 @@ from torch.testing import assert_close
 from freshrec.model import DCN, DeepFM, FeatureSpec, HashedEmbedding, SlotSpec, SparseOptimizer
 from freshrec.table import Adagrad, Initializer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models train fastest on one thread (and CI has two cores shared by everything)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spec(dense_dim: int = 2) -> FeatureSpec:

@@ -17,12 +17,7 @@ from freshrec.table import Adagrad, Initializer
 N_SINGLE = 26
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spec(*, pooling: str = "sum") -> FeatureSpec:

@@ -14,14 +14,7 @@ from freshrec.model import CollisionlessEmbedding, HashedEmbedding, SparseOptimi
 from freshrec.model.embedding import collision_rate, hash_ids, unique_inverse
 from freshrec.table import SGD, Adagrad, Initializer, TableConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models train fastest on one thread (and CI has two cores shared by everything)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _filled(dim: int, ids: np.ndarray, optimizer=None, kind: str = "normal") -> CollisionlessEmbedding:

@@ -22,14 +22,7 @@ from freshrec.train.batch import (
     train_model,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models train fastest on one thread (and CI has two cores shared by everything)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 needs_movielens = pytest.mark.shared_data("movielens-100k/u.data")

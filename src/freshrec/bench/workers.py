@@ -158,35 +158,13 @@ def _bodies(args: argparse.Namespace) -> list[bytes]:
     ]
 
 
-def _closed(port: int, args: argparse.Namespace, seconds: float) -> dict:
-    """The closed loop through `freshrec.bench.loadgen` (wrk with one thread when installed)."""
-    from freshrec.bench.loadgen import run_load
-
-    res = run_load(
-        f"http://127.0.0.1:{port}/v1/rank",
-        _bodies(args),
-        connections=args.connections,
-        seconds=seconds,
-        threads=1,
-    )
-    ok = res.statuses.get("200", 0)
-    return {
-        "generator": res.generator,
-        "requests": res.requests,
-        "errors": res.requests - ok + res.transport_errors,
-        "rps": res.rps,
-        "p50_ms": res.p50_ms,
-        "p99_ms": res.p99_ms,
-        "max_ms": res.max_ms,
-    }
-
-
-def _paced(port: int, args: argparse.Namespace, seconds: float, rate: float) -> dict:
-    """`rate` requests/s on a schedule: wrk (its Lua `delay` hook) when installed, else the asyncio
-    pacer; `rps` is what was sent and answered, `rate` what was asked."""
+def _phase(port: int, args: argparse.Namespace, seconds: float, rate: float | None = None) -> dict:
+    """One load phase: the closed loop through `freshrec.bench.loadgen` (wrk, one thread, when
+    installed); with `rate`, `rate` requests/s on a schedule instead (wrk's Lua `delay` hook;
+    without wrk, the asyncio pacer): `rps` is what was sent and answered, `rate` what was asked."""
     from freshrec.bench.loadgen import run_load, wrk_path
 
-    if wrk_path() is None:
+    if rate is not None and wrk_path() is None:
         return _drive(port, args, seconds, rate=rate)
     res = run_load(
         f"http://127.0.0.1:{port}/v1/rank",
@@ -197,9 +175,8 @@ def _paced(port: int, args: argparse.Namespace, seconds: float, rate: float) -> 
         rate=rate,
     )
     ok = res.statuses.get("200", 0)
-    return {
+    out = {
         "generator": res.generator,
-        "rate": rate,
         "requests": res.requests,
         "errors": res.requests - ok + res.transport_errors,
         "rps": res.rps,
@@ -207,6 +184,7 @@ def _paced(port: int, args: argparse.Namespace, seconds: float, rate: float) -> 
         "p99_ms": res.p99_ms,
         "max_ms": res.max_ms,
     }
+    return out if rate is None else {**out, "rate": rate}
 
 
 def _drive(port: int, args: argparse.Namespace, seconds: float, rate: float | None = None) -> dict:
@@ -364,14 +342,14 @@ def main(args: argparse.Namespace) -> int:
                 say(f"serve --workers {n}: starting ...")
                 (root / f"w{n}").mkdir()
                 servers[n] = _serve(root / f"w{n}", snap, n)
-                _closed(servers[n][1], args, min(2.0, args.seconds))  # warm-up: every worker's first
+                _phase(servers[n][1], args, min(2.0, args.seconds))  # warm-up: every worker's first
             runs: dict[int, dict[str, Any]] = {
                 n: {"memory": tree_memory(proc.pid), "rounds": []} for n, (proc, _) in servers.items()
             }
             for r in range(args.rounds):
                 for n, (proc, port) in servers.items():
                     cpu0 = tree_cpu(proc.pid)
-                    closed = _closed(port, args, args.seconds)
+                    closed = _phase(port, args, args.seconds)
                     cpu1 = tree_cpu(proc.pid)
                     per = 1000.0 / max(closed["requests"], 1)  # by role (supervisor: applier, log appends)
                     closed["cpu_ms_per_request"] = {k: round(per * (cpu1[k] - cpu0[k]), 3) for k in cpu0}
@@ -391,7 +369,7 @@ def main(args: argparse.Namespace) -> int:
                 run["rps_ratio"] = float(np.median(run["rps_ratio_by_round"]))
                 run["pss_ratio"] = run["memory"]["pss_mb"] / runs[base_n]["memory"]["pss_mb"]
                 if n != base_n:
-                    run["paced_at_1_worker_rps"] = _paced(servers[n][1], args, args.seconds, base_rps)
+                    run["paced_at_1_worker_rps"] = _phase(servers[n][1], args, args.seconds, rate=base_rps)
                 result["runs"][str(n)] = run
                 mem = run["memory"]
                 say(

@@ -147,15 +147,13 @@ class AppConfig:
     def __post_init__(self) -> None:
         positive = ("max_candidates", "max_body_bytes", "workers", "max_pending", "max_pending_actions",
                     "flush_interval_s", "max_queue_s")  # fmt: skip
-        bad = [f"{n} must be > 0" for n in positive if not getattr(self, n) > 0]
-        bad += [
-            f"{n} must be >= 0"
-            for n in ("inline_max_bytes", "inline_max_ids", "batch_max_rows")
-            if not getattr(self, n) >= 0
-        ]
+        bad = [(n, "> 0") for n in positive if not getattr(self, n) > 0]
+        counts = ("inline_max_bytes", "inline_max_ids", "batch_max_rows")
+        bad += [(n, ">= 0") for n in counts if getattr(self, n) < 0]
         if bad:
-            got = ", ".join(f"{b.split()[0]}={getattr(self, b.split()[0])!r}" for b in bad)
-            msg = f"AppConfig: {'; '.join(bad)} (got {got})"
+            rules = "; ".join(f"{n} must be {rule}" for n, rule in bad)
+            got = ", ".join(f"{n}={getattr(self, n)!r}" for n, _ in bad)
+            msg = f"AppConfig: {rules} (got {got})"
             raise ConfigError(msg)
         for name in ("api_token", "metrics_token"):
             tok = getattr(self, name)
@@ -322,6 +320,8 @@ def create_app(
         own = sum(sum(map(len, c.sparse.values())) for c in _with_features(req.candidates))
         return len(req.candidates) * (2 + ctx) + own
 
+    task_names = [t.name for t in replica.tasks] if len(replica.tasks) > 1 else None  # per item
+
     def prepare_rank(req: Any) -> _RankJob:
         """A parsed rank body checked against the model's feature names, ready to score."""
         isparse: dict[int, dict[str, list[int]]] | None = None
@@ -356,7 +356,6 @@ def create_app(
                 return bool(np.isfinite(s).all())
 
             raise _non_finite(has_dense, finite_without)
-        tasks = [t.name for t in replica.tasks] if len(replica.tasks) > 1 else None
         if req.top_k is not None:
             items, scores, per_task = items[: req.top_k], scores[: req.top_k], per_task[: req.top_k]
         rid = req.request_id or new_request_id()
@@ -364,7 +363,7 @@ def create_app(
         if features is not None:
             ts = req.ts if req.ts is not None else clock()
             features.submit((rid, req.user_id, item_list, req.sparse, req.dense, job.isparse, job.idense, ts))
-        return json_reply(rank_body(rid, items, scores, version, tasks=tasks, per_task=per_task))
+        return json_reply(rank_body(rid, items, scores, version, tasks=task_names, per_task=per_task))
 
     def do_rank(req: Any) -> Reply:
         """A rank request scored alone (in a worker thread)."""
@@ -376,10 +375,7 @@ def create_app(
         """The replies of rank jobs scored in one model call (`freshrec.serve.batching`)."""
         version = replica.version
         metrics.rank_calls.inc()
-        try:
-            ranked = replica.rank_many([j.query for j in jobs])
-        except Exception as e:
-            return [error_reply(e)] * len(jobs)
+        ranked = replica.rank_many([j.query for j in jobs])  # raising: each job's error (RankBatcher)
         replies = []
         for job, r in zip(jobs, ranked, strict=True):
             try:

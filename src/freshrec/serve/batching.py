@@ -65,7 +65,8 @@ class Pending:
 class RankBatcher:
     """Queues prepared rank jobs and answers them together in the loop's next turn (module
     docstring). `answer(jobs)` gives one Reply per job, in order (a failing job's error reply
-    among them); `rows(job)` counts a job's candidates."""
+    among them; when it raises, every job of the batch gets the error's reply); `rows(job)`
+    counts a job's candidates."""
 
     def __init__(
         self,
@@ -107,8 +108,7 @@ class RankBatcher:
             asyncio.get_running_loop().call_soon(self._flush)
         try:
             replies = self._answer([job for job, _ in taken])
-        except Exception as e:  # `answer` gives errors as replies; anything else fails its batch alone
-            log.exception("scoring a batch of %d rank requests failed", len(taken))
+        except Exception as e:  # the call failed: each job of the batch gets its error's reply
             replies = [error_reply(e)] * len(taken)
         for (_, pending), reply in zip(taken, replies, strict=True):
             try:

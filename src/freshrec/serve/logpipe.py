@@ -26,17 +26,18 @@ checked to chain), else record by record (Kafka).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from freshrec.errors import LogError
-from freshrec.stream.local_frames import HEADER_BYTES, NO_KEY, frames_chain
+from freshrec.stream.local_frames import HEADER_BYTES, scan
 
 __all__ = ["ForwardedLog", "LogLink", "LogPump"]
 
@@ -55,18 +56,20 @@ class LogLink:
         self._rfile = sock.makefile("rb")
         self._lock = threading.Lock()
 
-    def send(self, op: int, log_id: int, value: bytes = b"", key: bytes | None = None) -> None:
-        head = _HEAD.pack(op, log_id, -1 if key is None else len(key), len(value))
+    def _send(self, op: int, log_id: int, key_field: int, key: bytes, *value: bytes) -> None:
+        """One frame: the head (the value's length: of the `value` parts), `key`, the value."""
+        head = _HEAD.pack(op, log_id, key_field, sum(map(len, value)))
         with self._lock:
-            self.sock.sendall(b"".join((head, key or b"", value)))
+            self.sock.sendall(b"".join((head, key, *value)))
+
+    def send(self, op: int, log_id: int, value: bytes = b"", key: bytes | None = None) -> None:
+        self._send(op, log_id, -1 if key is None else len(key), key or b"", value)
 
     def send_block(self, log_id: int, partition: int, frames: np.ndarray, ends: np.ndarray) -> None:
         n = int(ends.shape[0])
         size = int(ends[-1]) if n else 0
-        body = (_COUNT.pack(n), np.ascontiguousarray(ends, dtype="<i8").tobytes(), frames[:size].tobytes())
-        head = _HEAD.pack(BLOCK, log_id, int(partition), sum(map(len, body)))
-        with self._lock:
-            self.sock.sendall(b"".join((head, *body)))
+        ends_le = np.ascontiguousarray(ends, dtype="<i8").tobytes()
+        self._send(BLOCK, log_id, int(partition), b"", _COUNT.pack(n), ends_le, frames[:size].tobytes())
 
     def flush(self, log_id: int) -> None:
         with self._lock:
@@ -95,29 +98,29 @@ class ForwardedLog:
     def partitions(self) -> int:
         return self._partitions
 
-    def append(self, value: bytes, key: bytes | None = None) -> tuple[int, int] | None:
+    @contextlib.contextmanager
+    def _link_used(self) -> Iterator[None]:
+        """A failure of the link is this log's LogError."""
         try:
-            self.link.send(APPEND, self.log_id, value, key)
+            yield
         except OSError as e:
             msg = f"log {self.name}: the supervisor's link failed ({e})"
             raise LogError(msg) from e
+
+    def append(self, value: bytes, key: bytes | None = None) -> tuple[int, int] | None:
+        with self._link_used():
+            self.link.send(APPEND, self.log_id, value, key)
         return None  # the offset is the supervisor's to know
 
     def append_frames(self, frames: np.ndarray | bytes, ends: np.ndarray, *, partition: int = 0) -> None:
         """A block of framed records (as `LocalLog.append_frames` takes it), in one message."""
         buf = np.frombuffer(frames, dtype=np.uint8) if isinstance(frames, bytes) else frames
-        try:
+        with self._link_used():
             self.link.send_block(self.log_id, partition, buf, np.asarray(ends, dtype=np.int64))
-        except OSError as e:
-            msg = f"log {self.name}: the supervisor's link failed ({e})"
-            raise LogError(msg) from e
 
     def flush(self) -> None:
-        try:
+        with self._link_used():
             self.link.flush(self.log_id)
-        except OSError as e:
-            msg = f"log {self.name}: the supervisor's link failed ({e})"
-            raise LogError(msg) from e
 
     def end_offsets(self) -> list[int]:
         msg = f"log {self.name}: a worker's log only appends (read it from the log's backend)"
@@ -197,9 +200,6 @@ class LogPump:
                 if hasattr(target, "append_frames"):
                     target.append_frames(frames, ends, partition=partition)  # checks the chain
                 else:
-                    if frames_chain(frames, ends) != n:
-                        msg = f"log {lid}: a block of {n} frames does not chain to its ends"
-                        raise LogError(msg)
                     for key, value in split_frames(frames, ends):
                         target.append(value, key=key)
             self.appended += n
@@ -227,19 +227,18 @@ class LogPump:
 
 
 def split_frames(frames: np.ndarray, ends: np.ndarray) -> list[tuple[bytes | None, bytes]]:
-    """The (key, value) of each framed record of a block (record i: frames[ends[i - 1]:ends[i]])."""
+    """The (key, value) of each framed record of a block (record i: frames[ends[i - 1]:ends[i]]),
+    walked and checksummed as the local log reads its segments (`local_frames.scan`); LogError
+    unless the block is whole records that end at `ends`."""
+    n = int(ends.shape[0])
+    rows = np.empty((n, 3), dtype=np.int64)
+    got, _, _, _ = scan(frames, 0, n, True, rows, 0, 1)
+    if got != n or not np.array_equal(rows[:, 2], ends):
+        msg = f"a block of {n} frames is not {n} whole records ending where it says (record {got})"
+        raise LogError(msg)
     data = frames.tobytes()
     out: list[tuple[bytes | None, bytes]] = []
-    start = 0
-    for end in ends.tolist():
-        if end - start < HEADER_BYTES or end > len(data):
-            msg = f"a block's frame ends at {end}, past its {len(data)} bytes or inside its header"
-            raise LogError(msg)
-        klen = int.from_bytes(data[start + 8 : start + 10], "little")
+    for start, klen, end in rows.tolist():
         at = start + HEADER_BYTES
-        if klen == NO_KEY:
-            out.append((None, data[at:end]))
-        else:
-            out.append((data[at : at + klen], data[at + klen : end]))
-        start = end
+        out.append((None, data[at:end]) if klen < 0 else (data[at : at + klen], data[at + klen : end]))
     return out

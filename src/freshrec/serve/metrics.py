@@ -42,16 +42,18 @@ from prometheus_client.registry import Collector
 
 __all__ = ["LATENCY_BUCKETS", "ServeMetrics", "share_between_processes"]
 
-_shared: list[Path] = []  # the folder of `share_between_processes`, once called
+_shared_folder: Path | None = None  # set by `share_between_processes`
 
 
 def share_between_processes(folder: Path) -> None:
     """Keep the metrics this process makes from now on in files of `folder`, which every process
     sharing it sums (module docstring). Call before the app is made (a forked worker: at once)."""
+    global _shared_folder
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # where prometheus_client's files go
     values.ValueClass = values.MultiProcessValue()  # what new metrics keep their values in
-    _shared[:] = [folder]
+    _shared_folder = folder
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -131,9 +133,9 @@ class ServeMetrics:
         collector = _ReplicaCollector(replica, subscriber, clock)
         self.registry.register(collector)
         self.shared: CollectorRegistry | None = None  # every process's request metrics, summed
-        if _shared:
+        if _shared_folder is not None:
             self.shared = CollectorRegistry(auto_describe=False)
-            MultiProcessCollector(self.shared, path=str(_shared[0]))
+            MultiProcessCollector(self.shared, path=str(_shared_folder))
             self.shared.register(collector)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
@@ -147,16 +149,16 @@ class ServeMetrics:
         children[0].observe(seconds)
         children[1].inc()
 
-    def families(self, metric: Any) -> Iterator[Metric]:
-        """The families of one of this object's metrics (`requests`, `latency`, ...): its values
-        in this process, or summed over every sharing process (`share_between_processes`)."""
+    def request_families(self) -> dict[str, Metric]:
+        """The request metrics (latency, requests, logged counts, ...) by family name (a
+        counter's without "_total"), in one collection: this process's, or summed over every
+        sharing process (`share_between_processes`)."""
+        own = (self.latency, self.requests, self.features_logged, self.actions_logged, self.rank_calls,
+               self.log_errors)  # fmt: skip
         if self.shared is None:
-            yield from metric.collect()
-            return
-        name = metric.describe()[0].name  # the family's name (a counter's without "_total")
-        for fam in self.shared.collect():
-            if fam.name == name:
-                yield fam
+            return {f.name: f for m in own for f in m.collect()}
+        names = {next(iter(m.describe())).name for m in own}
+        return {f.name: f for f in self.shared.collect() if f.name in names}
 
     def render(self) -> bytes:
         return generate_latest(self.registry if self.shared is None else self.shared)

@@ -170,18 +170,16 @@ def window_stats(now: Tally, before: Tally, seconds: float, total: Tally | None 
     )
 
 
-def tallies(metrics: ServeMetrics) -> dict[str, Tally]:
-    """Each endpoint's `Tally` as the server's metrics hold it now."""
+def tallies(families: Mapping[str, Any]) -> dict[str, Tally]:
+    """Each endpoint's `Tally` from the server's request metrics (`ServeMetrics.request_families`)."""
     statuses: dict[str, dict[int, float]] = collections.defaultdict(dict)
     buckets: dict[str, dict[float, float]] = collections.defaultdict(dict)
-    for fam in metrics.families(metrics.requests):
-        for s in fam.samples:
-            if s.name.endswith("_total"):
-                statuses[s.labels["endpoint"]][int(s.labels["status"])] = s.value
-    for fam in metrics.families(metrics.latency):
-        for s in fam.samples:
-            if s.name.endswith("_bucket"):
-                buckets[s.labels["endpoint"]][float(s.labels["le"])] = s.value
+    for s in families["freshrec_requests"].samples:
+        if s.name.endswith("_total"):
+            statuses[s.labels["endpoint"]][int(s.labels["status"])] = s.value
+    for s in families["freshrec_request_latency_seconds"].samples:
+        if s.name.endswith("_bucket"):
+            buckets[s.labels["endpoint"]][float(s.labels["le"])] = s.value
     out = {}
     for ep in set(statuses) | set(buckets):
         b = buckets.get(ep, {})
@@ -189,10 +187,10 @@ def tallies(metrics: ServeMetrics) -> dict[str, Tally]:
     return out
 
 
-def _count(metrics: ServeMetrics, counter: Any) -> int:
-    """The total of a prometheus Counter over all its labels (and every worker's, when shared)."""
-    fams = metrics.families(counter)
-    return int(sum(s.value for f in fams for s in f.samples if s.name.endswith("_total")))
+def _count(families: Mapping[str, Any], name: str) -> int:
+    """The total of counter `name` over all its labels (`ServeMetrics.request_families`)."""
+    fam = families.get(name)
+    return 0 if fam is None else int(sum(s.value for s in fam.samples if s.name.endswith("_total")))
 
 
 def _sum(ts: Mapping[str, Tally], names: Sequence[str]) -> Tally:
@@ -256,7 +254,8 @@ class ServerStats:
     def snapshot(self) -> dict[str, Any]:
         """The stats now, as plain JSON data (a `StatsResponse`)."""
         t = self.now()
-        cur = tallies(self.metrics)
+        fams = self.metrics.request_families()  # one collection (every worker's, when shared)
+        cur = tallies(fams)
         t_base, base = self._base(t)
         if t - self._seen[-1][0] >= self.min_gap_s:
             self._seen.append((t, cur))
@@ -272,7 +271,6 @@ class ServerStats:
         r = self.replica
         age = None if r.last_apply_wall is None else max(0.0, r.clock() - r.last_apply_wall)
         lag = None if r.data_ts is None else self.clock() - r.data_ts
-        m = self.metrics
         return {
             "model_version": int(r.version),
             "dense_version": int(r.dense_version),
@@ -282,9 +280,9 @@ class ServerStats:
             "deltas_applied": int(r.deltas_applied),
             "rows_applied": int(r.rows_applied),
             "rows_deleted": int(r.rows_deleted),
-            "features_logged": _count(m, m.features_logged),
-            "actions_logged": _count(m, m.actions_logged),
-            "log_errors": _count(m, m.log_errors),
+            "features_logged": _count(fams, "freshrec_features_logged"),
+            "actions_logged": _count(fams, "freshrec_actions_logged"),
+            "log_errors": _count(fams, "freshrec_log_errors"),
             "uptime_s": round(t - self._t0, 3),
             "window_s": round(span, 3),
             "api": api.model_dump(),

@@ -273,12 +273,12 @@ def run_worker(root: Path, index: int, listen_fd: int, link_fd: int) -> int:
 
     torch.set_num_threads(max(1, int(doc["threads"])))  # this process's setting, as the CLI's
     from freshrec.serve.app import AppConfig, create_app
-    from freshrec.serve.metrics import share_between_processes
-
-    share_between_processes(root / "metrics")  # /metrics and /v1/stats: every worker's requests
     from freshrec.serve.logpipe import ForwardedLog
+    from freshrec.serve.metrics import share_between_processes
     from freshrec.serve.server import ServerConfig, serve_forever
     from freshrec.serve.shared_replica import attach_replica
+
+    share_between_processes(root / "metrics")  # /metrics and /v1/stats: every worker's requests
 
     link = LogLink(socket.socket(fileno=link_fd))
     replica, follower = attach_replica(root)

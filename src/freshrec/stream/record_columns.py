@@ -345,5 +345,5 @@ class ColumnRecords:
         """zlib.crc32 of each key of `rows` (default all), int64: what `partition_for` hashes."""
         rows = self._rows(rows)
         out = np.empty(len(rows), np.int64)
-        k.key_crcs(*(self.kops, rows, *self._columns, out))
+        k.key_crcs(*(self.kops, rows, *self._columns, out))  # one star: numba's stub counts arguments
         return out
