@@ -213,6 +213,34 @@ def test_metrics_parse_and_have_the_gauges(stack):
     assert h["status"] == "ok" and h["tables"]["item_id"] == N_ITEMS
 
 
+def _thread_cpu(client: httpx.Client) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fams = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    return {s.labels["thread"]: s.value for s in fams["freshrec_thread_cpu_seconds"].samples}
+
+
+def test_background_threads_cpu_is_counted_by_thread(stack):
+    """The sync subscriber's and the features logger's CPU show in /metrics, and each grows with
+    the work its thread does (a delta applied; impressions written)."""
+    client, ps, pub, replica, app = stack["client"], stack["ps"], stack["pub"], stack["replica"], stack["app"]
+    before = _thread_cpu(client)
+    assert set(before) == {"sync", "features_log"}  # no actions log in this stack
+    width = ps.tables["item_id"].dim
+    ids = np.arange(N_ITEMS)
+    ps.tables["item_id"].assign(ids, np.ones((N_ITEMS, width), np.float32), now=7.0)
+    v = pub.publish_once(7.0).version
+    deadline = time.monotonic() + 10
+    while replica.version < v and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert replica.version >= v
+    for _ in range(20):
+        assert rank(client, user_id=1, candidates=list(range(50))).status_code == 200
+    assert app.state.feature_logger.flush()
+    after = _thread_cpu(client)
+    assert after["sync"] > before["sync"] and after["features_log"] > before["features_log"]
+
+
 def test_feature_records_are_byte_identical_to_encode_feature():
     from freshrec.serve.app import feature_records
     from freshrec.stream.events import FeatureEvent, encode_feature

@@ -187,6 +187,20 @@ def _rank_answered(text: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(head))
 
 
+def _thread_cpu(url: str) -> dict[str, float]:
+    """The server's background threads' CPU seconds (`freshrec_thread_cpu_seconds_total`)."""
+    import httpx
+
+    head = "freshrec_thread_cpu_seconds_total{thread="
+    with httpx.Client(base_url=url, timeout=10.0) as c:
+        text = c.get("/metrics").text
+    return {
+        line[len(head) + 1 : line.index('"}')]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(head)
+    }
+
+
 def _metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -313,12 +327,12 @@ def main(args: argparse.Namespace) -> int:
                     t_warm = time.monotonic() + 1.0
                     while time.monotonic() < t_warm:
                         c.post("/v1/rank", content=bodies[0], headers={"content-type": "application/json"})
-                c0 = server_cpu()
+                tc0, c0 = _thread_cpu(url), server_cpu()
                 load = run_load(
                     url + "/v1/rank", bodies, connections=args.connections, seconds=args.seconds,
                     use_wrk=args.load_generator != "asyncio",
                 )  # fmt: skip
-                c1 = server_cpu()
+                c1, tc1 = server_cpu(), _thread_cpu(url)
                 say(f"load generator: {load.generator}")
             else:
                 say(
@@ -331,10 +345,10 @@ def main(args: argparse.Namespace) -> int:
                     th.start()
                 while time.monotonic() < t_start:  # warm-up: clients run, not measured
                     time.sleep(0.005)
-                c0 = server_cpu()
+                tc0, c0 = _thread_cpu(url), server_cpu()
                 for th in threads:
                     th.join()
-                c1 = server_cpu()
+                c1, tc1 = server_cpu(), _thread_cpu(url)
             stop_pub.set()
             pth.join()
             with httpx.Client(base_url=url, timeout=10.0) as c:
@@ -370,6 +384,12 @@ def main(args: argparse.Namespace) -> int:
             "p99_over_p50": round(load.p99_ms / load.p50_ms, 2) if load.p50_ms > 0 else None,
         }
     cpu_ms = 1000.0 * (c1 - c0) / max(n_req, 1)
+    # where the server's CPU went, per request: its background threads (one process: with several
+    # workers, /metrics answers for one of them) and the rest, the request path
+    by_thread: dict[str, float] | None = None
+    if args.workers == 1 and tc1:
+        by_thread = {k: round(1000.0 * (v - tc0.get(k, 0.0)) / max(n_req, 1), 3) for k, v in tc1.items()}
+        by_thread["request_path"] = round(cpu_ms - sum(by_thread.values()), 3)
     calls = _metric(mtext, "freshrec_rank_calls_total") - calls0
     per_call = (_rank_answered(mtext) - answered0) / calls if calls > 0 else None
     result = {
@@ -400,6 +420,9 @@ def main(args: argparse.Namespace) -> int:
             round(_pct(score_before, 50), 3), round(_pct(score_after, 50), 3)
         ],
         "server_cpu_over_inprocess_rank": round(cpu_ms / _pct(score_lat, 50), 2),
+        "server_cpu_ms_per_request_by_thread": by_thread,
+        "request_path_cpu_over_inprocess_rank": None if by_thread is None
+        else round(by_thread["request_path"] / _pct(score_lat, 50), 2),
         "baseline_inprocess_rank_paced_p50_ms": round(_pct(score_paced, 50), 3),
         "server_cpu_over_paced_rank": round(cpu_ms / _pct(score_paced, 50), 2),
         "batch_rows": args.batch_rows,
@@ -434,6 +457,13 @@ def main(args: argparse.Namespace) -> int:
         f"(deltas and feature logging included); {result['requests_per_model_call']} requests per model "
         f"call (--batch-rows {args.batch_rows}); load avg {result['load_avg_1m']} on {os.cpu_count()} cpus"
     )
+    if by_thread is not None:
+        print(
+            "server CPU by thread, ms/req: "
+            + ", ".join(f"{k} {v}" for k, v in by_thread.items())
+            + f"; the request path alone is {result['request_path_cpu_over_inprocess_rank']}x "
+            "the in-process rank"
+        )
     if load is not None:
         print(
             f"load: {load.generator}, {load.connections} connections: p50 {p50} ms, p99 {p99} ms "

@@ -333,6 +333,7 @@ class SyncSubscriber:
         self.frames_applied = 0
         self.bad_frames = 0
         self.last_error: str | None = None
+        self.cpu_s = 0.0  # CPU time the following thread spent polling and applying (time.thread_time)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -381,7 +382,10 @@ class SyncSubscriber:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if self.poll_once() == 0 and self.idle_s > 0:
+                busy_from = time.thread_time()
+                n = self.poll_once()
+                self.cpu_s += time.thread_time() - busy_from
+                if n == 0 and self.idle_s > 0:
                     self._stop.wait(self.idle_s)
             except Exception as e:  # keep serving on a transient log error; report it
                 self.last_error = repr(e)

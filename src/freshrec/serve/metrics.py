@@ -16,6 +16,11 @@ Exposed at `GET /metrics` (text format 0.0.4):
     freshrec_rows_applied_total / _rows_deleted_total
     freshrec_dense_updates_applied_total
     freshrec_param_frames_bad_total                 frames the subscriber could not decode
+    freshrec_thread_cpu_seconds_total{thread}       CPU time of this process's background threads:
+                                                    "sync" (following the parameter log, applying
+                                                    deltas), "features_log", "actions_log" (encoding
+                                                    and appending); the rest of the process's CPU is
+                                                    the request path
 
 Ages are NaN until something was applied.
 
@@ -63,6 +68,9 @@ class _ReplicaCollector(Collector):
         self.replica = replica
         self.subscriber = subscriber
         self.clock = clock
+        self.threads: dict[str, Any] = {}  # thread name -> what keeps its CPU seconds in `cpu_s`
+        if subscriber is not None and hasattr(subscriber, "cpu_s"):
+            self.threads["sync"] = subscriber
 
     def collect(self) -> Iterator[Metric]:
         r = self.replica
@@ -91,6 +99,13 @@ class _ReplicaCollector(Collector):
         yield CounterMetricFamily(
             "freshrec_dense_updates_applied", "Dense weight updates swapped in", r.dense_applied
         )
+        if self.threads:
+            cpu = CounterMetricFamily(
+                "freshrec_thread_cpu_seconds", "CPU time of the background threads", labels=["thread"]
+            )
+            for name, owner in self.threads.items():
+                cpu.add_metric([name], owner.cpu_s)
+            yield cpu
         if self.subscriber is not None:
             yield CounterMetricFamily(
                 "freshrec_param_frames_bad",
@@ -130,7 +145,7 @@ class ServeMetrics:
         self.log_errors = Counter(
             "freshrec_log_errors", "Failed writes to a log of the server", ["log"], registry=self.registry
         )
-        collector = _ReplicaCollector(replica, subscriber, clock)
+        collector = self._collector = _ReplicaCollector(replica, subscriber, clock)
         self.registry.register(collector)
         self.shared: CollectorRegistry | None = None  # every process's request metrics, summed
         if _shared_folder is not None:
@@ -138,6 +153,11 @@ class ServeMetrics:
             MultiProcessCollector(self.shared, path=str(_shared_folder))
             self.shared.register(collector)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def count_cpu_of(self, thread: str, owner: Any) -> None:
+        """Report `owner.cpu_s` (a background thread's CPU seconds) as
+        freshrec_thread_cpu_seconds_total{thread=`thread`}."""
+        self._collector.threads[thread] = owner
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request (its handling time and status); the labelled children are

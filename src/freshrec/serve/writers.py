@@ -154,6 +154,9 @@ class _LogWriter:
         self.errors = 0
         self.last_error: str | None = None
         self._failed_at = -float("inf")
+        self.cpu_s = 0.0  # CPU time the thread spent encoding and writing (time.thread_time)
+        if metrics is not None:
+            metrics.count_cpu_of(f"{self.what}_log", self)
         self._thread = threading.Thread(target=self._run, name=f"freshrec-{self.what}-logger", daemon=True)
         self._thread.start()
 
@@ -206,6 +209,7 @@ class _LogWriter:
                     kind, arg = "tick", None
                 if kind == "item" and self.linger_s > 0:
                     time.sleep(self.linger_s)  # let a few more requests' items come: one block for all
+            busy_from = time.thread_time()
             batch, kind, arg = self._take(kind, arg)
             if kind == "item":
                 carry, kind, arg = (kind, arg), "tick", None
@@ -226,6 +230,7 @@ class _LogWriter:
                     self.metrics.log_errors.labels(self.what).inc()
                 log.exception("%s logging failed", self.what)
             finally:
+                self.cpu_s += time.thread_time() - busy_from
                 if kind == "flush":
                     arg.set()
             if kind == "stop":
