@@ -187,13 +187,9 @@ def _rank_answered(text: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(head))
 
 
-def _thread_cpu(url: str) -> dict[str, float]:
-    """The server's background threads' CPU seconds (`freshrec_thread_cpu_seconds_total`)."""
-    import httpx
-
+def _thread_cpu(text: str) -> dict[str, float]:
+    """The server's background threads' CPU seconds by thread (`freshrec_thread_cpu_seconds_total`)."""
     head = "freshrec_thread_cpu_seconds_total{thread="
-    with httpx.Client(base_url=url, timeout=10.0) as c:
-        text = c.get("/metrics").text
     return {
         line[len(head) + 1 : line.index('"}')]: float(line.split()[-1])
         for line in text.splitlines()
@@ -311,6 +307,11 @@ def main(args: argparse.Namespace) -> int:
                         continue
                     total += t.user + t.system
                 return total
+
+            def scrape() -> str:
+                """The server's /metrics, read where the CPU is (at the load's start and end)."""
+                with httpx.Client(base_url=url, timeout=10.0) as c:
+                    return c.get("/metrics").text
             pth.start()
             load = None
             if args.connections is not None:
@@ -327,12 +328,12 @@ def main(args: argparse.Namespace) -> int:
                     t_warm = time.monotonic() + 1.0
                     while time.monotonic() < t_warm:
                         c.post("/v1/rank", content=bodies[0], headers={"content-type": "application/json"})
-                tc0, c0 = _thread_cpu(url), server_cpu()
+                tc0, c0 = _thread_cpu(scrape()), server_cpu()
                 load = run_load(
                     url + "/v1/rank", bodies, connections=args.connections, seconds=args.seconds,
                     use_wrk=args.load_generator != "asyncio",
                 )  # fmt: skip
-                c1, tc1 = server_cpu(), _thread_cpu(url)
+                c1, tc1 = server_cpu(), _thread_cpu(scrape())
                 say(f"load generator: {load.generator}")
             else:
                 say(
@@ -345,10 +346,10 @@ def main(args: argparse.Namespace) -> int:
                     th.start()
                 while time.monotonic() < t_start:  # warm-up: clients run, not measured
                     time.sleep(0.005)
-                tc0, c0 = _thread_cpu(url), server_cpu()
+                tc0, c0 = _thread_cpu(scrape()), server_cpu()
                 for th in threads:
                     th.join()
-                c1, tc1 = server_cpu(), _thread_cpu(url)
+                c1, tc1 = server_cpu(), _thread_cpu(scrape())
             stop_pub.set()
             pth.join()
             with httpx.Client(base_url=url, timeout=10.0) as c:
