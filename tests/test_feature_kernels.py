@@ -124,3 +124,41 @@ def test_a_block_of_several_requests_is_each_requests_frames_in_order():
         for i, iid in enumerate(items)
     ]
     assert got == want and len(got) == 14
+
+
+class _CountingFrames(_WithoutFrames):
+    """The local log, counting its block writes."""
+
+    def __init__(self, log):
+        super().__init__(log)
+        self.blocks = 0
+
+    def append_frames(self, frames, ends, *, partition=0):
+        self.blocks += 1
+        self._log.append_frames(frames, ends, partition=partition)
+
+
+def test_the_features_logger_writes_a_lingers_requests_as_one_block_and_flush_cuts_the_linger_short(tmp_path):
+    """Requests submitted while the writer lingers go to the log in one block write, and `flush()`
+    does not wait out the linger: it returns once they are appended and flushed."""
+    import time
+
+    from freshrec.serve.writers import FeatureLogger
+    from freshrec.stream.local_log import LocalBackend
+
+    backend = LocalBackend(tmp_path)
+    log = backend.log("features")
+    writer = FeatureLogger(log)
+    writer.log = counting = _CountingFrames(log)
+    writer.linger_s = 60.0  # longer than the test may take: only flush() can end it
+    for k in range(3):
+        writer.submit((f"r{k}", k, [10 * k, 10 * k + 1], {}, {}, None, None, 1.0))
+        time.sleep(0.05)  # the writer woke for the first and lingers
+    t0 = time.monotonic()
+    assert writer.flush(timeout_s=30.0)
+    assert time.monotonic() - t0 < 10.0
+    assert counting.blocks == 1 and writer.logged == 6
+    keys = [r.key for r in log.consumer("check").poll(100)]
+    assert keys == [f"r{k}:{i}".encode() for k in range(3) for i in range(2)]
+    writer.close()
+    backend.close()

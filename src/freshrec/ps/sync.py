@@ -304,8 +304,12 @@ class SyncSubscriber:
             default: the group's committed positions.
         max_records / poll_timeout_s: one poll's batch size and wait.
         idle_s: how long the following thread (`start`) sleeps after a poll that found nothing:
-            the few milliseconds this adds to a delta's way into serving save the thread from
-            waking hundreds of times a second (and taking the GIL from the requests) while idle.
+            the tens of milliseconds this adds to a delta's way into serving (against a sync
+            interval of seconds) save the thread from waking hundreds of times a second (and
+            taking the GIL from the requests) while idle. A wake costs more than its work: on the
+            project's 2-core VM an empty poll of a local log takes 17 us back to back and 340 us
+            after a 20 ms sleep (cold caches), so an idle follower used 15 ms of CPU a second at
+            20 ms and 6.5 ms at 50 ms.
     """
 
     def __init__(
@@ -317,7 +321,7 @@ class SyncSubscriber:
         start: Sequence[int] | Mapping[int, int] | None = None,
         max_records: int = 64,
         poll_timeout_s: float = 0.0,
-        idle_s: float = 0.02,
+        idle_s: float = 0.05,
     ) -> None:
         self.replica = replica
         self.log = param_log
