@@ -38,6 +38,7 @@ BAD = {
     ("bench", "scale"): ["--no-ray", "--batch-size", "0"],
     ("bench", "soak"): ["--rate", "0"],
     ("bench", "import"): ["--rows", "0"],
+    ("bench", "wakes"): ["--lingers", "0.01"],
     ("experiment", "collision"): ["--dataset", "movielens", "--data", MISSING],
     ("experiment", "online"): ["--data", MISSING],
     ("experiment", "reliability"): ["--data", MISSING],

@@ -148,9 +148,8 @@ def test_the_features_logger_writes_a_lingers_requests_as_one_block_and_flush_cu
 
     backend = LocalBackend(tmp_path)
     log = backend.log("features")
-    writer = FeatureLogger(log)
+    writer = FeatureLogger(log, linger_s=60.0)  # longer than the test may take: only flush() ends it
     writer.log = counting = _CountingFrames(log)
-    writer.linger_s = 60.0  # longer than the test may take: only flush() can end it
     for k in range(3):
         writer.submit((f"r{k}", k, [10 * k, 10 * k + 1], {}, {}, None, None, 1.0))
         time.sleep(0.05)  # the writer woke for the first and lingers

@@ -78,6 +78,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("bench", "scale"): "freshrec.bench.scale",
     ("bench", "import"): "freshrec.bench.import_rate",
     ("bench", "soak"): "freshrec.bench.soak",
+    ("bench", "wakes"): "freshrec.bench.wakes",
     ("experiment", "collision"): "freshrec.experiments.collision",
     ("experiment", "online"): "freshrec.experiments.online",
     ("experiment", "reliability"): "freshrec.experiments.reliability",

@@ -306,10 +306,10 @@ class SyncSubscriber:
         idle_s: how long the following thread (`start`) sleeps after a poll that found nothing:
             the tens of milliseconds this adds to a delta's way into serving (against a sync
             interval of seconds) save the thread from waking hundreds of times a second (and
-            taking the GIL from the requests) while idle. A wake costs more than its work: on the
-            project's 2-core VM an empty poll of a local log takes 17 us back to back and 340 us
-            after a 20 ms sleep (cold caches), so an idle follower used 15 ms of CPU a second at
-            20 ms and 6.5 ms at 50 ms.
+            taking the GIL from the requests) while idle. A wake costs more than its work
+            (`freshrec bench wakes`, the project's 2-core VM: an empty poll of a local log takes
+            13 us of CPU back to back and 239 us after a 10 ms sleep), so an idle follower used
+            11.4 ms of CPU a second at 20 ms and 4.5 ms at 50 ms.
     """
 
     def __init__(

@@ -15,11 +15,11 @@ requests written together).
 The features logger wakes at most every `linger_s` (50 ms) and writes all the requests queued
 by then at once: on a one-partition local log, as one block of frames made by numba kernels
 (`impression_block`, `LocalLog.append_frames`), the same bytes as record by record. Its cost is
-mostly per wake, not per record: a thread that slept runs its first milliseconds on cold caches
-(on the project's 2-core VM a 5 us kernel call takes 70 us after a 10 ms sleep), so waking 20
-times a second instead of 100 cut the logger's CPU per request by a third (0.11-0.13 -> 0.07-0.09
-ms for a request's 100 impressions at ~800 requests/s, two runs of interleaved rounds).
-`flush()` and `close()` cut a linger short.
+mostly per wake, not per record: a thread that slept runs its first work on cold caches
+(`freshrec bench wakes`, the project's 2-core VM: one request's impression frames take 49 us of
+CPU back to back, 127 us after a 1 ms sleep, 398 us after 10 ms), so waking 20 times a second
+instead of 100 cut the logger's CPU per request from 0.112 to 0.071 ms (100 impressions a
+request, 800 requests/s, 5 interleaved rounds). `flush()` and `close()` cut a linger short.
 
 Keys: every record is keyed by its own request_id ("<request>:<position>" for an impression, the
 impression's id for an action), so an impression and its actions land in the same partition
@@ -269,8 +269,15 @@ class FeatureLogger(_LogWriter):
     linger_s = 0.05  # (module docstring: fewer wakes, less CPU; impressions are durable at the flush)
 
     def __init__(
-        self, features_log: Log, *, flush_interval_s: float = 1.0, metrics: ServeMetrics | None = None
+        self,
+        features_log: Log,
+        *,
+        flush_interval_s: float = 1.0,
+        metrics: ServeMetrics | None = None,
+        linger_s: float | None = None,
     ) -> None:
+        if linger_s is not None:  # before the thread starts: it reads the linger on each wake
+            self.linger_s = float(linger_s)
         super().__init__(features_log, flush_interval_s=flush_interval_s, metrics=metrics)
 
     def submit(self, item: tuple) -> None:
