@@ -177,10 +177,10 @@ def _follower_cpu(root: Path, idle_s: float, seconds: float) -> float:
 
 
 def _pair(runs: dict[float, list[float]], a: float, b: float) -> dict[str, Any]:
-    med = {k: statistics.median(v) for k, v in runs.items()}
+    med = {k: round(statistics.median(v), 4) for k, v in runs.items()}  # the ratio of the medians shown
     return {
         "rounds": {f"{k:g}": [round(x, 4) for x in v] for k, v in runs.items()},
-        "median": {f"{k:g}": round(m, 4) for k, m in med.items()},
+        "median": {f"{k:g}": m for k, m in med.items()},
         "ratio": round(med[b] / med[a], 3) if med[a] else None,
     }
 
