@@ -1,6 +1,7 @@
-"""`freshrec bench wakes --quick` runs as a process: the wake costs at each pause, and the features
+"""`freshrec bench wakes --quick` runs as a process: the wake costs at each pause, the features
 logger's and the idle sync follower's CPU at both settings in every round (every impression the
-logger was given is checked to be in its log, or the command fails)."""
+logger was given is checked to be in its log, or the command fails), and an idle server's CPU
+(the server subprocess must start, or the command fails)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def test_bench_wakes_quick_reports_both_settings_in_every_round() -> None:
         low, high = sorted(settings)
         assert pair["ratio"] == round(pair["median"][high] / pair["median"][low], 3)
     assert result["rounds"] == 2 and result["candidates"] == 100
+    assert result["idle_server_cpu_ms_per_s"] >= 0 and result["idle_seconds"] == 2.0  # a server ran
     assert "features logger, 100 impressions a request" in out.stderr
     assert "idle sync follower" in out.stderr
 

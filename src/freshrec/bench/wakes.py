@@ -17,6 +17,9 @@ here, in one run:
    is checked to be in the log.
 3. **An idle sync follower at two idle intervals** (`--idles`, s): a `SyncSubscriber` following a
    local parameter log that nothing is appended to, for `--seconds`; its thread's CPU per second.
+4. **An idle server**: a `freshrec serve` subprocess (one worker, `freshrec bench serve`'s
+   snapshot: 20,000 users and items) that gets no requests and no deltas: its CPU per second over
+   `--idle-seconds`, after 3 s to settle. It is the sum of every thread's wakes.
 
 Parts 2 and 3 run in `--rounds` interleaved rounds (a, b, a, b, ...), so the machine's drift falls
 on both settings alike; the medians and their ratio (second setting over first) are reported.
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,7 +69,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=positive, default=800.0, help="requests/s handed to the logger")
     parser.add_argument("--seconds", type=positive, default=2.0, help="seconds per round and setting")
     parser.add_argument("--rounds", type=at_least(1), default=5, help="interleaved rounds")
-    parser.add_argument("--quick", action="store_true", help="a short run: 50 calls, 2 rounds of 0.5 s")
+    parser.add_argument("--idle-seconds", type=positive, default=10.0, help="idle server watched, s")
+    parser.add_argument("--quick", action="store_true", help="short: 50 calls, 2 rounds of 0.5 s, 2 s idle")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -176,6 +181,31 @@ def _follower_cpu(root: Path, idle_s: float, seconds: float) -> float:
     return 1000 * follower.cpu_s / seconds
 
 
+def _idle_server_cpu(root: Path, seconds: float) -> float:
+    """CPU ms per second of a `freshrec serve` subprocess that gets nothing to do."""
+    import psutil
+
+    from freshrec.bench.serve import _build, _start_server
+
+    shape = argparse.Namespace(users=20_000, items=20_000, dim=16, sync_interval=1.0, dense_interval=10.0)
+    _, _, backend, snap, _ = _build(root, shape)
+    proc, _ = _start_server(root, snap, threads=1, workers=1)
+    try:
+        time.sleep(3.0)  # start-up work (the first scrape of the log, imports) done
+        server = psutil.Process(proc.pid)
+        t0 = server.cpu_times()
+        time.sleep(seconds)
+        t1 = server.cpu_times()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        backend.close()
+    return 1000 * ((t1.user - t0.user) + (t1.system - t0.system)) / seconds
+
+
 def _pair(runs: dict[float, list[float]], a: float, b: float) -> dict[str, Any]:
     med = {k: round(statistics.median(v), 4) for k, v in runs.items()}  # the ratio of the medians shown
     return {
@@ -187,7 +217,7 @@ def _pair(runs: dict[float, list[float]], a: float, b: float) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     if args.quick:
-        args.calls, args.rounds, args.seconds = 50, 2, 0.5
+        args.calls, args.rounds, args.seconds, args.idle_seconds = 50, 2, 0.5, 2.0
     if len(args.lingers) != 2 or len(args.idles) != 2:
         raise ConfigError("--lingers and --idles each take two values, e.g. 0.01,0.05")
     la, lb = args.lingers
@@ -208,10 +238,14 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = lambda _: None) -
             per_request = ", ".join(f"{k:g} s: {v[-1]:.4f}" for k, v in logger.items())
             per_second = ", ".join(f"{k:g} s: {v[-1]:.2f}" for k, v in follower.items())
             say(f"  round {r + 1}: logger ms/request {per_request}; idle follower ms/s {per_second}")
+        say(f"an idle `freshrec serve` for {args.idle_seconds:g} s ...")
+        idle_server = _idle_server_cpu(root / "server", args.idle_seconds)
     return {
         "wake_cpu_us_by_pause_ms": wakes,
         "features_logger_cpu_ms_per_request_by_linger_s": _pair(logger, la, lb),
         "idle_follower_cpu_ms_per_s_by_idle_s": _pair(follower, ia, ib),
+        "idle_server_cpu_ms_per_s": round(idle_server, 1),
+        "idle_seconds": args.idle_seconds,
         "rate": args.rate,
         "seconds": args.seconds,
         "rounds": args.rounds,
@@ -239,6 +273,7 @@ def main(args: argparse.Namespace) -> int:
         f"by linger (s): {lg['median']} (x{lg['ratio']})"
     )
     say(f"idle sync follower, CPU ms per second by idle_s (s): {fo['median']} (x{fo['ratio']})")
+    say(f"idle freshrec serve (default settings), CPU ms per second: {result['idle_server_cpu_ms_per_s']}")
     say(f"load avg {result['load_avg_1m']} on {result['cpus']} cpus")
     if args.json:
         print(json.dumps(result))
