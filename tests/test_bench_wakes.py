@@ -39,4 +39,4 @@ def test_bench_wakes_refuses_one_linger_in_one_line() -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("freshrec bench wakes: ")
-    assert "--lingers and --idles each take two values" in out.stderr
+    assert "--lingers and --idles each take two different values" in out.stderr

@@ -218,8 +218,8 @@ def _pair(runs: dict[float, list[float]], a: float, b: float) -> dict[str, Any]:
 def run(args: argparse.Namespace, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     if args.quick:
         args.calls, args.rounds, args.seconds, args.idle_seconds = 50, 2, 0.5, 2.0
-    if len(args.lingers) != 2 or len(args.idles) != 2:
-        raise ConfigError("--lingers and --idles each take two values, e.g. 0.01,0.05")
+    if any(len(set(v)) != 2 or len(v) != 2 for v in (args.lingers, args.idles)):
+        raise ConfigError("--lingers and --idles each take two different values, e.g. 0.01,0.05")
     la, lb = args.lingers
     ia, ib = args.idles
     requests = _requests(2000)
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = lambda _: None) -
     follower: dict[float, list[float]] = {ia: [], ib: []}
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-wakes-") as tmp:
         root = Path(tmp)
-        say(f"one call back to back and after {', '.join(f'{p:g}' for p in args.pauses[1:])} ms of sleep ...")
+        say(f"one call after each of these sleeps (ms): {', '.join(f'{p:g}' for p in args.pauses)} ...")
         wakes = _wake_costs(root, args.pauses, args.calls)
         for r in range(args.rounds):
             for lg in (la, lb):
