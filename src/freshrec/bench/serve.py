@@ -39,12 +39,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from freshrec.bench.loadgen import run_load, wrk_path
 from freshrec.commands.options import at_least, positive
 from freshrec.errors import RoleError
+
+if TYPE_CHECKING:
+    import psutil
 
 HELP = "p50/p99 latency and requests/s of /v1/rank over HTTP while deltas apply every second"
 EXAMPLE = "freshrec bench serve --quick --json"
@@ -154,6 +158,27 @@ def _start_server(
     proc.kill()
     msg = "freshrec serve did not start:\n" + "".join(lines)
     raise RoleError(msg)
+
+
+def _server_cpu_s(server: psutil.Process) -> float:
+    """CPU seconds (user + system) so far of a server: its process and every worker under it."""
+    total = 0.0
+    for p in (server, *server.children(recursive=True)):
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    """Stop a server started by `_start_server`: SIGTERM (a clean shutdown), SIGKILL after 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _rank_buckets(text: str) -> dict[float, float]:
@@ -298,15 +323,7 @@ def main(args: argparse.Namespace) -> int:
             sproc = psutil.Process(proc.pid)
 
             def server_cpu() -> float:
-                """CPU seconds of the server: its process and every worker process under it."""
-                total = 0.0
-                for p in (sproc, *sproc.children(recursive=True)):
-                    try:
-                        t = p.cpu_times()
-                    except psutil.NoSuchProcess:
-                        continue
-                    total += t.user + t.system
-                return total
+                return _server_cpu_s(sproc)
 
             def scrape() -> str:
                 """The server's /metrics, read where the CPU is (at the load's start and end)."""
@@ -356,11 +373,7 @@ def main(args: argparse.Namespace) -> int:
                 mtext = c.get("/metrics").text
             score_after = score_alone(300)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop_server(proc)
             backend.close()
 
     score_lat = score_before + score_after

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -185,7 +184,7 @@ def _idle_server_cpu(root: Path, seconds: float) -> float:
     """CPU ms per second of a `freshrec serve` subprocess that gets nothing to do."""
     import psutil
 
-    from freshrec.bench.serve import _build, _start_server
+    from freshrec.bench.serve import _build, _server_cpu_s, _start_server, _stop_server
 
     shape = argparse.Namespace(users=20_000, items=20_000, dim=16, sync_interval=1.0, dense_interval=10.0)
     _, _, backend, snap, _ = _build(root, shape)
@@ -193,17 +192,13 @@ def _idle_server_cpu(root: Path, seconds: float) -> float:
     try:
         time.sleep(3.0)  # start-up work (the first scrape of the log, imports) done
         server = psutil.Process(proc.pid)
-        t0 = server.cpu_times()
+        c0 = _server_cpu_s(server)
         time.sleep(seconds)
-        t1 = server.cpu_times()
+        c1 = _server_cpu_s(server)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop_server(proc)
         backend.close()
-    return 1000 * ((t1.user - t0.user) + (t1.system - t0.system)) / seconds
+    return 1000 * (c1 - c0) / seconds
 
 
 def _pair(runs: dict[float, list[float]], a: float, b: float) -> dict[str, Any]:

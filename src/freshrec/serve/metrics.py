@@ -69,8 +69,6 @@ class _ReplicaCollector(Collector):
         self.subscriber = subscriber
         self.clock = clock
         self.threads: dict[str, Any] = {}  # thread name -> what keeps its CPU seconds in `cpu_s`
-        if subscriber is not None and hasattr(subscriber, "cpu_s"):
-            self.threads["sync"] = subscriber
 
     def collect(self) -> Iterator[Metric]:
         r = self.replica
@@ -153,6 +151,8 @@ class ServeMetrics:
             MultiProcessCollector(self.shared, path=str(_shared_folder))
             self.shared.register(collector)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        if hasattr(subscriber, "cpu_s"):  # a SyncSubscriber (the workers' follower counts none)
+            self.count_cpu_of("sync", subscriber)
 
     def count_cpu_of(self, thread: str, owner: Any) -> None:
         """Report `owner.cpu_s` (a background thread's CPU seconds) as
